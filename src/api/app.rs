@@ -1,0 +1,343 @@
+//! The app surface, `/v1/...` on the mTLS listener: the request pipeline as
+//! named steps — identify the app, read and validate the body, authorise,
+//! ask the national database, check jurisdiction, release the granted
+//! fields — each a function that can be read alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{Method, StatusCode};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::problem::{problem_response, ApiError};
+use super::status::GatewayStatus;
+use crate::personal_id::PersonalId;
+use crate::policy::{App, Denial, Grant, Operation, PolicySet};
+use crate::server::{self, json_response, Body, BodyError, Peer};
+use crate::upstream::{NationalDb, QueryKind, UpstreamAnswer, UpstreamError, UpstreamQuery};
+
+/// Longest accepted case reference, in characters.
+pub const MAX_CASE_REF_CHARS: usize = 64;
+/// Longest accepted purpose id and full name, in characters.
+const MAX_SHORT_TEXT_CHARS: usize = 200;
+
+/// Shared state of the app surface.
+pub struct AppApi {
+    pub policy: Arc<ArcSwap<PolicySet>>,
+    pub upstream: Arc<dyn NationalDb>,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub status: Arc<GatewayStatus>,
+}
+
+/// Who is calling, once identified.
+struct Caller<'a> {
+    app: &'a App,
+    officer_id: String,
+    roles: Vec<String>,
+    unit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupBody {
+    personal_id: String,
+    purpose: String,
+    #[serde(default)]
+    case_ref: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    personal_id: String,
+    full_name: String,
+    date_of_birth: String,
+    purpose: String,
+    #[serde(default)]
+    case_ref: Option<String>,
+}
+
+impl AppApi {
+    /// Entry point for every request on the mTLS listener.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let op = match route(req.method(), req.uri().path()) {
+            Ok(op) => op,
+            Err(e) => return finish(problem_response(&e, &request_id), &request_id),
+        };
+        let outcome = tokio::time::timeout(self.request_timeout, self.clone().run(op, req, &peer, &request_id)).await;
+        let resp = match outcome {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => problem_response(&e, &request_id),
+            Err(_) => problem_response(&ApiError::RequestTimeout, &request_id),
+        };
+        tracing::info!(
+            request_id = %request_id,
+            operation = op.as_str(),
+            status = resp.status().as_u16(),
+            "request"
+        );
+        finish(resp, &request_id)
+    }
+
+    async fn run(self: Arc<Self>, op: Operation, req: Request<Incoming>, peer: &Peer, request_id: &str) -> Result<Response<Body>, ApiError> {
+        // One snapshot for the whole request: a reload mid-request does not
+        // change the rules this request is judged by.
+        let policy = self.policy.load_full();
+        let caller = identify_app(&policy, peer)?;
+        check_content_type(&req)?;
+        let body = read_body(req, self.max_body_bytes).await?;
+        match op {
+            Operation::Lookup | Operation::Household => {
+                let b: LookupBody = parse_json(&body)?;
+                let pid = validate_personal_id(&b.personal_id)?;
+                validate_purpose(&b.purpose)?;
+                validate_case_ref(b.case_ref.as_deref())?;
+                let grant = authorize(&policy, &caller, op, &b.purpose, b.case_ref.as_deref())?;
+                let kind = if op == Operation::Lookup { QueryKind::Lookup } else { QueryKind::Household };
+                let answer = self.ask_upstream(&caller, pid, kind, request_id).await?;
+                let document = release(&policy, grant, &caller, answer)?;
+                let mut out = json!({ "request_id": request_id, "policy_version": policy.version });
+                if let (Value::Object(out), Value::Object(doc)) = (&mut out, document) {
+                    out.extend(doc);
+                }
+                Ok(json_response(StatusCode::OK, &out))
+            }
+            Operation::Verify => {
+                let b: VerifyBody = parse_json(&body)?;
+                let pid = validate_personal_id(&b.personal_id)?;
+                validate_purpose(&b.purpose)?;
+                validate_case_ref(b.case_ref.as_deref())?;
+                let full_name = validate_full_name(&b.full_name)?;
+                let date_of_birth = validate_date(&b.date_of_birth)?;
+                authorize(&policy, &caller, op, &b.purpose, b.case_ref.as_deref())?;
+                let kind = QueryKind::Verify { full_name, date_of_birth };
+                match self.ask_upstream(&caller, pid, kind, request_id).await? {
+                    UpstreamAnswer::Match(m) => Ok(json_response(
+                        StatusCode::OK,
+                        &json!({ "request_id": request_id, "policy_version": policy.version, "match": m }),
+                    )),
+                    _ => Err(ApiError::UpstreamFailed),
+                }
+            }
+        }
+    }
+
+    async fn ask_upstream(&self, caller: &Caller<'_>, personal_id: PersonalId, kind: QueryKind, request_id: &str) -> Result<UpstreamAnswer, ApiError> {
+        let query = UpstreamQuery {
+            request_id: request_id.to_owned(),
+            officer: caller.officer_id.clone(),
+            personal_id,
+            kind,
+        };
+        let result = self.upstream.query(query).await;
+        self.status.record_upstream(&result);
+        result.map_err(|e| match e {
+            UpstreamError::NotFound => ApiError::CitizenNotFound,
+            UpstreamError::Timeout => ApiError::UpstreamTimeout,
+            UpstreamError::Failed(why) => {
+                tracing::warn!(request_id, why, "upstream failed");
+                ApiError::UpstreamFailed
+            }
+        })
+    }
+}
+
+fn route(method: &Method, path: &str) -> Result<Operation, ApiError> {
+    let op = match path {
+        "/v1/citizens/lookup" => Operation::Lookup,
+        "/v1/citizens/verify" => Operation::Verify,
+        "/v1/households/lookup" => Operation::Household,
+        _ => return Err(ApiError::NoRoute),
+    };
+    if method != Method::POST {
+        return Err(ApiError::MethodNotAllowed("POST"));
+    }
+    Ok(op)
+}
+
+fn finish(mut resp: Response<Body>, request_id: &str) -> Response<Body> {
+    let headers = resp.headers_mut();
+    if let Ok(v) = http::HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", v);
+    }
+    // Citizen data must not linger in any cache on the way.
+    headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Step 1: the app, from the verified client certificate.
+fn identify_app<'a>(policy: &'a PolicySet, peer: &Peer) -> Result<Caller<'a>, ApiError> {
+    let cert = peer.client_cert.as_ref().ok_or(ApiError::UnknownApp)?;
+    let app = crate::auth::certificate_uris(cert)
+        .iter()
+        .find_map(|uri| policy.app_by_certificate_uri(uri))
+        .ok_or(ApiError::UnknownApp)?;
+    // Until officer tokens are verified, the app acts as its own officer
+    // with the role `officer`; the token issue replaces this step.
+    Ok(Caller {
+        app,
+        officer_id: format!("app:{}", app.id),
+        roles: vec!["officer".to_owned()],
+        unit: None,
+    })
+}
+
+fn check_content_type(req: &Request<Incoming>) -> Result<(), ApiError> {
+    let ok = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    server::read_body(req, limit).await.map_err(|e| match e {
+        BodyError::TooLarge => ApiError::BodyTooLarge(limit),
+        BodyError::Io => ApiError::BodyUnreadable,
+    })
+}
+
+/// Parses a JSON body; the error says where and what, never echoing values.
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest(describe_json_error(&e)))
+}
+
+fn describe_json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let msg = e.to_string();
+    let at = format!("line {} column {}", e.line(), e.column());
+    match e.classify() {
+        Category::Data if msg.starts_with("unknown field") || msg.starts_with("missing field") => {
+            // serde names the key (ours or the caller's), never a value.
+            let what = msg.split(" at line").next().unwrap_or(&msg);
+            format!("{what}; the body takes personal_id, purpose and case_ref (verify also full_name and date_of_birth)")
+        }
+        Category::Data => format!("a value has the wrong type at {at}; all values are JSON strings"),
+        Category::Syntax | Category::Eof => format!("the body is not valid JSON ({at})"),
+        Category::Io => "the body could not be read".to_owned(),
+    }
+}
+
+fn validate_personal_id(s: &str) -> Result<PersonalId, ApiError> {
+    PersonalId::parse(s, time::OffsetDateTime::now_utc().year()).map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
+fn validate_purpose(s: &str) -> Result<(), ApiError> {
+    if s.is_empty() || s.chars().count() > MAX_SHORT_TEXT_CHARS {
+        return Err(ApiError::InvalidRequest("purpose must name one of the purposes of the policy".into()));
+    }
+    Ok(())
+}
+
+fn validate_case_ref(s: Option<&str>) -> Result<(), ApiError> {
+    match s {
+        Some(c) if c.trim().is_empty() => Err(ApiError::InvalidRequest("case_ref must not be empty when given".into())),
+        Some(c) if c.chars().count() > MAX_CASE_REF_CHARS => Err(ApiError::InvalidRequest(format!(
+            "case_ref must be at most {MAX_CASE_REF_CHARS} characters"
+        ))),
+        Some(c) if c.chars().any(char::is_control) => {
+            Err(ApiError::InvalidRequest("case_ref must not contain control characters".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn validate_full_name(s: &str) -> Result<String, ApiError> {
+    let n = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if n.is_empty() || n.chars().count() > MAX_SHORT_TEXT_CHARS || n.chars().any(char::is_control) {
+        return Err(ApiError::InvalidRequest(format!(
+            "full_name must be 1 to {MAX_SHORT_TEXT_CHARS} characters of text"
+        )));
+    }
+    Ok(n)
+}
+
+fn validate_date(s: &str) -> Result<String, ApiError> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, format)
+        .map(|_| s.to_owned())
+        .map_err(|_| ApiError::InvalidRequest("date_of_birth must be a real date written YYYY-MM-DD".into()))
+}
+
+/// Step 2: the grant for this app, role, operation and purpose.
+fn authorize<'a>(policy: &'a PolicySet, caller: &Caller<'a>, op: Operation, purpose: &str, case_ref: Option<&str>) -> Result<&'a Grant, ApiError> {
+    let grant = policy.authorize(caller.app, &caller.roles, op, purpose).map_err(ApiError::Denied)?;
+    if grant.case_ref_required && case_ref.is_none() {
+        return Err(ApiError::InvalidRequest(format!(
+            "{}; send the reference of the case this lookup serves",
+            Denial::CaseRefRequired(purpose.to_owned())
+        )));
+    }
+    Ok(grant)
+}
+
+/// Step 3: jurisdiction, then the granted fields only, masks applied.
+fn release(policy: &PolicySet, grant: &Grant, caller: &Caller<'_>, answer: UpstreamAnswer) -> Result<Value, ApiError> {
+    let outside = || ApiError::Denied(Denial::OutsideJurisdiction);
+    match answer {
+        UpstreamAnswer::Citizen { record, .. } => {
+            let mapped = policy.catalog.map_record(&record);
+            if !policy.within_jurisdiction(grant, &mapped, caller.unit) {
+                return Err(outside());
+            }
+            let (doc, _released) = policy.release(grant, &mapped);
+            Ok(json!({ "citizen": doc }))
+        }
+        UpstreamAnswer::Household { head, members, .. } => {
+            let head = policy.catalog.map_record(&head);
+            if !policy.within_jurisdiction(grant, &head, caller.unit) {
+                return Err(outside());
+            }
+            let filter = |m: &Map<String, Value>| Value::Object(policy.release(grant, m).0);
+            let members: Vec<Value> = members.iter().map(|m| filter(&policy.catalog.map_record(m))).collect();
+            Ok(json!({ "household": { "head": filter(&head), "members": members } }))
+        }
+        UpstreamAnswer::Match(_) => Err(ApiError::UpstreamFailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_never_echo_values() {
+        let e = serde_json::from_slice::<LookupBody>(br#"{"personal_id": 79203001234, "purpose": "x"}"#).expect_err("bad");
+        let d = describe_json_error(&e);
+        assert!(!d.contains("79203001234"), "{d}");
+        assert!(d.contains("wrong type"), "{d}");
+        let e = serde_json::from_slice::<LookupBody>(br#"{"personal_id": "1", "purpose": "x", "extra": 1}"#).expect_err("bad");
+        assert!(describe_json_error(&e).starts_with("unknown field `extra`"));
+        let e = serde_json::from_slice::<LookupBody>(b"{").expect_err("bad");
+        assert!(describe_json_error(&e).contains("not valid JSON"));
+    }
+
+    #[test]
+    fn routes_and_methods() {
+        assert_eq!(route(&Method::POST, "/v1/citizens/lookup").ok(), Some(Operation::Lookup));
+        assert!(matches!(route(&Method::GET, "/v1/citizens/lookup"), Err(ApiError::MethodNotAllowed(_))));
+        assert!(matches!(route(&Method::POST, "/v1/citizens/../lookup"), Err(ApiError::NoRoute)));
+    }
+
+    #[test]
+    fn case_ref_and_dates_are_checked() {
+        assert!(validate_case_ref(Some(&"x".repeat(65))).is_err());
+        assert!(validate_case_ref(Some("HS-2026-001")).is_ok());
+        assert!(validate_case_ref(Some("a\u{0}")).is_err());
+        assert!(validate_date("2003-02-30").is_err());
+        assert!(validate_date("2003-02-28").is_ok());
+    }
+}

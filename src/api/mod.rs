@@ -1,0 +1,185 @@
+//! The HTTP surfaces of the gateway — the app API on the mTLS listener
+//! ([`app`]) and the ops listener ([`ops`]) — and [`start`], which brings a
+//! whole gateway up from a [`Config`]: warehouse, policy, TLS, upstream
+//! client, listeners.
+
+pub mod app;
+pub mod ops;
+pub mod problem;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::policy::{self, PolicySet};
+use crate::server;
+use crate::tls::{self, MutualServerFiles};
+use crate::upstream::{HttpNationalDb, HttpSettings, NationalDb};
+use crate::warehouse::embedded::EmbeddedPostgres;
+use crate::warehouse::{self, Warehouse};
+
+/// How long start-up waits for the warehouse before giving up.
+const WAREHOUSE_START_WAIT: Duration = Duration::from_secs(30);
+
+/// A gateway that is serving; [`RunningGateway::stop`] ends it.
+pub struct RunningGateway {
+    pub gateway_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    pub policy: Arc<ArcSwap<PolicySet>>,
+    /// The gateway's own warehouse login.
+    pub warehouse_url: String,
+    /// The login that migrated the schema (the embedded cluster's superuser).
+    pub warehouse_admin_url: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl RunningGateway {
+    /// Stops accepting, drains in-flight requests, stops an embedded
+    /// warehouse.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        if let Some(mut pg) = self.embedded.take() {
+            tokio::task::spawn_blocking(move || pg.stop()).await.ok();
+        }
+    }
+}
+
+/// Connects to (or starts) the warehouse, migrates it, and loads the active
+/// policy — seeding it from the policy directory when the store is empty.
+struct Prepared {
+    warehouse: Warehouse,
+    url: String,
+    admin_url: String,
+    embedded: Option<EmbeddedPostgres>,
+    policy: PolicySet,
+}
+
+async fn warehouse_and_policy(config: &Config) -> anyhow::Result<Prepared> {
+    let (url, admin_url, embedded) = match &config.warehouse.url {
+        Some(url) => (url.clone(), config.warehouse.admin_url.clone().unwrap_or_else(|| url.clone()), None),
+        None => {
+            let home = config.gateway.data_dir.clone();
+            let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&home)).await??;
+            pg.provision().await?;
+            (pg.gateway_url(), pg.admin_url(), Some(pg))
+        }
+    };
+    let deadline = tokio::time::Instant::now() + WAREHOUSE_START_WAIT;
+    loop {
+        match warehouse::migrate(&admin_url).await {
+            Ok(()) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "warehouse not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.context("the warehouse could not be prepared")),
+        }
+    }
+    let warehouse = Warehouse::new(&url)?;
+    let province = config.gateway.province;
+    let files = policy::read_dir(&config.gateway.policies).map_err(|p| anyhow::anyhow!("{p}"))?;
+    // Refuse to seed the store with a policy that does not load.
+    policy::parse(&files, province).map_err(|p| anyhow::anyhow!("policy directory is invalid:\n{p}"))?;
+    if warehouse.seed_policy(&files, "popgate (initial import)").await? {
+        tracing::info!("policy store was empty; imported the policy directory as version 1");
+    }
+    let (version, stored) = warehouse
+        .active_policy()
+        .await?
+        .context("the policy store has no active version")?;
+    let mut set = policy::parse(&stored, province).map_err(|p| anyhow::anyhow!("active policy version {version} is invalid:\n{p}"))?;
+    set.version = version;
+    Ok(Prepared { warehouse, url, admin_url, embedded, policy: set })
+}
+
+/// Brings up a gateway as `config` says.
+pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
+    let Prepared { warehouse, url, admin_url, embedded, policy: set } = warehouse_and_policy(config).await?;
+    tracing::info!(version = set.version, apps = set.apps.len(), "policy active");
+    let policy = Arc::new(ArcSwap::from_pointee(set));
+
+    let server_tls = tls::mutual_server_config(&MutualServerFiles {
+        cert: &config.tls.cert,
+        key: &config.tls.key,
+        client_ca: &config.tls.client_ca,
+        allow_tls12: config.tls.allow_tls12,
+        alpn: tls::ALPN_H2_H1,
+    })?;
+    let client_tls = tls::mutual_client_config(&config.upstream.ca, &config.upstream.cert, &config.upstream.key, tls::ALPN_H2_H1)?;
+    let upstream: Arc<dyn NationalDb> = Arc::new(HttpNationalDb::new(
+        client_tls,
+        HttpSettings {
+            base_url: config.upstream.url.parse().context("upstream.url is not a valid URL")?,
+            timeout: Duration::from_millis(config.upstream.timeout_ms),
+            connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
+            max_response_bytes: config.upstream.max_response_bytes,
+            service_code: config.upstream.service_code.clone(),
+            integration_code: config.upstream.integration_code.clone(),
+        },
+    ));
+
+    let status = Arc::new(status::GatewayStatus::default());
+    let gateway_listener = TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
+    let ops_listener = TcpListener::bind(config.gateway.ops_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.gateway.ops_listen))?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let ops_addr = ops_listener.local_addr()?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let app_api = Arc::new(app::AppApi {
+        policy: policy.clone(),
+        upstream,
+        max_body_bytes: config.limits.max_body_bytes,
+        request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
+        status: status.clone(),
+    });
+    let ops_api = Arc::new(ops::OpsApi {
+        status: status.clone(),
+        policy: policy.clone(),
+        warehouse,
+        instance_id: config.gateway.instance_id.clone(),
+    });
+    let limits = config.limits.server_limits();
+    let gateway_task = tokio::spawn(server::serve(
+        gateway_listener,
+        Some(Arc::new(server_tls)),
+        limits.clone(),
+        move |req, peer| app_api.clone().handle(req, peer),
+        shutdown_rx.clone(),
+    ));
+    let ops_task = tokio::spawn(server::serve(
+        ops_listener,
+        None,
+        limits,
+        move |req, peer| ops_api.clone().handle(req, peer),
+        shutdown_rx,
+    ));
+    status.set_listening(true);
+    tracing::info!(%gateway_addr, %ops_addr, "gateway listening");
+    Ok(RunningGateway {
+        gateway_addr,
+        ops_addr,
+        policy,
+        warehouse_url: url,
+        warehouse_admin_url: admin_url,
+        shutdown,
+        tasks: vec![gateway_task, ops_task],
+        embedded,
+    })
+}

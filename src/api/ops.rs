@@ -1,0 +1,55 @@
+//! The ops listener (plain HTTP, loopback by default): `/healthz` says the
+//! process is alive, `/readyz` whether it should receive traffic and the
+//! state of what it depends on. No citizen data is ever served here.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{Method, StatusCode};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::json;
+
+use super::status::GatewayStatus;
+use crate::policy::PolicySet;
+use crate::server::{json_response, Body, Peer};
+use crate::warehouse::Warehouse;
+
+pub struct OpsApi {
+    pub status: Arc<GatewayStatus>,
+    pub policy: Arc<ArcSwap<PolicySet>>,
+    pub warehouse: Warehouse,
+    pub instance_id: String,
+}
+
+impl OpsApi {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: Arc<Peer>) -> Response<Body> {
+        if req.method() != Method::GET {
+            return json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({ "error": "GET only" }));
+        }
+        match req.uri().path() {
+            "/healthz" => json_response(StatusCode::OK, &json!({ "status": "alive" })),
+            "/readyz" => self.readyz().await,
+            _ => json_response(StatusCode::NOT_FOUND, &json!({ "error": "no such endpoint" })),
+        }
+    }
+
+    async fn readyz(&self) -> Response<Body> {
+        let listening = self.status.is_listening();
+        let policy_version = self.policy.load().version;
+        let warehouse = if self.warehouse.is_up().await { "up" } else { "down" };
+        let ready = listening && policy_version > 0;
+        let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        json_response(
+            status,
+            &json!({
+                "ready": ready,
+                "instance_id": self.instance_id,
+                "listener": if listening { "up" } else { "down" },
+                "policy_version": policy_version,
+                "warehouse": warehouse,
+                "upstream": self.status.upstream_state(),
+            }),
+        )
+    }
+}

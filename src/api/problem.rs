@@ -1,0 +1,92 @@
+//! Every error the gateway answers, and the one function that turns an
+//! error into an HTTP status and an RFC 9457 problem document. Details say
+//! what the caller should fix; they never carry citizen data or internals.
+
+use http::{HeaderValue, StatusCode};
+use hyper::Response;
+use serde_json::json;
+
+use crate::policy::Denial;
+use crate::server::{json_response, Body};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("no route")]
+    NoRoute,
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    #[error("client certificate names no registered app")]
+    UnknownApp,
+    #[error("body too large")]
+    BodyTooLarge(usize),
+    #[error("body unreadable")]
+    BodyUnreadable,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("denied: {0}")]
+    Denied(Denial),
+    #[error("citizen not found")]
+    CitizenNotFound,
+    #[error("upstream failed")]
+    UpstreamFailed,
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    #[error("request timed out")]
+    RequestTimeout,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str, String) {
+        use ApiError::*;
+        match self {
+            NoRoute => (StatusCode::NOT_FOUND, "not-found", "No such endpoint",
+                "This path is not part of the popgate API; see docs/api.md for the endpoints.".into()),
+            MethodNotAllowed(allow) => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed",
+                format!("This endpoint accepts {allow} only.")),
+            UnknownApp => (StatusCode::FORBIDDEN, "unknown-app", "Unknown application",
+                "The client certificate is valid but names no app registered in the active policy; ask the data office to register the app's certificate identity.".into()),
+            BodyTooLarge(limit) => (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Request body too large",
+                format!("Request bodies are limited to {limit} bytes.")),
+            BodyUnreadable => (StatusCode::BAD_REQUEST, "invalid-request", "Invalid request",
+                "The request body could not be read completely.".into()),
+            UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type",
+                "Send the body as JSON with content-type: application/json.".into()),
+            InvalidRequest(detail) => (StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", detail.clone()),
+            Denied(denial) => (StatusCode::FORBIDDEN, "forbidden", "Access denied by policy",
+                format!("{denial}.")),
+            CitizenNotFound => (StatusCode::NOT_FOUND, "citizen-not-found", "Citizen not found",
+                "The national population database has no citizen with this personal ID; check the number with the citizen.".into()),
+            UpstreamFailed => (StatusCode::BAD_GATEWAY, "upstream-failed", "National database failed",
+                "The national population database could not answer; retry later.".into()),
+            UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", "National database timed out",
+                "The national population database did not answer in time; retry later.".into()),
+            RequestTimeout => (StatusCode::SERVICE_UNAVAILABLE, "request-timeout", "Request took too long",
+                "The gateway could not complete the request in time; retry later.".into()),
+        }
+    }
+}
+
+/// The problem document for `err`, with the request id in body and header.
+pub fn problem_response(err: &ApiError, request_id: &str) -> Response<Body> {
+    let (status, slug, title, detail) = err.parts();
+    let mut resp = json_response(
+        status,
+        &json!({
+            "type": format!("urn:popgate:problem:{slug}"),
+            "title": title,
+            "status": status.as_u16(),
+            "detail": detail,
+            "request_id": request_id,
+        }),
+    );
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let ApiError::MethodNotAllowed(allow) = err {
+        resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    }
+    resp
+}

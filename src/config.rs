@@ -1,0 +1,283 @@
+//! The gateway's TOML configuration (`popgate serve --config FILE`): parsed
+//! once into typed values, every default a named constant, relative paths
+//! resolved against the config file's directory. A bad file is refused with
+//! `FILE:LINE:COL: what is wrong`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_PROVINCE: u16 = 79;
+pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8443";
+pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 15_000;
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewaySection,
+    pub tls: TlsSection,
+    pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub warehouse: WarehouseSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Address of the mTLS listener for apps.
+    #[serde(default = "default_gateway_listen")]
+    pub listen: SocketAddr,
+    /// Address of the plain-HTTP ops listener (health, readiness).
+    #[serde(default = "default_ops_listen")]
+    pub ops_listen: SocketAddr,
+    /// Names this instance in audit records and logs.
+    #[serde(default = "default_instance_id")]
+    pub instance_id: String,
+    /// Province code (post-2025) whose jurisdiction `province` grants mean.
+    #[serde(default = "default_province")]
+    pub province: u16,
+    /// Directory with fields.toml, purposes.toml and apps/.
+    pub policies: PathBuf,
+    /// Directory for the embedded warehouse when `warehouse.url` is unset.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA that issues the apps' client certificates.
+    pub client_ca: PathBuf,
+    /// Accept TLS 1.2 (ECDHE with AEAD suites only) besides TLS 1.3.
+    #[serde(default)]
+    pub allow_tls12: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// Base URL of the national database's services.
+    pub url: String,
+    /// CA of the national database's server certificate.
+    pub ca: PathBuf,
+    /// The province's client certificate and key for the national database.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default = "default_upstream_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_upstream_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_upstream_max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// `MaDVC` sent with every query.
+    #[serde(default = "default_service_code")]
+    pub service_code: String,
+    /// `MaTichHop` sent with every query.
+    #[serde(default = "default_integration_code")]
+    pub integration_code: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseSection {
+    /// The gateway's own (INSERT-only on audit tables) login. When unset, an
+    /// embedded cluster is started in `gateway.data_dir`.
+    pub url: Option<String>,
+    /// A login allowed to create the schema; migrations run with it when set,
+    /// with `url` otherwise.
+    pub admin_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_connections: usize,
+    pub handshake_timeout_ms: u64,
+    pub header_read_timeout_ms: u64,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub max_concurrent_streams: u32,
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+        }
+    }
+}
+
+impl LimitsSection {
+    pub fn server_limits(&self) -> crate::server::ServerLimits {
+        crate::server::ServerLimits {
+            max_connections: self.max_connections,
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            max_header_bytes: self.max_header_bytes,
+            max_concurrent_streams: self.max_concurrent_streams,
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            ..crate::server::ServerLimits::default()
+        }
+    }
+}
+
+fn default_gateway_listen() -> SocketAddr {
+    DEFAULT_GATEWAY_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8443)))
+}
+fn default_ops_listen() -> SocketAddr {
+    DEFAULT_OPS_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9090)))
+}
+fn default_instance_id() -> String {
+    "gw-1".to_owned()
+}
+fn default_province() -> u16 {
+    DEFAULT_PROVINCE
+}
+fn default_upstream_timeout_ms() -> u64 {
+    DEFAULT_UPSTREAM_TIMEOUT_MS
+}
+fn default_upstream_connect_timeout_ms() -> u64 {
+    DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS
+}
+fn default_upstream_max_response_bytes() -> usize {
+    DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES
+}
+fn default_service_code() -> String {
+    "POPGATE".to_owned()
+}
+fn default_integration_code() -> String {
+    "POPGATE-79".to_owned()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}:{line}:{col}: {message}")]
+    Invalid { path: String, line: usize, col: usize, message: String },
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// Parses config text; `base` anchors relative paths.
+    pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError> {
+        let invalid = |span: Option<std::ops::Range<usize>>, message: String| {
+            let offset = span.map_or(0, |s| s.start).min(text.len());
+            let before = text.get(..offset).unwrap_or("");
+            ConfigError::Invalid {
+                path: name.to_owned(),
+                line: before.matches('\n').count() + 1,
+                col: before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1,
+                message,
+            }
+        };
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
+        if crate::units::Units::get().province(config.gateway.province).is_none() {
+            return Err(invalid(None, format!("gateway.province {} is not a province code", config.gateway.province)));
+        }
+        if !config.upstream.url.starts_with("https://") {
+            return Err(invalid(None, "upstream.url must be an https:// URL".to_owned()));
+        }
+        for p in [
+            &mut config.gateway.policies,
+            &mut config.gateway.data_dir,
+            &mut config.tls.cert,
+            &mut config.tls.key,
+            &mut config.tls.client_ca,
+            &mut config.upstream.ca,
+            &mut config.upstream.cert,
+            &mut config.upstream.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+
+    /// The config as TOML text (for the demo's `gateway.toml`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[gateway]
+policies = "policies"
+data_dir = "var"
+
+[tls]
+cert = "certs/gateway.pem"
+key = "certs/gateway.key"
+client_ca = "certs/apps-ca.pem"
+
+[upstream]
+url = "https://127.0.0.1:7443"
+ca = "certs/national-ca.pem"
+cert = "certs/upstream-client.pem"
+key = "certs/upstream-client.key"
+"#;
+
+    #[test]
+    fn defaults_apply_and_paths_are_resolved() {
+        let c = Config::parse(MINIMAL, "gw.toml", Path::new("/etc/popgate")).expect("valid");
+        assert_eq!(c.gateway.province, 79);
+        assert_eq!(c.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.tls.cert, PathBuf::from("/etc/popgate/certs/gateway.pem"));
+        assert!(c.warehouse.url.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_a_location() {
+        let text = MINIMAL.replace("[tls]\n", "[tls]\nsert = 1\n");
+        let err = Config::parse(&text, "gw.toml", Path::new(".")).expect_err("invalid");
+        let msg = err.to_string();
+        assert!(msg.starts_with("gw.toml:7:1: unknown field `sert`"), "{msg}");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = Config::parse(MINIMAL, "gw.toml", Path::new("/x")).expect("valid");
+        let again = Config::parse(&c.to_toml(), "again.toml", Path::new("/y")).expect("valid");
+        assert_eq!(again.tls.cert, c.tls.cert);
+    }
+}

@@ -1,0 +1,168 @@
+//! `popgate demo`: everything on embedded defaults in one process — a dev
+//! PKI, the national-DB simulator, a private PostgreSQL cluster and the
+//! gateway, on free loopback ports — then `ready.json` and curl lines that
+//! work as printed. A second run on the same directory reuses the PKI and
+//! the cluster.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Config, GatewaySection, LimitsSection, TlsSection, UpstreamSection, WarehouseSection};
+use crate::sim::{Faults, SimSettings, Simulator};
+use crate::tls::pki::{self, PkiLayout, SAMPLE_APPS};
+use crate::tls::{self, MutualServerFiles};
+use crate::warehouse::embedded::free_port;
+
+/// Options of `popgate demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub dir: PathBuf,
+    pub policies: PathBuf,
+    pub province: u16,
+    pub seed: u64,
+    pub population: u32,
+}
+
+/// How many sample IDs `ready.json` lists.
+const SAMPLE_IDS: usize = 24;
+
+/// Runs the demo until `stop` resolves, then stops everything it started.
+pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.dir).with_context(|| format!("cannot create {}", opts.dir.display()))?;
+    let dir = std::fs::canonicalize(&opts.dir)?;
+    let policies = std::fs::canonicalize(&opts.policies).with_context(|| {
+        format!("policy directory {} not found: run from the popgate checkout or pass --policies", opts.policies.display())
+    })?;
+    let layout = PkiLayout::new(dir.join("certs"));
+    if !layout.is_complete() {
+        pki::init(&layout.dir, SAMPLE_APPS, true)?;
+        tracing::info!(dir = %layout.dir.display(), "created the development PKI");
+    }
+
+    // The national-DB simulator.
+    let sim = Arc::new(Simulator::new(&SimSettings {
+        seed: opts.seed,
+        population: opts.population,
+        province: opts.province,
+        faults: Faults::default(),
+    }));
+    let sim_tls = tls::mutual_server_config(&MutualServerFiles {
+        cert: &layout.sim_cert(),
+        key: &layout.sim_key(),
+        client_ca: &layout.national_ca_cert(),
+        allow_tls12: false,
+        alpn: tls::ALPN_H2_H1,
+    })?;
+    let sim_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let sim_addr = sim_listener.local_addr()?;
+    let (sim_stop, sim_stop_rx) = watch::channel(false);
+    let sim_task = tokio::spawn(sim.clone().run(sim_listener, Arc::new(sim_tls), sim_stop_rx));
+
+    let config = Config {
+        gateway: GatewaySection {
+            listen: ([127, 0, 0, 1], free_port()?).into(),
+            ops_listen: ([127, 0, 0, 1], free_port()?).into(),
+            instance_id: "demo-1".to_owned(),
+            province: opts.province,
+            policies,
+            data_dir: dir.clone(),
+        },
+        tls: TlsSection {
+            cert: layout.gateway_cert(),
+            key: layout.gateway_key(),
+            client_ca: layout.apps_ca_cert(),
+            allow_tls12: false,
+        },
+        upstream: UpstreamSection {
+            url: format!("https://{sim_addr}"),
+            ca: layout.national_ca_cert(),
+            cert: layout.upstream_client_cert(),
+            key: layout.upstream_client_key(),
+            timeout_ms: crate::config::DEFAULT_UPSTREAM_TIMEOUT_MS,
+            connect_timeout_ms: crate::config::DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
+            max_response_bytes: crate::config::DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES,
+            service_code: "POPGATE-DEMO".to_owned(),
+            integration_code: format!("POPGATE-{:02}", opts.province),
+        },
+        warehouse: WarehouseSection::default(),
+        limits: LimitsSection::default(),
+    };
+    pki::write_file(&dir.join("gateway.toml"), config.to_toml().as_bytes(), 0o600)?;
+    let gateway = match crate::api::start(&config).await {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = sim_stop.send(true);
+            let _ = sim_task.await;
+            return Err(e);
+        }
+    };
+
+    let sample_ids = sim.population().sample_ids(SAMPLE_IDS);
+    let ready = json!({
+        "gateway_url": format!("https://{}", gateway.gateway_addr),
+        "ops_url": format!("http://{}", gateway.ops_addr),
+        "upstream_url": format!("https://{sim_addr}"),
+        "warehouse_url": gateway.warehouse_url,
+        "ca_cert": layout.apps_ca_cert(),
+        "apps": SAMPLE_APPS.iter().map(|a| (a.to_string(), json!({
+            "cert": layout.app_cert(a),
+            "key": layout.app_key(a),
+        }))).collect::<serde_json::Map<_, _>>(),
+        "sample_personal_ids": sample_ids,
+        "upstream_ca": layout.national_ca_cert(),
+        "upstream_client": { "cert": layout.upstream_client_cert(), "key": layout.upstream_client_key() },
+        "warehouse_admin_url": gateway.warehouse_admin_url,
+        "pid": std::process::id(),
+    });
+    let ready_path = dir.join("ready.json");
+    write_atomically(&ready_path, serde_json::to_string_pretty(&ready)?.as_bytes())?;
+    print_instructions(&layout, &gateway.gateway_addr.to_string(), &gateway.ops_addr.to_string(), &sample_ids, &ready_path);
+
+    stop.await;
+    eprintln!("popgate demo: stopping");
+    let _ = std::fs::remove_file(&ready_path);
+    gateway.stop().await;
+    let _ = sim_stop.send(true);
+    let _ = sim_task.await;
+    Ok(())
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    pki::write_file(&tmp, bytes, 0o600)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn print_instructions(layout: &PkiLayout, gateway: &str, ops: &str, ids: &[String], ready: &Path) {
+    let cert = |app: &str| {
+        format!(
+            "--cacert {} --cert {} --key {}",
+            layout.apps_ca_cert().display(),
+            layout.app_cert(app).display(),
+            layout.app_key(app).display()
+        )
+    };
+    let id = ids.first().map(String::as_str).unwrap_or("079203001234");
+    println!("popgate demo is ready ({}).", ready.display());
+    println!();
+    println!("Look up a (synthetic) citizen as the one-stop-shop app:");
+    println!(
+        "  curl -sS {} -H 'content-type: application/json' -d '{{\"personal_id\": \"{id}\", \"purpose\": \"administrative-procedure\", \"case_ref\": \"HS-2026-000123\"}}' https://{gateway}/v1/citizens/lookup",
+        cert("mot-cua")
+    );
+    println!();
+    println!("The same citizen as the health app (another purpose, other fields):");
+    println!(
+        "  curl -sS {} -H 'content-type: application/json' -d '{{\"personal_id\": \"{id}\", \"purpose\": \"health-insurance\"}}' https://{gateway}/v1/citizens/lookup",
+        cert("y-te")
+    );
+    println!();
+    println!("Readiness: curl -sS http://{ops}/readyz");
+    println!("More sample IDs are in ready.json. Stop with Ctrl-C.");
+}

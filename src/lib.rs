@@ -1,0 +1,30 @@
+//! popgate: the one secured door between a province's applications and the
+//! national population database.
+//!
+//! # Layout
+//!
+//! - [`config`]: the gateway's TOML config, defaults as named constants.
+//! - [`tls`]: rustls server/client configs, PEM loading; [`tls::pki`] the dev PKI.
+//! - [`auth`]: which app is calling, from its client certificate.
+//! - [`personal_id`]: the 12-digit personal ID and its structural checks.
+//! - [`policy`]: field catalog, purposes, apps and grants; evaluation and masks.
+//! - [`upstream`]: the national-DB adapter trait and its mTLS HTTP client.
+//! - [`server`]: accepting connections: TLS, HTTP/1.1 + h2, limits, draining.
+//! - [`api`]: the HTTP surfaces: app `/v1`, ops; problem documents.
+//! - [`warehouse`]: PostgreSQL: embedded cluster, migrations, pool.
+//! - [`sim`]: the national population DB simulator.
+//! - [`units`]: Vietnam's administrative units (2025).
+//! - [`demo`]: `popgate demo`, everything on embedded defaults.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod personal_id;
+pub mod policy;
+pub mod server;
+pub mod sim;
+pub mod tls;
+pub mod units;
+pub mod upstream;
+pub mod warehouse;

@@ -1,0 +1,245 @@
+//! The `popgate` command line: parses arguments, starts logging, runs the
+//! chosen command and maps failure to an exit status. Nothing else lives
+//! here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use popgate::config::{Config, DEFAULT_PROVINCE};
+use popgate::sim::{population::MAX_POPULATION, Faults, SimSettings, Simulator};
+use popgate::tls::pki::{self, PkiLayout, SAMPLE_APPS};
+use popgate::tls::{self, MutualServerFiles};
+
+#[derive(Parser)]
+#[command(name = "popgate", version, about = "The secured gateway between a province's applications and the national population database")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything on embedded defaults (PKI, simulator, PostgreSQL, gateway) until Ctrl-C/SIGTERM.
+    Demo {
+        /// Directory for the dev PKI, the PostgreSQL cluster and ready.json.
+        #[arg(long, default_value = "var/demo")]
+        dir: PathBuf,
+        /// Policy directory imported as version 1 when the store is empty.
+        #[arg(long, default_value = "policies")]
+        policies: PathBuf,
+        /// Province (post-2025 code) the demo serves.
+        #[arg(long, default_value_t = DEFAULT_PROVINCE)]
+        province: u16,
+        /// Simulator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Simulated population size.
+        #[arg(long, default_value_t = MAX_POPULATION)]
+        population: u32,
+    },
+    /// The gateway for production use, from a TOML config.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The national population DB simulator alone.
+    Sim(SimArgs),
+    /// Development certificates and keys.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Access policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Creates a development PKI (apps CA, gateway cert, app certs, national-DB CA and certs, audit and pseudonym keys).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Replace an existing PKI.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validates a policy directory: exit 0 when valid, else one `FILE:LINE:COL: message` line per problem.
+    Check {
+        #[arg(default_value = "policies")]
+        path: PathBuf,
+        #[arg(long, default_value_t = DEFAULT_PROVINCE)]
+        province: u16,
+    },
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: SocketAddr,
+    /// A directory made by `popgate certs init`; supplies the three files below.
+    #[arg(long)]
+    certs_dir: Option<PathBuf>,
+    /// Server certificate (default: CERTS_DIR/sim.pem).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// CA whose client certificates are accepted (default: CERTS_DIR/national-ca.pem).
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = MAX_POPULATION, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_POPULATION)))]
+    population: u32,
+    #[arg(long, default_value_t = DEFAULT_PROVINCE)]
+    province: u16,
+    /// Added to every answer.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Uniform extra latency in [0, JITTER).
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+    /// Fraction of requests answered with HTTP 500.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    error_rate: f64,
+    /// Fraction of requests that stall for --stall-ms first.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    stall_rate: f64,
+    #[arg(long, default_value_t = 30_000)]
+    stall_ms: u64,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err("must be a number from 0 to 1".to_owned()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("POPGATE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("popgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("popgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Demo { dir, policies, province, seed, population } => {
+            let opts = popgate::demo::DemoOptions { dir, policies, province, seed, population };
+            popgate::demo::run(opts, shutdown_signal()).await?;
+        }
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            let gateway = popgate::api::start(&config).await?;
+            shutdown_signal().await;
+            gateway.stop().await;
+        }
+        Command::Sim(args) => run_sim(args).await?,
+        Command::Certs { command: CertsCommand::Init { dir, force } } => {
+            pki::init(&dir, SAMPLE_APPS, force)?;
+            println!("development PKI written to {}", dir.display());
+        }
+        Command::Policy { command: PolicyCommand::Check { path, province } } => {
+            return Ok(match popgate::policy::load_dir(&path, province) {
+                Ok(set) => {
+                    println!("{}: valid ({} apps, {} fields, {} purposes)", path.display(), set.apps.len(), set.catalog.fields.len(), set.purposes.len());
+                    ExitCode::SUCCESS
+                }
+                Err(problems) => {
+                    println!("{problems}");
+                    ExitCode::FAILURE
+                }
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
+    let layout = args.certs_dir.as_ref().map(PkiLayout::new);
+    let pick = |given: Option<PathBuf>, from_layout: fn(&PkiLayout) -> PathBuf, flag: &str| {
+        given
+            .or_else(|| layout.as_ref().map(from_layout))
+            .with_context(|| format!("--{flag} or --certs-dir is required"))
+    };
+    let cert = pick(args.cert, PkiLayout::sim_cert, "cert")?;
+    let key = pick(args.key, PkiLayout::sim_key, "key")?;
+    let client_ca = pick(args.client_ca, PkiLayout::national_ca_cert, "client-ca")?;
+    let tls = tls::mutual_server_config(&MutualServerFiles {
+        cert: &cert,
+        key: &key,
+        client_ca: &client_ca,
+        allow_tls12: false,
+        alpn: tls::ALPN_H2_H1,
+    })?;
+    let sim = Arc::new(Simulator::new(&SimSettings {
+        seed: args.seed,
+        population: args.population,
+        province: args.province,
+        faults: Faults {
+            latency: Duration::from_millis(args.latency_ms),
+            jitter: Duration::from_millis(args.jitter_ms),
+            error_rate: args.error_rate,
+            stall_rate: args.stall_rate,
+            stall: Duration::from_millis(args.stall_ms),
+        },
+    }));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!("popgate sim: listening on https://{}", listener.local_addr()?);
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(sim.run(listener, Arc::new(tls), stop_rx));
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    let _ = task.await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

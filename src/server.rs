@@ -1,0 +1,239 @@
+//! Accepting connections for every HTTP listener popgate runs (gateway, ops,
+//! simulator): the connection cap, the TLS handshake deadline, HTTP/1.1 and
+//! HTTP/2 on one port (ALPN), header limits and timeouts with hyper's timer
+//! actually set, and graceful shutdown with a drain deadline.
+//!
+//! This module knows nothing about routes; a listener hands each request and
+//! the peer's identity to a handler function.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+/// Response body type of every handler.
+pub type Body = Full<Bytes>;
+
+/// Bounds applied to every connection of a listener.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    /// HTTP/1.1 read buffer, which bounds the request head (431 beyond it).
+    pub max_header_bytes: usize,
+    pub max_header_count: usize,
+    pub max_concurrent_streams: u32,
+    pub max_pending_reset_streams: usize,
+    pub idle_timeout: Duration,
+    /// How long in-flight requests may take to finish after shutdown begins.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_header_count: 64,
+            max_concurrent_streams: 100,
+            max_pending_reset_streams: 20,
+            idle_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The leaf client certificate, already verified by rustls.
+    pub client_cert: Option<CertificateDer<'static>>,
+}
+
+/// Serves `listener` until `shutdown` turns true, then drains.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    limits: ServerLimits,
+    handler: H,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let acceptor = tls.map(TlsAcceptor::from);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let limits = Arc::new(limits);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(limit = limits.max_connections, "connection cap reached; refusing");
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let handler = handler.clone();
+        let limits = limits.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match acceptor {
+                Some(acceptor) => {
+                    let accepted =
+                        tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+                    let stream = match accepted {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%addr, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%addr, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let client_cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|c| c.clone().into_owned());
+                    let peer = Arc::new(Peer { addr, client_cert });
+                    let conn = serve_connection(TokioIo::new(stream), peer, handler, &limits, watcher);
+                    if let Err(error) = conn.await {
+                        tracing::debug!(%addr, %error, "connection ended with an error");
+                    }
+                }
+                None => {
+                    let peer = Arc::new(Peer {
+                        addr,
+                        client_cert: None,
+                    });
+                    let conn = serve_connection(TokioIo::new(tcp), peer, handler, &limits, watcher);
+                    if let Err(error) = conn.await {
+                        tracing::debug!(%addr, %error, "connection ended with an error");
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed with connections still open");
+    }
+}
+
+/// One connection's HTTP state machine, HTTP/1.1 or h2 as negotiated.
+async fn serve_connection<I, H, F>(
+    io: TokioIo<I>,
+    peer: Arc<Peer>,
+    handler: H,
+    limits: &ServerLimits,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(handler(req, peer).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_header_count);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.max_pending_reset_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(limits.idle_timeout / 2)
+        .keep_alive_timeout(Duration::from_secs(20));
+    watcher.watch(builder.serve_connection(io, service)).await
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: http::StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Reads a whole request body, refusing more than `limit` bytes. The
+/// declared content-length is checked before anything is buffered.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    if let Some(len) = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(BodyError::TooLarge);
+        }
+    }
+    match http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Io),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body too large")]
+    TooLarge,
+    #[error("request body could not be read")]
+    Io,
+}

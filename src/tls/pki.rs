@@ -1,0 +1,271 @@
+//! The development PKI made by `popgate certs init`: two CAs (the province's
+//! apps CA and a stand-in for the national database's CA), the leaf
+//! certificates that hang off them, the audit signing key and the pseudonym
+//! key. Production deployments replace every file with ones from their own
+//! CAs and key management; the layout is in `certs/README.md`.
+
+use std::fs;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+    PKCS_ED25519,
+};
+use time::{Duration, OffsetDateTime};
+
+/// The sample apps of `policies/` plus the admin and audit clients.
+pub const SAMPLE_APPS: &[&str] = &[
+    "mot-cua",
+    "ioc",
+    "y-te",
+    "dia-chi-so",
+    "admin-cli",
+    "audit-cli",
+];
+
+/// The URI SAN that names an app in its client certificate.
+pub fn app_uri(app: &str) -> String {
+    format!("urn:popgate:app:{app}")
+}
+
+const CA_VALIDITY_DAYS: i64 = 3650;
+const LEAF_VALIDITY_DAYS: i64 = 397;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{0} already holds a PKI; pass --force to replace it")]
+    Exists(String),
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// File names inside a PKI directory.
+#[derive(Debug, Clone)]
+pub struct PkiLayout {
+    pub dir: PathBuf,
+}
+
+impl PkiLayout {
+    pub fn new(dir: impl Into<PathBuf>) -> PkiLayout {
+        PkiLayout { dir: dir.into() }
+    }
+    pub fn apps_ca_cert(&self) -> PathBuf {
+        self.dir.join("apps-ca.pem")
+    }
+    pub fn gateway_cert(&self) -> PathBuf {
+        self.dir.join("gateway.pem")
+    }
+    pub fn gateway_key(&self) -> PathBuf {
+        self.dir.join("gateway.key")
+    }
+    pub fn app_cert(&self, app: &str) -> PathBuf {
+        self.dir.join("apps").join(format!("{app}.pem"))
+    }
+    pub fn app_key(&self, app: &str) -> PathBuf {
+        self.dir.join("apps").join(format!("{app}.key"))
+    }
+    pub fn national_ca_cert(&self) -> PathBuf {
+        self.dir.join("national-ca.pem")
+    }
+    pub fn sim_cert(&self) -> PathBuf {
+        self.dir.join("sim.pem")
+    }
+    pub fn sim_key(&self) -> PathBuf {
+        self.dir.join("sim.key")
+    }
+    pub fn upstream_client_cert(&self) -> PathBuf {
+        self.dir.join("upstream-client.pem")
+    }
+    pub fn upstream_client_key(&self) -> PathBuf {
+        self.dir.join("upstream-client.key")
+    }
+    pub fn audit_signing_key(&self) -> PathBuf {
+        self.dir.join("audit-signing.key")
+    }
+    pub fn pseudonym_key(&self) -> PathBuf {
+        self.dir.join("pseudonym.key")
+    }
+    /// True when a previous `certs init` completed here.
+    pub fn is_complete(&self) -> bool {
+        [
+            self.apps_ca_cert(),
+            self.gateway_cert(),
+            self.national_ca_cert(),
+            self.upstream_client_cert(),
+            self.pseudonym_key(),
+        ]
+        .iter()
+        .all(|p| p.exists())
+    }
+}
+
+/// A certificate authority held in memory while certificates are issued.
+pub struct Authority {
+    cert: Certificate,
+    key: KeyPair,
+}
+
+impl Authority {
+    pub fn new(common_name: &str) -> Result<Authority, PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, CA_VALIDITY_DAYS);
+        let cert = params.self_signed(&key)?;
+        Ok(Authority { cert, key })
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A TLS server certificate for loopback use.
+    pub fn issue_server(&self, common_name: &str) -> Result<Issued, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(common_name);
+        params.subject_alt_names = vec![
+            SanType::DnsName("localhost".try_into()?),
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
+    /// A TLS client certificate; `uri` becomes a URI SAN when given.
+    pub fn issue_client(&self, common_name: &str, uri: Option<&str>) -> Result<Issued, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(common_name);
+        if let Some(uri) = uri {
+            params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+
+    fn issue(&self, mut params: CertificateParams) -> Result<Issued, PkiError> {
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, LEAF_VALIDITY_DAYS);
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// A certificate and its private key, PEM-encoded.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Issued {
+    /// Writes `cert` (world-readable) and `key` (owner-only).
+    pub fn write(&self, cert: &Path, key: &Path) -> Result<(), PkiError> {
+        write_file(cert, self.cert_pem.as_bytes(), 0o644)?;
+        write_file(key, self.key_pem.as_bytes(), 0o600)
+    }
+}
+
+fn name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CountryName, "VN");
+    dn.push(DnType::OrganizationName, "popgate development PKI");
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(days);
+}
+
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    let err = |source| PkiError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(err)?;
+    }
+    let _ = fs::remove_file(path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)
+}
+
+/// What `certs init` made, with the CAs kept so tests can issue more.
+pub struct DevPki {
+    pub layout: PkiLayout,
+    pub apps_ca: Authority,
+    pub national_ca: Authority,
+}
+
+/// Creates the whole development PKI in `dir`.
+pub fn init(dir: &Path, apps: &[&str], force: bool) -> Result<DevPki, PkiError> {
+    let layout = PkiLayout::new(dir);
+    if layout.is_complete() && !force {
+        return Err(PkiError::Exists(dir.display().to_string()));
+    }
+    let apps_ca = Authority::new("popgate provincial apps CA (development)")?;
+    write_file(&layout.apps_ca_cert(), apps_ca.cert_pem().as_bytes(), 0o644)?;
+    apps_ca
+        .issue_server("popgate gateway")?
+        .write(&layout.gateway_cert(), &layout.gateway_key())?;
+    for app in apps {
+        apps_ca
+            .issue_client(app, Some(&app_uri(app)))?
+            .write(&layout.app_cert(app), &layout.app_key(app))?;
+    }
+
+    let national_ca = Authority::new("national population database CA (simulated)")?;
+    write_file(
+        &layout.national_ca_cert(),
+        national_ca.cert_pem().as_bytes(),
+        0o644,
+    )?;
+    national_ca
+        .issue_server("national population database simulator")?
+        .write(&layout.sim_cert(), &layout.sim_key())?;
+    national_ca
+        .issue_client("province upstream client", None)?
+        .write(&layout.upstream_client_cert(), &layout.upstream_client_key())?;
+
+    let signing = KeyPair::generate_for(&PKCS_ED25519)?;
+    write_file(
+        &layout.audit_signing_key(),
+        signing.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    let mut pseudonym = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut pseudonym);
+    let hex: String = pseudonym.iter().map(|b| format!("{b:02x}")).collect();
+    write_file(&layout.pseudonym_key(), format!("{hex}\n").as_bytes(), 0o600)?;
+    Ok(DevPki {
+        layout,
+        apps_ca,
+        national_ca,
+    })
+}

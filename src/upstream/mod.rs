@@ -1,0 +1,198 @@
+//! The national population database, behind an adapter trait so that the
+//! real protocol can be plugged in beside the simulator's. [`HttpNationalDb`]
+//! speaks the C06 JSON operations over mTLS with the province's client
+//! certificate, through one pooled hyper client (HTTP/2 when the server
+//! offers it, keep-alive HTTP/1.1 otherwise).
+//!
+//! Answers are size-capped before they are parsed and never logged.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde_json::{json, Value};
+
+use crate::personal_id::PersonalId;
+use crate::sim::{PATH_HOUSEHOLD, PATH_LOOKUP, PATH_VERIFY};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One question to the national database.
+#[derive(Debug, Clone)]
+pub struct UpstreamQuery {
+    pub request_id: String,
+    /// The officer on whose behalf the province asks (`MaCanBo`).
+    pub officer: String,
+    pub personal_id: PersonalId,
+    pub kind: QueryKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum QueryKind {
+    Lookup,
+    Verify { full_name: String, date_of_birth: String },
+    Household,
+}
+
+/// What the national database answered.
+#[derive(Debug, Clone)]
+pub enum UpstreamAnswer {
+    Citizen { record: Value, as_of: Option<String> },
+    Match(bool),
+    Household { head: Value, members: Vec<Value>, as_of: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the national database has no such citizen")]
+    NotFound,
+    #[error("the national database did not answer in time")]
+    Timeout,
+    #[error("the national database failed: {0}")]
+    Failed(String),
+}
+
+/// The adapter every national-database client implements.
+pub trait NationalDb: Send + Sync {
+    fn query(&self, q: UpstreamQuery) -> BoxFuture<'_, Result<UpstreamAnswer, UpstreamError>>;
+}
+
+/// Settings of the HTTP adapter.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub base_url: Uri,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_response_bytes: usize,
+    /// `MaDVC`: the province's service code at the national database.
+    pub service_code: String,
+    /// `MaTichHop`: the integration code issued to the province.
+    pub integration_code: String,
+}
+
+/// The C06 JSON-over-HTTPS client.
+pub struct HttpNationalDb {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    settings: HttpSettings,
+}
+
+impl HttpNationalDb {
+    pub fn new(tls: rustls::ClientConfig, settings: HttpSettings) -> HttpNationalDb {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(https);
+        HttpNationalDb { client, settings }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<(StatusCode, Value), UpstreamError> {
+        let uri = format!(
+            "{}{}",
+            self.settings.base_url.to_string().trim_end_matches('/'),
+            path
+        );
+        let req = Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| UpstreamError::Failed(format!("bad request: {e}")))?;
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| UpstreamError::Failed(connect_error_text(&e)))?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), self.settings.max_response_bytes)
+                .collect()
+                .await
+                .map_err(|_| UpstreamError::Failed("answer too large or cut off".into()))?
+                .to_bytes();
+            Ok::<_, UpstreamError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.settings.timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| UpstreamError::Failed(format!("answer with HTTP {status} is not JSON")))?;
+        Ok((status, value))
+    }
+}
+
+fn connect_error_text(e: &hyper_util::client::legacy::Error) -> String {
+    if e.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        "connection failed".to_owned()
+    }
+}
+
+impl NationalDb for HttpNationalDb {
+    fn query(&self, q: UpstreamQuery) -> BoxFuture<'_, Result<UpstreamAnswer, UpstreamError>> {
+        Box::pin(async move {
+            let s = &self.settings;
+            let mut body = json!({
+                "MaYeuCau": q.request_id,
+                "MaDVC": s.service_code,
+                "MaTichHop": s.integration_code,
+                "MaCanBo": q.officer,
+                "SoDinhDanh": q.personal_id.as_str(),
+            });
+            let path = match &q.kind {
+                QueryKind::Lookup => PATH_LOOKUP,
+                QueryKind::Household => PATH_HOUSEHOLD,
+                QueryKind::Verify { full_name, date_of_birth } => {
+                    body["HoVaTen"] = Value::from(full_name.as_str());
+                    body["NgayThangNamSinh"] = Value::from(date_of_birth.replace('-', ""));
+                    PATH_VERIFY
+                }
+            };
+            let (status, answer) = self.post(path, body).await?;
+            match status {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND => return Err(UpstreamError::NotFound),
+                other => return Err(UpstreamError::Failed(format!("HTTP {other}"))),
+            }
+            let as_of = answer["ThoiDiemDuLieu"].as_str().map(str::to_owned);
+            match q.kind {
+                QueryKind::Lookup => answer["CongdanCollection"]["CongDan"]
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .filter(|r| r.is_object())
+                    .map(|r| UpstreamAnswer::Citizen { record: r.clone(), as_of })
+                    .ok_or_else(|| UpstreamError::Failed("answer has no CongDan".into())),
+                QueryKind::Verify { .. } => answer["TonTai"]
+                    .as_bool()
+                    .map(UpstreamAnswer::Match)
+                    .ok_or_else(|| UpstreamError::Failed("answer has no TonTai".into())),
+                QueryKind::Household => {
+                    let hh = &answer["HoGiaDinh"];
+                    let head = hh["ChuHo"].clone();
+                    if !head.is_object() {
+                        return Err(UpstreamError::Failed("answer has no ChuHo".into()));
+                    }
+                    let members = hh["ThanhVien"].as_array().cloned().unwrap_or_default();
+                    Ok(UpstreamAnswer::Household { head, members, as_of })
+                }
+            }
+        })
+    }
+}

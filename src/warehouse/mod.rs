@@ -1,0 +1,139 @@
+//! The provincial data warehouse in PostgreSQL (schema `popgate`): the only
+//! module that writes SQL. It owns the embedded cluster ([`embedded`]), the
+//! migrations (plain `.sql` files applied in order at start), and the
+//! connection pool the gateway uses.
+
+pub mod embedded;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+/// Migrations in the order they are applied; each runs once, in one
+/// transaction, recorded in `popgate.schema_migrations`.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "schema", include_str!("migrations/0001_schema.sql"))];
+
+const POOL_SIZE: usize = 16;
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One connection, its driver task spawned.
+pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .context("cannot connect to the warehouse")?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "warehouse connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Applies the migrations that have not run yet.
+pub async fn migrate(admin_url: &str) -> anyhow::Result<()> {
+    let mut client = connect(admin_url).await?;
+    client
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS popgate;
+             CREATE TABLE IF NOT EXISTS popgate.schema_migrations (
+                 version integer PRIMARY KEY,
+                 name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .context("cannot create the migrations table")?;
+    for (version, name, sql) in MIGRATIONS {
+        let tx = client.transaction().await?;
+        // Serialise concurrent starters on one database.
+        tx.batch_execute("LOCK TABLE popgate.schema_migrations IN EXCLUSIVE MODE").await?;
+        let done = tx
+            .query_opt("SELECT 1 FROM popgate.schema_migrations WHERE version = $1", &[version])
+            .await?;
+        if done.is_none() {
+            tx.batch_execute(sql)
+                .await
+                .with_context(|| format!("migration {version} ({name}) failed"))?;
+            tx.execute(
+                "INSERT INTO popgate.schema_migrations (version, name) VALUES ($1, $2)",
+                &[version, name],
+            )
+            .await?;
+            tracing::info!(version, name, "applied warehouse migration");
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// The gateway's pool of warehouse connections.
+#[derive(Clone)]
+pub struct Warehouse {
+    pool: Pool,
+}
+
+impl Warehouse {
+    pub fn new(url: &str) -> anyhow::Result<Warehouse> {
+        let config: tokio_postgres::Config = url.parse().context("warehouse URL is not a valid PostgreSQL URL")?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(CHECK_TIMEOUT))
+            .create_timeout(Some(CHECK_TIMEOUT))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .context("cannot build the warehouse pool")?;
+        Ok(Warehouse { pool })
+    }
+
+    /// Whether the warehouse answers a trivial query right now.
+    pub async fn is_up(&self) -> bool {
+        let check = async {
+            let client = self.pool.get().await.ok()?;
+            client.query_one("SELECT 1", &[]).await.ok()
+        };
+        matches!(tokio::time::timeout(CHECK_TIMEOUT, check).await, Ok(Some(_)))
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl Warehouse {
+    /// The active policy version and its files, if the store has one.
+    pub async fn active_policy(&self) -> anyhow::Result<Option<(u64, crate::policy::PolicyFiles)>> {
+        let client = self.pool.get().await.context("warehouse unavailable")?;
+        let row = client
+            .query_opt(
+                "SELECT version, files FROM popgate.policy_versions WHERE state = 'active'",
+                &[],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let version: i64 = row.get(0);
+        let files: serde_json::Value = row.get(1);
+        let files = serde_json::from_value(files).context("stored policy files are malformed")?;
+        Ok(Some((u64::try_from(version).unwrap_or_default(), files)))
+    }
+
+    /// Makes `files` version 1 when the store holds no version at all.
+    /// Returns whether it did.
+    pub async fn seed_policy(&self, files: &crate::policy::PolicyFiles, author: &str) -> anyhow::Result<bool> {
+        let client = self.pool.get().await.context("warehouse unavailable")?;
+        let doc = serde_json::to_value(files)?;
+        let inserted = client
+            .execute(
+                "INSERT INTO popgate.policy_versions (version, state, files, author, reason, activated_at)
+                 SELECT 1, 'active', $1, $2, 'initial import from the policy directory', now()
+                 WHERE NOT EXISTS (SELECT 1 FROM popgate.policy_versions)
+                 ON CONFLICT DO NOTHING",
+                &[&doc, &author],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+}
