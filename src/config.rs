@@ -147,10 +147,14 @@ impl LimitsSection {
 }
 
 fn default_gateway_listen() -> SocketAddr {
-    DEFAULT_GATEWAY_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8443)))
+    DEFAULT_GATEWAY_LISTEN
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8443)))
 }
 fn default_ops_listen() -> SocketAddr {
-    DEFAULT_OPS_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9090)))
+    DEFAULT_OPS_LISTEN
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9090)))
 }
 fn default_instance_id() -> String {
     "gw-1".to_owned()
@@ -179,7 +183,12 @@ pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("{path}:{line}:{col}: {message}")]
-    Invalid { path: String, line: usize, col: usize, message: String },
+    Invalid {
+        path: String,
+        line: usize,
+        col: usize,
+        message: String,
+    },
 }
 
 impl Config {
@@ -207,8 +216,17 @@ impl Config {
         };
         let mut config: Config =
             toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
-        if crate::units::Units::get().province(config.gateway.province).is_none() {
-            return Err(invalid(None, format!("gateway.province {} is not a province code", config.gateway.province)));
+        if crate::units::Units::get()
+            .province(config.gateway.province)
+            .is_none()
+        {
+            return Err(invalid(
+                None,
+                format!(
+                    "gateway.province {} is not a province code",
+                    config.gateway.province
+                ),
+            ));
         }
         if !config.upstream.url.starts_with("https://") {
             return Err(invalid(None, "upstream.url must be an https:// URL".to_owned()));

@@ -36,7 +36,10 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     std::fs::create_dir_all(&opts.dir).with_context(|| format!("cannot create {}", opts.dir.display()))?;
     let dir = std::fs::canonicalize(&opts.dir)?;
     let policies = std::fs::canonicalize(&opts.policies).with_context(|| {
-        format!("policy directory {} not found: run from the popgate checkout or pass --policies", opts.policies.display())
+        format!(
+            "policy directory {} not found: run from the popgate checkout or pass --policies",
+            opts.policies.display()
+        )
     })?;
     let layout = PkiLayout::new(dir.join("certs"));
     if !layout.is_complete() {
@@ -121,7 +124,13 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     });
     let ready_path = dir.join("ready.json");
     write_atomically(&ready_path, serde_json::to_string_pretty(&ready)?.as_bytes())?;
-    print_instructions(&layout, &gateway.gateway_addr.to_string(), &gateway.ops_addr.to_string(), &sample_ids, &ready_path);
+    print_instructions(
+        &layout,
+        &gateway.gateway_addr.to_string(),
+        &gateway.ops_addr.to_string(),
+        &sample_ids,
+        &ready_path,
+    );
 
     stop.await;
     eprintln!("popgate demo: stopping");

@@ -18,7 +18,11 @@ use popgate::tls::pki::{self, PkiLayout, SAMPLE_APPS};
 use popgate::tls::{self, MutualServerFiles};
 
 #[derive(Parser)]
-#[command(name = "popgate", version, about = "The secured gateway between a province's applications and the national population database")]
+#[command(
+    name = "popgate",
+    version,
+    about = "The secured gateway between a province's applications and the national population database"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -134,7 +138,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("POPGATE_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("POPGATE_LOG")
+                .unwrap_or_else(|_| "info,tokio_postgres=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -156,8 +161,20 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Demo { dir, policies, province, seed, population } => {
-            let opts = popgate::demo::DemoOptions { dir, policies, province, seed, population };
+        Command::Demo {
+            dir,
+            policies,
+            province,
+            seed,
+            population,
+        } => {
+            let opts = popgate::demo::DemoOptions {
+                dir,
+                policies,
+                province,
+                seed,
+                population,
+            };
             popgate::demo::run(opts, shutdown_signal()).await?;
         }
         Command::Serve { config } => {
@@ -167,14 +184,24 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             gateway.stop().await;
         }
         Command::Sim(args) => run_sim(args).await?,
-        Command::Certs { command: CertsCommand::Init { dir, force } } => {
+        Command::Certs {
+            command: CertsCommand::Init { dir, force },
+        } => {
             pki::init(&dir, SAMPLE_APPS, force)?;
             println!("development PKI written to {}", dir.display());
         }
-        Command::Policy { command: PolicyCommand::Check { path, province } } => {
+        Command::Policy {
+            command: PolicyCommand::Check { path, province },
+        } => {
             return Ok(match popgate::policy::load_dir(&path, province) {
                 Ok(set) => {
-                    println!("{}: valid ({} apps, {} fields, {} purposes)", path.display(), set.apps.len(), set.catalog.fields.len(), set.purposes.len());
+                    println!(
+                        "{}: valid ({} apps, {} fields, {} purposes)",
+                        path.display(),
+                        set.apps.len(),
+                        set.catalog.fields.len(),
+                        set.purposes.len()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(problems) => {

@@ -84,9 +84,7 @@ impl PersonalId {
 
     pub fn birth_year(&self) -> i32 {
         let b = self.0.as_bytes();
-        century_base(i32::from(b[3] - b'0'))
-            + i32::from(b[4] - b'0') * 10
-            + i32::from(b[5] - b'0')
+        century_base(i32::from(b[3] - b'0')) + i32::from(b[4] - b'0') * 10 + i32::from(b[5] - b'0')
     }
 
     /// The six serial digits.
@@ -123,12 +121,30 @@ mod tests {
 
     #[test]
     fn rejects_each_structural_error() {
-        assert_eq!(PersonalId::parse("07920300123", 2026), Err(PersonalIdError::Shape));
-        assert_eq!(PersonalId::parse("07920300123x", 2026), Err(PersonalIdError::Shape));
-        assert_eq!(PersonalId::parse("０７９203001234", 2026), Err(PersonalIdError::Shape));
-        assert_eq!(PersonalId::parse("003203001234", 2026), Err(PersonalIdError::Province));
-        assert_eq!(PersonalId::parse("079227001234", 2026), Err(PersonalIdError::BirthYear));
-        assert_eq!(PersonalId::parse("079490001234", 2026), Err(PersonalIdError::BirthYear));
+        assert_eq!(
+            PersonalId::parse("07920300123", 2026),
+            Err(PersonalIdError::Shape)
+        );
+        assert_eq!(
+            PersonalId::parse("07920300123x", 2026),
+            Err(PersonalIdError::Shape)
+        );
+        assert_eq!(
+            PersonalId::parse("０７９203001234", 2026),
+            Err(PersonalIdError::Shape)
+        );
+        assert_eq!(
+            PersonalId::parse("003203001234", 2026),
+            Err(PersonalIdError::Province)
+        );
+        assert_eq!(
+            PersonalId::parse("079227001234", 2026),
+            Err(PersonalIdError::BirthYear)
+        );
+        assert_eq!(
+            PersonalId::parse("079490001234", 2026),
+            Err(PersonalIdError::BirthYear)
+        );
     }
 
     #[test]
@@ -137,7 +153,10 @@ mod tests {
         assert_eq!(id.as_str(), "074199000042");
         let again = PersonalId::parse(id.as_str(), 2026).expect("valid");
         assert_eq!((again.sex(), again.birth_year()), (Sex::Female, 1999));
-        assert_eq!(PersonalId::compose(79, Sex::Male, 2010, 7).as_str(), "079210000007");
+        assert_eq!(
+            PersonalId::compose(79, Sex::Male, 2010, 7).as_str(),
+            "079210000007"
+        );
         assert!(!format!("{id:?}").contains("074"));
     }
 }

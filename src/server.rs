@@ -111,8 +111,7 @@ pub async fn serve<H, F>(
             let _permit = permit;
             match acceptor {
                 Some(acceptor) => {
-                    let accepted =
-                        tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+                    let accepted = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
                     let stream = match accepted {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(error)) => {

@@ -71,7 +71,11 @@ impl AppApi {
             Ok(op) => op,
             Err(e) => return finish(problem_response(&e, &request_id), &request_id),
         };
-        let outcome = tokio::time::timeout(self.request_timeout, self.clone().run(op, req, &peer, &request_id)).await;
+        let outcome = tokio::time::timeout(
+            self.request_timeout,
+            self.clone().run(op, req, &peer, &request_id),
+        )
+        .await;
         let resp = match outcome {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => problem_response(&e, &request_id),
@@ -86,7 +90,13 @@ impl AppApi {
         finish(resp, &request_id)
     }
 
-    async fn run(self: Arc<Self>, op: Operation, req: Request<Incoming>, peer: &Peer, request_id: &str) -> Result<Response<Body>, ApiError> {
+    async fn run(
+        self: Arc<Self>,
+        op: Operation,
+        req: Request<Incoming>,
+        peer: &Peer,
+        request_id: &str,
+    ) -> Result<Response<Body>, ApiError> {
         // One snapshot for the whole request: a reload mid-request does not
         // change the rules this request is judged by.
         let policy = self.policy.load_full();
@@ -100,7 +110,11 @@ impl AppApi {
                 validate_purpose(&b.purpose)?;
                 validate_case_ref(b.case_ref.as_deref())?;
                 let grant = authorize(&policy, &caller, op, &b.purpose, b.case_ref.as_deref())?;
-                let kind = if op == Operation::Lookup { QueryKind::Lookup } else { QueryKind::Household };
+                let kind = if op == Operation::Lookup {
+                    QueryKind::Lookup
+                } else {
+                    QueryKind::Household
+                };
                 let answer = self.ask_upstream(&caller, pid, kind, request_id).await?;
                 let document = release(&policy, grant, &caller, answer)?;
                 let mut out = json!({ "request_id": request_id, "policy_version": policy.version });
@@ -117,7 +131,10 @@ impl AppApi {
                 let full_name = validate_full_name(&b.full_name)?;
                 let date_of_birth = validate_date(&b.date_of_birth)?;
                 authorize(&policy, &caller, op, &b.purpose, b.case_ref.as_deref())?;
-                let kind = QueryKind::Verify { full_name, date_of_birth };
+                let kind = QueryKind::Verify {
+                    full_name,
+                    date_of_birth,
+                };
                 match self.ask_upstream(&caller, pid, kind, request_id).await? {
                     UpstreamAnswer::Match(m) => Ok(json_response(
                         StatusCode::OK,
@@ -129,7 +146,13 @@ impl AppApi {
         }
     }
 
-    async fn ask_upstream(&self, caller: &Caller<'_>, personal_id: PersonalId, kind: QueryKind, request_id: &str) -> Result<UpstreamAnswer, ApiError> {
+    async fn ask_upstream(
+        &self,
+        caller: &Caller<'_>,
+        personal_id: PersonalId,
+        kind: QueryKind,
+        request_id: &str,
+    ) -> Result<UpstreamAnswer, ApiError> {
         let query = UpstreamQuery {
             request_id: request_id.to_owned(),
             officer: caller.officer_id.clone(),
@@ -168,7 +191,10 @@ fn finish(mut resp: Response<Body>, request_id: &str) -> Response<Body> {
         headers.insert("x-request-id", v);
     }
     // Citizen data must not linger in any cache on the way.
-    headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     resp
 }
 
@@ -232,25 +258,30 @@ fn describe_json_error(e: &serde_json::Error) -> String {
 }
 
 fn validate_personal_id(s: &str) -> Result<PersonalId, ApiError> {
-    PersonalId::parse(s, time::OffsetDateTime::now_utc().year()).map_err(|e| ApiError::InvalidRequest(e.to_string()))
+    PersonalId::parse(s, time::OffsetDateTime::now_utc().year())
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))
 }
 
 fn validate_purpose(s: &str) -> Result<(), ApiError> {
     if s.is_empty() || s.chars().count() > MAX_SHORT_TEXT_CHARS {
-        return Err(ApiError::InvalidRequest("purpose must name one of the purposes of the policy".into()));
+        return Err(ApiError::InvalidRequest(
+            "purpose must name one of the purposes of the policy".into(),
+        ));
     }
     Ok(())
 }
 
 fn validate_case_ref(s: Option<&str>) -> Result<(), ApiError> {
     match s {
-        Some(c) if c.trim().is_empty() => Err(ApiError::InvalidRequest("case_ref must not be empty when given".into())),
+        Some(c) if c.trim().is_empty() => Err(ApiError::InvalidRequest(
+            "case_ref must not be empty when given".into(),
+        )),
         Some(c) if c.chars().count() > MAX_CASE_REF_CHARS => Err(ApiError::InvalidRequest(format!(
             "case_ref must be at most {MAX_CASE_REF_CHARS} characters"
         ))),
-        Some(c) if c.chars().any(char::is_control) => {
-            Err(ApiError::InvalidRequest("case_ref must not contain control characters".into()))
-        }
+        Some(c) if c.chars().any(char::is_control) => Err(ApiError::InvalidRequest(
+            "case_ref must not contain control characters".into(),
+        )),
         _ => Ok(()),
     }
 }
@@ -273,8 +304,16 @@ fn validate_date(s: &str) -> Result<String, ApiError> {
 }
 
 /// Step 2: the grant for this app, role, operation and purpose.
-fn authorize<'a>(policy: &'a PolicySet, caller: &Caller<'a>, op: Operation, purpose: &str, case_ref: Option<&str>) -> Result<&'a Grant, ApiError> {
-    let grant = policy.authorize(caller.app, &caller.roles, op, purpose).map_err(ApiError::Denied)?;
+fn authorize<'a>(
+    policy: &'a PolicySet,
+    caller: &Caller<'a>,
+    op: Operation,
+    purpose: &str,
+    case_ref: Option<&str>,
+) -> Result<&'a Grant, ApiError> {
+    let grant = policy
+        .authorize(caller.app, &caller.roles, op, purpose)
+        .map_err(ApiError::Denied)?;
     if grant.case_ref_required && case_ref.is_none() {
         return Err(ApiError::InvalidRequest(format!(
             "{}; send the reference of the case this lookup serves",
@@ -285,7 +324,12 @@ fn authorize<'a>(policy: &'a PolicySet, caller: &Caller<'a>, op: Operation, purp
 }
 
 /// Step 3: jurisdiction, then the granted fields only, masks applied.
-fn release(policy: &PolicySet, grant: &Grant, caller: &Caller<'_>, answer: UpstreamAnswer) -> Result<Value, ApiError> {
+fn release(
+    policy: &PolicySet,
+    grant: &Grant,
+    caller: &Caller<'_>,
+    answer: UpstreamAnswer,
+) -> Result<Value, ApiError> {
     let outside = || ApiError::Denied(Denial::OutsideJurisdiction);
     match answer {
         UpstreamAnswer::Citizen { record, .. } => {
@@ -302,7 +346,10 @@ fn release(policy: &PolicySet, grant: &Grant, caller: &Caller<'_>, answer: Upstr
                 return Err(outside());
             }
             let filter = |m: &Map<String, Value>| Value::Object(policy.release(grant, m).0);
-            let members: Vec<Value> = members.iter().map(|m| filter(&policy.catalog.map_record(m))).collect();
+            let members: Vec<Value> = members
+                .iter()
+                .map(|m| filter(&policy.catalog.map_record(m)))
+                .collect();
             Ok(json!({ "household": { "head": filter(&head), "members": members } }))
         }
         UpstreamAnswer::Match(_) => Err(ApiError::UpstreamFailed),
@@ -315,11 +362,13 @@ mod tests {
 
     #[test]
     fn json_errors_never_echo_values() {
-        let e = serde_json::from_slice::<LookupBody>(br#"{"personal_id": 79203001234, "purpose": "x"}"#).expect_err("bad");
+        let e = serde_json::from_slice::<LookupBody>(br#"{"personal_id": 79203001234, "purpose": "x"}"#)
+            .expect_err("bad");
         let d = describe_json_error(&e);
         assert!(!d.contains("79203001234"), "{d}");
         assert!(d.contains("wrong type"), "{d}");
-        let e = serde_json::from_slice::<LookupBody>(br#"{"personal_id": "1", "purpose": "x", "extra": 1}"#).expect_err("bad");
+        let e = serde_json::from_slice::<LookupBody>(br#"{"personal_id": "1", "purpose": "x", "extra": 1}"#)
+            .expect_err("bad");
         assert!(describe_json_error(&e).starts_with("unknown field `extra`"));
         let e = serde_json::from_slice::<LookupBody>(b"{").expect_err("bad");
         assert!(describe_json_error(&e).contains("not valid JSON"));
@@ -327,9 +376,18 @@ mod tests {
 
     #[test]
     fn routes_and_methods() {
-        assert_eq!(route(&Method::POST, "/v1/citizens/lookup").ok(), Some(Operation::Lookup));
-        assert!(matches!(route(&Method::GET, "/v1/citizens/lookup"), Err(ApiError::MethodNotAllowed(_))));
-        assert!(matches!(route(&Method::POST, "/v1/citizens/../lookup"), Err(ApiError::NoRoute)));
+        assert_eq!(
+            route(&Method::POST, "/v1/citizens/lookup").ok(),
+            Some(Operation::Lookup)
+        );
+        assert!(matches!(
+            route(&Method::GET, "/v1/citizens/lookup"),
+            Err(ApiError::MethodNotAllowed(_))
+        ));
+        assert!(matches!(
+            route(&Method::POST, "/v1/citizens/../lookup"),
+            Err(ApiError::NoRoute)
+        ));
     }
 
     #[test]

@@ -69,7 +69,11 @@ struct Prepared {
 
 async fn warehouse_and_policy(config: &Config) -> anyhow::Result<Prepared> {
     let (url, admin_url, embedded) = match &config.warehouse.url {
-        Some(url) => (url.clone(), config.warehouse.admin_url.clone().unwrap_or_else(|| url.clone()), None),
+        Some(url) => (
+            url.clone(),
+            config.warehouse.admin_url.clone().unwrap_or_else(|| url.clone()),
+            None,
+        ),
         None => {
             let home = config.gateway.data_dir.clone();
             let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&home)).await??;
@@ -100,14 +104,27 @@ async fn warehouse_and_policy(config: &Config) -> anyhow::Result<Prepared> {
         .active_policy()
         .await?
         .context("the policy store has no active version")?;
-    let mut set = policy::parse(&stored, province).map_err(|p| anyhow::anyhow!("active policy version {version} is invalid:\n{p}"))?;
+    let mut set = policy::parse(&stored, province)
+        .map_err(|p| anyhow::anyhow!("active policy version {version} is invalid:\n{p}"))?;
     set.version = version;
-    Ok(Prepared { warehouse, url, admin_url, embedded, policy: set })
+    Ok(Prepared {
+        warehouse,
+        url,
+        admin_url,
+        embedded,
+        policy: set,
+    })
 }
 
 /// Brings up a gateway as `config` says.
 pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
-    let Prepared { warehouse, url, admin_url, embedded, policy: set } = warehouse_and_policy(config).await?;
+    let Prepared {
+        warehouse,
+        url,
+        admin_url,
+        embedded,
+        policy: set,
+    } = warehouse_and_policy(config).await?;
     tracing::info!(version = set.version, apps = set.apps.len(), "policy active");
     let policy = Arc::new(ArcSwap::from_pointee(set));
 
@@ -118,11 +135,21 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
         allow_tls12: config.tls.allow_tls12,
         alpn: tls::ALPN_H2_H1,
     })?;
-    let client_tls = tls::mutual_client_config(&config.upstream.ca, &config.upstream.cert, &config.upstream.key, tls::ALPN_H2_H1)?;
+    // hyper-rustls sets ALPN itself from the enabled HTTP versions.
+    let client_tls = tls::mutual_client_config(
+        &config.upstream.ca,
+        &config.upstream.cert,
+        &config.upstream.key,
+        &[],
+    )?;
     let upstream: Arc<dyn NationalDb> = Arc::new(HttpNationalDb::new(
         client_tls,
         HttpSettings {
-            base_url: config.upstream.url.parse().context("upstream.url is not a valid URL")?,
+            base_url: config
+                .upstream
+                .url
+                .parse()
+                .context("upstream.url is not a valid URL")?,
             timeout: Duration::from_millis(config.upstream.timeout_ms),
             connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
             max_response_bytes: config.upstream.max_response_bytes,

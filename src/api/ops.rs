@@ -37,9 +37,17 @@ impl OpsApi {
     async fn readyz(&self) -> Response<Body> {
         let listening = self.status.is_listening();
         let policy_version = self.policy.load().version;
-        let warehouse = if self.warehouse.is_up().await { "up" } else { "down" };
+        let warehouse = if self.warehouse.is_up().await {
+            "up"
+        } else {
+            "down"
+        };
         let ready = listening && policy_version > 0;
-        let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
         json_response(
             status,
             &json!({

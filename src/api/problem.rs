@@ -86,7 +86,8 @@ pub fn problem_response(err: &ApiError, request_id: &str) -> Response<Body> {
         HeaderValue::from_static("application/problem+json"),
     );
     if let ApiError::MethodNotAllowed(allow) = err {
-        resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(allow));
+        resp.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static(allow));
     }
     resp
 }

@@ -36,7 +36,9 @@ mod tests {
     #[test]
     fn reads_the_app_uri_from_an_issued_certificate() {
         let ca = Authority::new("test CA").expect("ca");
-        let issued = ca.issue_client("mot-cua", Some(&app_uri("mot-cua"))).expect("cert");
+        let issued = ca
+            .issue_client("mot-cua", Some(&app_uri("mot-cua")))
+            .expect("cert");
         let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).expect("pem");
         assert_eq!(certificate_uris(&der), vec!["urn:popgate:app:mot-cua".to_owned()]);
         let bare = ca.issue_client("nobody", None).expect("cert");

@@ -101,9 +101,18 @@ mod tests {
 
     #[test]
     fn masks_remove_what_they_say() {
-        assert_eq!(Mask::Last4.apply(FieldKind::Text, &json!("079203001234")), json!("********1234"));
-        assert_eq!(Mask::YearOnly.apply(FieldKind::Date, &json!("2003-04-05")), json!("2003"));
-        assert_eq!(Mask::Initials.apply(FieldKind::Name, &json!("Nguyễn Văn An")), json!("N. V. A."));
+        assert_eq!(
+            Mask::Last4.apply(FieldKind::Text, &json!("079203001234")),
+            json!("********1234")
+        );
+        assert_eq!(
+            Mask::YearOnly.apply(FieldKind::Date, &json!("2003-04-05")),
+            json!("2003")
+        );
+        assert_eq!(
+            Mask::Initials.apply(FieldKind::Name, &json!("Nguyễn Văn An")),
+            json!("N. V. A.")
+        );
         assert_eq!(
             Mask::WardOnly.apply(
                 FieldKind::Address,
@@ -111,7 +120,10 @@ mod tests {
             ),
             json!({"province_code": "79", "ward_code": "26734"})
         );
-        assert_eq!(Mask::Redact.apply(FieldKind::Address, &json!({"a": 1})), json!("***"));
+        assert_eq!(
+            Mask::Redact.apply(FieldKind::Address, &json!({"a": 1})),
+            json!("***")
+        );
         // A value of the wrong shape is redacted, never passed through.
         assert_eq!(Mask::YearOnly.apply(FieldKind::Date, &json!(12)), json!("***"));
         assert_eq!(Mask::Last4.apply(FieldKind::Date, &json!("x")), json!("***"));

@@ -124,9 +124,7 @@ pub struct PolicySet {
 impl PolicySet {
     /// The app whose certificate carries `uri`.
     pub fn app_by_certificate_uri(&self, uri: &str) -> Option<&App> {
-        self.by_certificate_uri
-            .get(uri)
-            .and_then(|id| self.apps.get(id))
+        self.by_certificate_uri.get(uri).and_then(|id| self.apps.get(id))
     }
 
     /// The grant that allows `app` to perform `op` for `purpose` with one of
@@ -192,10 +190,7 @@ impl PolicySet {
         let mut released = Vec::new();
         for path in &grant.fields {
             let (value, kind) = match path.split_once('.') {
-                None => (
-                    record.get(path),
-                    self.catalog.get(path).map(|f| f.kind),
-                ),
+                None => (record.get(path), self.catalog.get(path).map(|f| f.kind)),
                 Some((parent, child)) => (
                     record.get(parent).and_then(|p| p.get(child)),
                     Some(mask::subfield_kind(child)),
@@ -440,7 +435,11 @@ pub fn parse(files: &PolicyFiles, province: u16) -> Result<PolicySet, Problems> 
     match files.get("fields.toml") {
         None => problems.push(missing("fields.toml")),
         Some(text) => {
-            let mut fp = FileProblems { file: "fields.toml", text, out: &mut problems };
+            let mut fp = FileProblems {
+                file: "fields.toml",
+                text,
+                out: &mut problems,
+            };
             if let Some(raw) = fp.parse::<RawFieldsFile>() {
                 for f in raw.field {
                     let id = f.id.get_ref();
@@ -466,7 +465,11 @@ pub fn parse(files: &PolicyFiles, province: u16) -> Result<PolicySet, Problems> 
     match files.get("purposes.toml") {
         None => problems.push(missing("purposes.toml")),
         Some(text) => {
-            let mut fp = FileProblems { file: "purposes.toml", text, out: &mut problems };
+            let mut fp = FileProblems {
+                file: "purposes.toml",
+                text,
+                out: &mut problems,
+            };
             if let Some(raw) = fp.parse::<RawPurposesFile>() {
                 for p in raw.purpose {
                     let id = p.id.get_ref().clone();
@@ -494,13 +497,20 @@ pub fn parse(files: &PolicyFiles, province: u16) -> Result<PolicySet, Problems> 
     let mut apps: HashMap<String, App> = HashMap::new();
     let mut by_certificate_uri = HashMap::new();
     for (file, text) in files.iter().filter(|(f, _)| f.starts_with("apps/")) {
-        let mut fp = FileProblems { file, text, out: &mut problems };
+        let mut fp = FileProblems {
+            file,
+            text,
+            out: &mut problems,
+        };
         let Some(raw) = fp.parse::<RawApp>() else {
             continue;
         };
         let id = raw.id.get_ref().clone();
         if apps.contains_key(&id) {
-            fp.at(raw.id.span(), format!("app '{id}' is defined in another file too"));
+            fp.at(
+                raw.id.span(),
+                format!("app '{id}' is defined in another file too"),
+            );
             continue;
         }
         let uri = raw.certificate_uri.get_ref().clone();
@@ -591,11 +601,20 @@ fn validate_grant(
             fp.at(f.span(), format!("field '{path}' is listed twice"));
             continue;
         }
-        if fields.iter().any(|p: &String| p == parent || p.split('.').next() == Some(path.as_str())) {
-            fp.at(f.span(), format!("field '{path}' overlaps another field of this grant"));
+        if fields
+            .iter()
+            .any(|p: &String| p == parent || p.split('.').next() == Some(path.as_str()))
+        {
+            fp.at(
+                f.span(),
+                format!("field '{path}' overlaps another field of this grant"),
+            );
             continue;
         }
-        if catalog.get(parent).is_some_and(|d| d.class == Sensitivity::Sensitive) {
+        if catalog
+            .get(parent)
+            .is_some_and(|d| d.class == Sensitivity::Sensitive)
+        {
             sensitive = true;
         }
         fields.push(path.clone());
@@ -609,7 +628,10 @@ fn validate_grant(
     let mut masks = BTreeMap::new();
     for (path, m) in &g.masks {
         if !fields.contains(path) {
-            fp.at(m.span(), format!("mask for '{path}', which this grant does not release"));
+            fp.at(
+                m.span(),
+                format!("mask for '{path}', which this grant does not release"),
+            );
             continue;
         }
         let kind = match path.split_once('.') {
@@ -629,7 +651,10 @@ fn validate_grant(
     }
     for s in &g.store {
         if !fields.contains(s.get_ref()) {
-            fp.at(s.span(), format!("store names '{}', which this grant does not release", s.get_ref()));
+            fp.at(
+                s.span(),
+                format!("store names '{}', which this grant does not release", s.get_ref()),
+            );
         }
     }
     let jurisdiction = match g.jurisdiction.get_ref() {

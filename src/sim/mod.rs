@@ -95,14 +95,7 @@ impl Simulator {
             let sim = self.clone();
             async move { sim.handle(req).await }
         };
-        server::serve(
-            listener,
-            Some(tls),
-            ServerLimits::default(),
-            handler,
-            shutdown,
-        )
-        .await;
+        server::serve(listener, Some(tls), ServerLimits::default(), handler, shutdown).await;
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
@@ -116,8 +109,7 @@ impl Simulator {
             Err(_) => return c06_error(StatusCode::PAYLOAD_TOO_LARGE, "413", "Yêu cầu quá lớn"),
         };
         self.inject_delay().await;
-        if self.faults.error_rate > 0.0 && rand::thread_rng().gen_bool(self.faults.error_rate.min(1.0))
-        {
+        if self.faults.error_rate > 0.0 && rand::thread_rng().gen_bool(self.faults.error_rate.min(1.0)) {
             return c06_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "500",

@@ -149,9 +149,7 @@ impl Population {
     /// All members of the citizen's household, head first.
     pub fn household(&self, citizen: &Citizen) -> Vec<Citizen> {
         let hh = citizen.core.household;
-        (hh.head..hh.head + hh.len)
-            .map(|i| self.citizen(i))
-            .collect()
+        (hh.head..hh.head + hh.len).map(|i| self.citizen(i)).collect()
     }
 
     /// `count` citizen IDs spread over the population; both residents of the
@@ -161,9 +159,7 @@ impl Population {
         let mut outside = Vec::new();
         let want_outside = (count / 4).max(1);
         let mut i = 0u32;
-        while (inside.len() + outside.len() < count || outside.len() < want_outside)
-            && i < self.size
-        {
+        while (inside.len() + outside.len() < count || outside.len() < want_outside) && i < self.size {
             let index = (u64::from(i) * 7919 % u64::from(self.size)) as u32;
             let c = self.citizen(index);
             let id = c.personal_id().as_str().to_owned();
@@ -231,10 +227,7 @@ impl Population {
         let head_year = self.head_birth_year(hh);
         let (sex, year) = match role {
             Role::Head => (head_sex, head_year),
-            Role::Spouse => (
-                opposite(head_sex),
-                (head_year + (r % 9) as i32 - 4).min(2005),
-            ),
+            Role::Spouse => (opposite(head_sex), (head_year + (r % 9) as i32 - 4).min(2005)),
             Role::Child => (
                 if r % 2 == 0 { Sex::Male } else { Sex::Female },
                 (head_year + 20 + ((r >> 8) % 16) as i32).min(2024),
@@ -272,9 +265,8 @@ impl Population {
     }
 
     fn father_surname(&self, hh: Household) -> &'static str {
-        let spouse_is_father = hh.len > 1
-            && self.role(hh, hh.head + 1) == Role::Spouse
-            && self.head_sex(hh) == Sex::Female;
+        let spouse_is_father =
+            hh.len > 1 && self.role(hh, hh.head + 1) == Role::Spouse && self.head_sex(hh) == Sex::Female;
         if spouse_is_father {
             self.own_surname(hh.head + 1)
         } else {
@@ -339,12 +331,7 @@ impl Population {
                 province_name
             )
         } else {
-            format!(
-                "Thôn {}, {}, {}",
-                1 + (roll >> 8) % 12,
-                ward.name,
-                province_name
-            )
+            format!("Thôn {}, {}, {}", 1 + (roll >> 8) % 12, ward.name, province_name)
         };
         json!({
             "MaTinhThanh": format!("{:02}", ward.province_code),
@@ -365,14 +352,8 @@ impl Population {
     fn outside_parent(&self, index: u32, sex: Sex, surname: &'static str) -> Value {
         let r = self.hash(11 + u64::from(sex == Sex::Female), u64::from(index));
         let (middle, given) = match sex {
-            Sex::Male => (
-                pick(names::MIDDLE_MALE, r),
-                pick(names::GIVEN_MALE, r >> 20),
-            ),
-            Sex::Female => (
-                pick(names::MIDDLE_FEMALE, r),
-                pick(names::GIVEN_FEMALE, r >> 20),
-            ),
+            Sex::Male => (pick(names::MIDDLE_MALE, r), pick(names::GIVEN_MALE, r >> 20)),
+            Sex::Female => (pick(names::MIDDLE_FEMALE, r), pick(names::GIVEN_FEMALE, r >> 20)),
         };
         json!({
             "HoVaTen": format!("{surname} {middle} {given}"),
@@ -397,13 +378,10 @@ impl Population {
         } else {
             permanent.clone()
         };
-        let birth_place = crate::units::current_province_of_birth_code(
-            core.id.birth_province_code(),
-        )
-        .and_then(|p| self.ward_in(p, r >> 28));
-        let hometown_province = Units::get().provinces()
-            [(self.hash(15, u64::from(hh.head)) % 34) as usize]
-            .code;
+        let birth_place = crate::units::current_province_of_birth_code(core.id.birth_province_code())
+            .and_then(|p| self.ward_in(p, r >> 28));
+        let hometown_province =
+            Units::get().provinces()[(self.hash(15, u64::from(hh.head)) % 34) as usize].code;
         let hometown = self.address(self.ward_in(hometown_province, hr >> 30), hr >> 40);
 
         let (father, mother) = match core.role {

@@ -12,21 +12,13 @@ use std::path::{Path, PathBuf};
 
 use rand::RngCore;
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
-    PKCS_ED25519,
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
 };
 use time::{Duration, OffsetDateTime};
 
 /// The sample apps of `policies/` plus the admin and audit clients.
-pub const SAMPLE_APPS: &[&str] = &[
-    "mot-cua",
-    "ioc",
-    "y-te",
-    "dia-chi-so",
-    "admin-cli",
-    "audit-cli",
-];
+pub const SAMPLE_APPS: &[&str] = &["mot-cua", "ioc", "y-te", "dia-chi-so", "admin-cli", "audit-cli"];
 
 /// The URI SAN that names an app in its client certificate.
 pub fn app_uri(app: &str) -> String {
@@ -43,10 +35,7 @@ pub enum PkiError {
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
 }
 
 /// File names inside a PKI directory.

@@ -37,16 +37,26 @@ pub struct UpstreamQuery {
 #[derive(Debug, Clone)]
 pub enum QueryKind {
     Lookup,
-    Verify { full_name: String, date_of_birth: String },
+    Verify {
+        full_name: String,
+        date_of_birth: String,
+    },
     Household,
 }
 
 /// What the national database answered.
 #[derive(Debug, Clone)]
 pub enum UpstreamAnswer {
-    Citizen { record: Value, as_of: Option<String> },
+    Citizen {
+        record: Value,
+        as_of: Option<String>,
+    },
     Match(bool),
-    Household { head: Value, members: Vec<Value>, as_of: Option<String> },
+    Household {
+        head: Value,
+        members: Vec<Value>,
+        as_of: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -159,7 +169,10 @@ impl NationalDb for HttpNationalDb {
             let path = match &q.kind {
                 QueryKind::Lookup => PATH_LOOKUP,
                 QueryKind::Household => PATH_HOUSEHOLD,
-                QueryKind::Verify { full_name, date_of_birth } => {
+                QueryKind::Verify {
+                    full_name,
+                    date_of_birth,
+                } => {
                     body["HoVaTen"] = Value::from(full_name.as_str());
                     body["NgayThangNamSinh"] = Value::from(date_of_birth.replace('-', ""));
                     PATH_VERIFY
@@ -177,7 +190,10 @@ impl NationalDb for HttpNationalDb {
                     .as_array()
                     .and_then(|a| a.first())
                     .filter(|r| r.is_object())
-                    .map(|r| UpstreamAnswer::Citizen { record: r.clone(), as_of })
+                    .map(|r| UpstreamAnswer::Citizen {
+                        record: r.clone(),
+                        as_of,
+                    })
                     .ok_or_else(|| UpstreamError::Failed("answer has no CongDan".into())),
                 QueryKind::Verify { .. } => answer["TonTai"]
                     .as_bool()

@@ -29,7 +29,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where the server binaries are: `PATH`, `pg_config --bindir`, then
 /// `/usr/lib/postgresql/*/bin` (newest first).
 pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
-    let has_all = |dir: &Path| dir.join("initdb").exists() && dir.join("postgres").exists() && dir.join("pg_ctl").exists();
+    let has_all = |dir: &Path| {
+        dir.join("initdb").exists() && dir.join("postgres").exists() && dir.join("pg_ctl").exists()
+    };
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if out.status.success() && has_all(&dir) {
@@ -73,7 +75,11 @@ fn run_as() -> anyhow::Result<RunAs> {
     let me = fs::metadata("/proc/self").context("cannot read /proc/self")?;
     use std::os::unix::fs::MetadataExt;
     if me.uid() != 0 {
-        return Ok(RunAs { uid: me.uid(), gid: me.gid(), drop_privileges: false });
+        return Ok(RunAs {
+            uid: me.uid(),
+            gid: me.gid(),
+            drop_privileges: false,
+        });
     }
     let passwd = fs::read_to_string("/etc/passwd").context("cannot read /etc/passwd")?;
     for wanted in ["postgres", "nobody"] {
@@ -81,7 +87,11 @@ fn run_as() -> anyhow::Result<RunAs> {
             let cols: Vec<&str> = line.split(':').collect();
             if cols.len() > 3 && cols[0] == wanted {
                 if let (Ok(uid), Ok(gid)) = (cols[2].parse(), cols[3].parse()) {
-                    return Ok(RunAs { uid, gid, drop_privileges: true });
+                    return Ok(RunAs {
+                        uid,
+                        gid,
+                        drop_privileges: true,
+                    });
                 }
             }
         }
@@ -147,15 +157,30 @@ impl EmbeddedPostgres {
         let fresh = !data.join("PG_VERSION").exists();
         let credentials = if fresh {
             let gen = || Alphanumeric.sample_string(&mut rand::rngs::OsRng, 32);
-            let c = Credentials { admin_password: gen(), gateway_password: gen() };
+            let c = Credentials {
+                admin_password: gen(),
+                gateway_password: gen(),
+            };
             crate::tls::pki::write_file(&creds_path, &serde_json::to_vec_pretty(&c)?, 0o600)?;
             c
         } else {
-            let text = fs::read_to_string(&creds_path)
-                .with_context(|| format!("cluster at {} exists but {} is missing", base.display(), creds_path.display()))?;
+            let text = fs::read_to_string(&creds_path).with_context(|| {
+                format!(
+                    "cluster at {} exists but {} is missing",
+                    base.display(),
+                    creds_path.display()
+                )
+            })?;
             serde_json::from_str(&text).context("unreadable warehouse credentials")?
         };
-        let mut pg = EmbeddedPostgres { base, bin, who, port: 0, credentials, child: None };
+        let mut pg = EmbeddedPostgres {
+            base,
+            bin,
+            who,
+            port: 0,
+            credentials,
+            child: None,
+        };
         if fresh {
             pg.init()?;
         }
@@ -188,7 +213,14 @@ impl EmbeddedPostgres {
             .command("initdb")
             .arg("-D")
             .arg(self.base.join("data"))
-            .args(["-U", ADMIN_ROLE, "-E", "UTF8", "--no-locale", "--auth=scram-sha-256"])
+            .args([
+                "-U",
+                ADMIN_ROLE,
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--auth=scram-sha-256",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .stdin(Stdio::null())
             .output()
@@ -204,7 +236,15 @@ impl EmbeddedPostgres {
         let data = self.base.join("data");
         // A server left running by a killed process would hold the data dir.
         if data.join("postmaster.pid").exists() {
-            let _ = self.command("pg_ctl").arg("stop").arg("-D").arg(&data).args(["-m", "fast", "-w", "-t", "30"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = self
+                .command("pg_ctl")
+                .arg("stop")
+                .arg("-D")
+                .arg(&data)
+                .args(["-m", "fast", "-w", "-t", "30"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
         self.port = free_port()?;
         let log = fs::File::create(self.base.join("postgres.log"))?;
@@ -224,7 +264,10 @@ impl EmbeddedPostgres {
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 let log = fs::read_to_string(self.base.join("postgres.log")).unwrap_or_default();
-                bail!("postgres exited with {status}: {}", log.lines().last().unwrap_or(""));
+                bail!(
+                    "postgres exited with {status}: {}",
+                    log.lines().last().unwrap_or("")
+                );
             }
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return Ok(());
@@ -246,17 +289,26 @@ impl EmbeddedPostgres {
 
     /// URL of the superuser on the `popgate` database.
     pub fn admin_url(&self) -> String {
-        format!("postgres://{ADMIN_ROLE}:{}@127.0.0.1:{}/{DATABASE}", self.credentials.admin_password, self.port)
+        format!(
+            "postgres://{ADMIN_ROLE}:{}@127.0.0.1:{}/{DATABASE}",
+            self.credentials.admin_password, self.port
+        )
     }
 
     /// URL of the gateway's restricted role on the `popgate` database.
     pub fn gateway_url(&self) -> String {
-        format!("postgres://{GATEWAY_ROLE}:{}@127.0.0.1:{}/{DATABASE}", self.credentials.gateway_password, self.port)
+        format!(
+            "postgres://{GATEWAY_ROLE}:{}@127.0.0.1:{}/{DATABASE}",
+            self.credentials.gateway_password, self.port
+        )
     }
 
     /// Creates the database and the gateway role if they do not exist yet.
     pub async fn provision(&self) -> anyhow::Result<()> {
-        let url = format!("postgres://{ADMIN_ROLE}:{}@127.0.0.1:{}/postgres", self.credentials.admin_password, self.port);
+        let url = format!(
+            "postgres://{ADMIN_ROLE}:{}@127.0.0.1:{}/postgres",
+            self.credentials.admin_password, self.port
+        );
         let deadline = Instant::now() + START_TIMEOUT;
         let client = loop {
             match super::connect(&url).await {
@@ -266,11 +318,17 @@ impl EmbeddedPostgres {
                 Err(e) => return Err(e),
             }
         };
-        let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE]).await?;
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE])
+            .await?;
         if exists.is_none() {
-            client.batch_execute(&format!("CREATE DATABASE {DATABASE}")).await?;
+            client
+                .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+                .await?;
         }
-        let role = client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&GATEWAY_ROLE]).await?;
+        let role = client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&GATEWAY_ROLE])
+            .await?;
         if role.is_none() {
             // The password is ours (alphanumeric), so quoting it is safe.
             client
@@ -306,7 +364,9 @@ impl EmbeddedPostgres {
 
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 

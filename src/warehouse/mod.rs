@@ -47,9 +47,13 @@ pub async fn migrate(admin_url: &str) -> anyhow::Result<()> {
     for (version, name, sql) in MIGRATIONS {
         let tx = client.transaction().await?;
         // Serialise concurrent starters on one database.
-        tx.batch_execute("LOCK TABLE popgate.schema_migrations IN EXCLUSIVE MODE").await?;
+        tx.batch_execute("LOCK TABLE popgate.schema_migrations IN EXCLUSIVE MODE")
+            .await?;
         let done = tx
-            .query_opt("SELECT 1 FROM popgate.schema_migrations WHERE version = $1", &[version])
+            .query_opt(
+                "SELECT 1 FROM popgate.schema_migrations WHERE version = $1",
+                &[version],
+            )
             .await?;
         if done.is_none() {
             tx.batch_execute(sql)
@@ -75,8 +79,16 @@ pub struct Warehouse {
 
 impl Warehouse {
     pub fn new(url: &str) -> anyhow::Result<Warehouse> {
-        let config: tokio_postgres::Config = url.parse().context("warehouse URL is not a valid PostgreSQL URL")?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let config: tokio_postgres::Config = url
+            .parse()
+            .context("warehouse URL is not a valid PostgreSQL URL")?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .wait_timeout(Some(CHECK_TIMEOUT))
@@ -122,7 +134,11 @@ impl Warehouse {
 
     /// Makes `files` version 1 when the store holds no version at all.
     /// Returns whether it did.
-    pub async fn seed_policy(&self, files: &crate::policy::PolicyFiles, author: &str) -> anyhow::Result<bool> {
+    pub async fn seed_policy(
+        &self,
+        files: &crate::policy::PolicyFiles,
+        author: &str,
+    ) -> anyhow::Result<bool> {
         let client = self.pool.get().await.context("warehouse unavailable")?;
         let doc = serde_json::to_value(files)?;
         let inserted = client

@@ -1,0 +1,55 @@
+//! Policy evaluation on the hot path: mapping a full C06 record onto the
+//! catalog, releasing the granted fields with masks, and serialising the
+//! answer — for the one-stop-shop's grant (ten fields, one mask).
+
+use std::path::Path;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use popgate::policy::{self, Operation};
+use popgate::sim::population::Population;
+
+fn evaluation(c: &mut Criterion) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let set = policy::load_dir(&dir, 79).expect("policies");
+    let app = &set.apps["mot-cua"];
+    let grant = set
+        .authorize(
+            app,
+            &["officer".to_owned()],
+            Operation::Lookup,
+            "administrative-procedure",
+        )
+        .expect("granted");
+    let population = Population::new(1, 100_000, 79);
+    let record = population.citizen(4242).to_c06().clone();
+
+    c.bench_function("c06_to_catalog", |b| {
+        b.iter(|| set.catalog.map_record(black_box(&record)))
+    });
+    let mapped = set.catalog.map_record(&record);
+    c.bench_function("authorize_release_serialise", |b| {
+        b.iter(|| {
+            let grant = set
+                .authorize(
+                    app,
+                    &["officer".to_owned()],
+                    Operation::Lookup,
+                    "administrative-procedure",
+                )
+                .expect("granted");
+            let inside = set.within_jurisdiction(grant, &mapped, None);
+            let (doc, _) = set.release(grant, black_box(&mapped));
+            (inside, serde_json::to_vec(&doc).expect("json"))
+        })
+    });
+    c.bench_function("full_record_pipeline", |b| {
+        b.iter(|| {
+            let mapped = set.catalog.map_record(black_box(&record));
+            let (doc, _) = set.release(grant, &mapped);
+            serde_json::to_vec(&doc).expect("json")
+        })
+    });
+}
+
+criterion_group!(benches, evaluation);
+criterion_main!(benches);

@@ -1,0 +1,217 @@
+//! Test builder: a real gateway on 127.0.0.1:0 with a fresh development PKI,
+//! a real simulator over mTLS and a private PostgreSQL cluster per test.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use popgate::config::{Config, GatewaySection, LimitsSection, TlsSection, UpstreamSection, WarehouseSection};
+use popgate::sim::{Faults, SimSettings, Simulator};
+use popgate::tls::pki::{self, DevPki, SAMPLE_APPS};
+use popgate::tls::{self, MutualServerFiles};
+
+pub const POPULATION: u32 = 20_000;
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub pki: DevPki,
+    pub sim: Arc<Simulator>,
+    pub sim_addr: SocketAddr,
+    sim_stop: Option<watch::Sender<bool>>,
+    sim_task: Option<tokio::task::JoinHandle<()>>,
+    pub gateway: Option<popgate::api::RunningGateway>,
+}
+
+pub fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+impl TestEnv {
+    pub async fn start() -> TestEnv {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = pki::init(&dir.path().join("certs"), SAMPLE_APPS, false).expect("pki");
+        let sim = Arc::new(Simulator::new(&SimSettings {
+            seed: 11,
+            population: POPULATION,
+            province: 79,
+            faults: Faults::default(),
+        }));
+        let l = &pki.layout;
+        let sim_tls = tls::mutual_server_config(&MutualServerFiles {
+            cert: &l.sim_cert(),
+            key: &l.sim_key(),
+            client_ca: &l.national_ca_cert(),
+            allow_tls12: false,
+            alpn: tls::ALPN_H2_H1,
+        })
+        .expect("sim tls");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let sim_addr = listener.local_addr().expect("addr");
+        let (sim_stop, rx) = watch::channel(false);
+        let sim_task = tokio::spawn(sim.clone().run(listener, Arc::new(sim_tls), rx));
+        let config = Config {
+            gateway: GatewaySection {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                ops_listen: "127.0.0.1:0".parse().expect("addr"),
+                instance_id: "test-1".into(),
+                province: 79,
+                policies: policies_dir(),
+                data_dir: dir.path().join("data"),
+            },
+            tls: TlsSection {
+                cert: l.gateway_cert(),
+                key: l.gateway_key(),
+                client_ca: l.apps_ca_cert(),
+                allow_tls12: false,
+            },
+            upstream: UpstreamSection {
+                url: format!("https://{sim_addr}"),
+                ca: l.national_ca_cert(),
+                cert: l.upstream_client_cert(),
+                key: l.upstream_client_key(),
+                timeout_ms: 3_000,
+                connect_timeout_ms: 1_000,
+                max_response_bytes: 1 << 20,
+                service_code: "TEST".into(),
+                integration_code: "TEST-79".into(),
+            },
+            warehouse: WarehouseSection::default(),
+            limits: LimitsSection::default(),
+        };
+        let gateway = popgate::api::start(&config).await.expect("gateway starts");
+        TestEnv {
+            dir,
+            pki,
+            sim,
+            sim_addr,
+            sim_stop: Some(sim_stop),
+            sim_task: Some(sim_task),
+            gateway: Some(gateway),
+        }
+    }
+
+    pub fn gateway(&self) -> &popgate::api::RunningGateway {
+        self.gateway.as_ref().expect("running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{}", self.gateway().gateway_addr, path)
+    }
+
+    /// An HTTPS client presenting `app`'s certificate.
+    pub fn client(&self, app: &str) -> TestClient {
+        let l = &self.pki.layout;
+        TestClient::new(&l.apps_ca_cert(), Some((&l.app_cert(app), &l.app_key(app))))
+    }
+
+    /// A personal ID of a simulated citizen living in (or outside) province 79.
+    pub fn citizen(&self, inside: bool) -> popgate::sim::population::Citizen {
+        let p = self.sim.population();
+        (0..POPULATION)
+            .map(|i| p.citizen(i))
+            .find(|c| (c.residence_province() == 79) == inside)
+            .expect("a citizen")
+    }
+
+    pub async fn stop_sim(&mut self) {
+        if let Some(s) = self.sim_stop.take() {
+            let _ = s.send(true);
+        }
+        if let Some(t) = self.sim_task.take() {
+            let _ = t.await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.stop_sim().await;
+        if let Some(g) = self.gateway.take() {
+            g.stop().await;
+        }
+    }
+}
+
+pub struct TestClient {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+pub struct TestResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Value,
+}
+
+impl TestClient {
+    pub fn new(ca: &Path, identity: Option<(&Path, &Path)>) -> TestClient {
+        Self::with_versions(ca, identity, true, true)
+    }
+
+    pub fn with_versions(ca: &Path, identity: Option<(&Path, &Path)>, h1: bool, h2: bool) -> TestClient {
+        let config = match identity {
+            Some((cert, key)) => tls::mutual_client_config(ca, cert, key, &[]).expect("client tls"),
+            None => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in tls::load_certs(ca).expect("ca") {
+                    roots.add(c).expect("root");
+                }
+                rustls::ClientConfig::builder_with_provider(tls::provider())
+                    .with_safe_default_protocol_versions()
+                    .expect("versions")
+                    .with_root_certificates(roots)
+                    .with_no_client_auth()
+            }
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only();
+        let https = match (h1, h2) {
+            (true, true) => builder.enable_http1().enable_http2().wrap_connector(http),
+            (false, true) => builder.enable_http2().wrap_connector(http),
+            _ => builder.enable_http1().wrap_connector(http),
+        };
+        let mut client = Client::builder(TokioExecutor::new());
+        if !h1 {
+            client.http2_only(true);
+        }
+        TestClient {
+            client: client.build(https),
+        }
+    }
+
+    pub async fn post_json(&self, url: &str, body: &str) -> Result<TestResponse, String> {
+        let req = http::Request::post(url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request");
+        self.send(req).await
+    }
+
+    pub async fn send(&self, req: http::Request<Full<Bytes>>) -> Result<TestResponse, String> {
+        let resp = self.client.request(req).await.map_err(|e| format!("{e:?}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(TestResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+}

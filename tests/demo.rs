@@ -1,0 +1,113 @@
+//! `popgate demo` as a user runs it: a real child process, ready.json, a
+//! lookup with the printed certificate paths, then SIGTERM and a clean exit.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestClient;
+use serde_json::{json, Value};
+
+fn wait_for(path: &Path, timeout: Duration) -> Option<Value> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(v) = serde_json::from_str(&text) {
+                return Some(v);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let demo_dir = dir.path().join("demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_popgate"))
+        .args(["demo", "--population", "50000", "--dir"])
+        .arg(&demo_dir)
+        .arg("--policies")
+        .arg(common::policies_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let ready_path = demo_dir.join("ready.json");
+    let ready = wait_for(&ready_path, Duration::from_secs(90)).expect("ready.json appears");
+    assert_eq!(ready["pid"], json!(child.id()));
+    for key in [
+        "gateway_url",
+        "ops_url",
+        "upstream_url",
+        "warehouse_url",
+        "ca_cert",
+        "upstream_ca",
+        "warehouse_admin_url",
+    ] {
+        assert!(ready[key].as_str().is_some_and(|s| !s.is_empty()), "{key}");
+    }
+    for app in ["mot-cua", "y-te", "admin-cli", "audit-cli"] {
+        assert!(
+            Path::new(ready["apps"][app]["cert"].as_str().expect("cert")).exists(),
+            "{app}"
+        );
+    }
+    let ids: Vec<String> = serde_json::from_value(ready["sample_personal_ids"].clone()).expect("ids");
+    assert!(ids.len() >= 20);
+
+    let ca = Path::new(ready["ca_cert"].as_str().expect("ca"));
+    let cert = Path::new(ready["apps"]["mot-cua"]["cert"].as_str().expect("cert"));
+    let key = Path::new(ready["apps"]["mot-cua"]["key"].as_str().expect("key"));
+    let client = TestClient::new(ca, Some((cert, key)));
+    let url = format!(
+        "{}/v1/citizens/lookup",
+        ready["gateway_url"].as_str().expect("url")
+    );
+    let mut statuses = Vec::new();
+    for id in &ids {
+        let body = json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-DEMO"});
+        let r = client.post_json(&url, &body.to_string()).await.expect("response");
+        statuses.push(r.status);
+        if r.status == 200 {
+            assert!(r.body["citizen"]["full_name"].as_str().is_some());
+        }
+    }
+    // Residents are released; citizens living elsewhere are out of jurisdiction.
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(statuses.contains(&403), "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 403), "{statuses:?}");
+
+    // The demo directory is under the system temp dir, so the cluster lives
+    // inside it.
+    let pg_pid_file = demo_dir.join("pg/data/postmaster.pid");
+    assert!(pg_pid_file.exists(), "PostgreSQL runs in the demo directory");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(exit.success(), "{exit}");
+    assert!(!ready_path.exists(), "ready.json removed on shutdown");
+    assert!(!pg_pid_file.exists(), "PostgreSQL stopped");
+    let mut stdout = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read");
+    assert!(stdout.contains("curl -sS --cacert"), "{stdout}");
+}
