@@ -18,7 +18,14 @@ pub const DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+pub const DEFAULT_TOKEN_LEEWAY_SECS: u64 = 30;
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub const DEFAULT_JWKS_REFETCH_SECS: u64 = 30;
+pub const DEFAULT_PER_APP_PER_MINUTE: u32 = 3_000;
+pub const DEFAULT_PER_OFFICER_PER_MINUTE: u32 = 60;
+pub const DEFAULT_UPSTREAM_PER_SECOND: u32 = 200;
+pub const DEFAULT_DISTINCT_CITIZENS_PER_HOUR: u32 = 300;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 15_000;
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -30,6 +37,9 @@ pub struct Config {
     pub gateway: GatewaySection,
     pub tls: TlsSection,
     pub upstream: UpstreamSection,
+    pub tokens: TokensSection,
+    #[serde(default)]
+    pub rate_limits: RateLimitsSection,
     #[serde(default)]
     pub warehouse: WarehouseSection,
     #[serde(default)]
@@ -91,6 +101,68 @@ pub struct UpstreamSection {
     /// `MaTichHop` sent with every query.
     #[serde(default = "default_integration_code")]
     pub integration_code: String,
+}
+
+/// How officer tokens are verified.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensSection {
+    /// The identity provider's JWK set, from a file ...
+    pub jwks: Option<PathBuf>,
+    /// ... or from an HTTPS URL, trusted through `jwks_ca`.
+    pub jwks_url: Option<String>,
+    pub jwks_ca: Option<PathBuf>,
+    pub issuer: String,
+    pub audience: String,
+    /// Accepted signing algorithms (asymmetric only).
+    #[serde(default = "default_token_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock-skew allowance for exp/nbf/iat, at most 30 s.
+    #[serde(default = "default_token_leeway_secs")]
+    pub leeway_secs: u64,
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// An unknown `kid` reloads the key set at most this often.
+    #[serde(default = "default_jwks_refetch_secs")]
+    pub jwks_refetch_secs: u64,
+}
+
+/// Rate limits (per minute unless named otherwise).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsSection {
+    pub per_app_per_minute: u32,
+    pub per_officer_per_minute: u32,
+    /// The quota the national database grants the province.
+    pub upstream_per_second: u32,
+    /// Anti-scraping: distinct citizens one officer may look up per hour.
+    pub distinct_citizens_per_officer_per_hour: u32,
+    /// Multiplies every limit; limits remain enforced.
+    pub scale: f64,
+}
+
+impl Default for RateLimitsSection {
+    fn default() -> Self {
+        RateLimitsSection {
+            per_app_per_minute: DEFAULT_PER_APP_PER_MINUTE,
+            per_officer_per_minute: DEFAULT_PER_OFFICER_PER_MINUTE,
+            upstream_per_second: DEFAULT_UPSTREAM_PER_SECOND,
+            distinct_citizens_per_officer_per_hour: DEFAULT_DISTINCT_CITIZENS_PER_HOUR,
+            scale: 1.0,
+        }
+    }
+}
+
+impl RateLimitsSection {
+    pub fn settings(&self) -> crate::limits::RateSettings {
+        crate::limits::RateSettings {
+            per_app_per_minute: self.per_app_per_minute,
+            per_officer_per_minute: self.per_officer_per_minute,
+            upstream_per_second: self.upstream_per_second,
+            distinct_citizens_per_officer_per_hour: self.distinct_citizens_per_officer_per_hour,
+            scale: self.scale,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -171,6 +243,18 @@ fn default_upstream_connect_timeout_ms() -> u64 {
 fn default_upstream_max_response_bytes() -> usize {
     DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES
 }
+fn default_token_algorithms() -> Vec<String> {
+    vec!["ES256".to_owned(), "EdDSA".to_owned()]
+}
+fn default_token_leeway_secs() -> u64 {
+    DEFAULT_TOKEN_LEEWAY_SECS
+}
+fn default_max_token_bytes() -> usize {
+    DEFAULT_MAX_TOKEN_BYTES
+}
+fn default_jwks_refetch_secs() -> u64 {
+    DEFAULT_JWKS_REFETCH_SECS
+}
 fn default_service_code() -> String {
     "POPGATE".to_owned()
 }
@@ -189,6 +273,41 @@ pub enum ConfigError {
         col: usize,
         message: String,
     },
+}
+
+impl TokensSection {
+    /// The configured algorithms, or the first one that is not allowed.
+    pub fn algorithm_list(&self) -> Result<Vec<jsonwebtoken::Algorithm>, String> {
+        self.algorithms
+            .iter()
+            .map(|name| {
+                name.parse::<jsonwebtoken::Algorithm>()
+                    .ok()
+                    .filter(|a| crate::auth::token::ASYMMETRIC_ALGORITHMS.contains(a))
+                    .ok_or_else(|| name.clone())
+            })
+            .collect()
+    }
+
+    pub fn verifier_settings(&self) -> crate::auth::token::VerifierSettings {
+        use crate::auth::token::JwksSource;
+        let source = match (&self.jwks, &self.jwks_url) {
+            (Some(path), _) => JwksSource::File(path.clone()),
+            (None, url) => JwksSource::Url {
+                url: url.clone().unwrap_or_default(),
+                ca: self.jwks_ca.clone(),
+            },
+        };
+        crate::auth::token::VerifierSettings {
+            source,
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            algorithms: self.algorithm_list().unwrap_or_default(),
+            leeway_secs: self.leeway_secs,
+            max_token_bytes: self.max_token_bytes,
+            refetch_interval: Duration::from_secs(self.jwks_refetch_secs),
+        }
+    }
 }
 
 impl Config {
@@ -230,6 +349,44 @@ impl Config {
         }
         if !config.upstream.url.starts_with("https://") {
             return Err(invalid(None, "upstream.url must be an https:// URL".to_owned()));
+        }
+        let t = &config.tokens;
+        if t.jwks.is_some() == t.jwks_url.is_some() {
+            return Err(invalid(
+                None,
+                "tokens: set exactly one of jwks (a file) and jwks_url".to_owned(),
+            ));
+        }
+        if t.leeway_secs > crate::auth::token::MAX_LEEWAY_SECS {
+            return Err(invalid(
+                None,
+                format!(
+                    "tokens.leeway_secs must be at most {}",
+                    crate::auth::token::MAX_LEEWAY_SECS
+                ),
+            ));
+        }
+        if let Err(bad) = config.tokens.algorithm_list() {
+            return Err(invalid(
+                None,
+                format!("tokens.algorithms: '{bad}' is not an allowed asymmetric algorithm"),
+            ));
+        }
+        if !(config.rate_limits.scale > 0.0 && config.rate_limits.scale.is_finite()) {
+            return Err(invalid(
+                None,
+                "rate_limits.scale must be a positive number".to_owned(),
+            ));
+        }
+        if let Some(ca) = config.tokens.jwks_ca.as_mut() {
+            if ca.is_relative() {
+                *ca = base.join(&*ca);
+            }
+        }
+        if let Some(jwks) = config.tokens.jwks.as_mut() {
+            if jwks.is_relative() {
+                *jwks = base.join(&*jwks);
+            }
         }
         for p in [
             &mut config.gateway.policies,
@@ -273,6 +430,11 @@ url = "https://127.0.0.1:7443"
 ca = "certs/national-ca.pem"
 cert = "certs/upstream-client.pem"
 key = "certs/upstream-client.key"
+
+[tokens]
+jwks = "certs/jwks.json"
+issuer = "urn:popgate:demo-idp"
+audience = "urn:popgate:gateway"
 "#;
 
     #[test]
@@ -282,6 +444,17 @@ key = "certs/upstream-client.key"
         assert_eq!(c.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(c.tls.cert, PathBuf::from("/etc/popgate/certs/gateway.pem"));
         assert!(c.warehouse.url.is_none());
+        assert_eq!(c.tokens.jwks, Some(PathBuf::from("/etc/popgate/certs/jwks.json")));
+        assert_eq!(c.tokens.algorithm_list().map(|a| a.len()), Ok(2));
+    }
+
+    #[test]
+    fn hmac_algorithms_and_large_leeway_are_refused() {
+        let text = MINIMAL.replace("audience = ", "algorithms = [\"HS256\"]\naudience = ");
+        let err = Config::parse(&text, "gw.toml", Path::new(".")).expect_err("HS256");
+        assert!(err.to_string().contains("HS256"), "{err}");
+        let text = MINIMAL.replace("audience = ", "leeway_secs = 300\naudience = ");
+        assert!(Config::parse(&text, "gw.toml", Path::new(".")).is_err());
     }
 
     #[test]

@@ -12,9 +12,12 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Config, GatewaySection, LimitsSection, TlsSection, UpstreamSection, WarehouseSection};
+use crate::config::{
+    Config, GatewaySection, LimitsSection, RateLimitsSection, TlsSection, TokensSection, UpstreamSection,
+    WarehouseSection,
+};
 use crate::sim::{Faults, SimSettings, Simulator};
-use crate::tls::pki::{self, PkiLayout, SAMPLE_APPS};
+use crate::tls::pki::{self, PkiLayout, DEMO_TOKEN_AUDIENCE, DEMO_TOKEN_ISSUER, SAMPLE_APPS};
 use crate::tls::{self, MutualServerFiles};
 use crate::warehouse::embedded::free_port;
 
@@ -26,7 +29,12 @@ pub struct DemoOptions {
     pub province: u16,
     pub seed: u64,
     pub population: u32,
+    /// Multiplies every rate limit (still enforced), for load tests.
+    pub limit_scale: f64,
 }
+
+/// Lifetime of the tokens the demo prints.
+const DEMO_TOKEN_TTL_SECS: u64 = 12 * 3600;
 
 /// How many sample IDs `ready.json` lists.
 const SAMPLE_IDS: usize = 24;
@@ -92,6 +100,21 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
             service_code: "POPGATE-DEMO".to_owned(),
             integration_code: format!("POPGATE-{:02}", opts.province),
         },
+        tokens: TokensSection {
+            jwks: Some(layout.jwks()),
+            jwks_url: None,
+            jwks_ca: None,
+            issuer: DEMO_TOKEN_ISSUER.to_owned(),
+            audience: DEMO_TOKEN_AUDIENCE.to_owned(),
+            algorithms: vec!["ES256".to_owned(), "EdDSA".to_owned()],
+            leeway_secs: crate::config::DEFAULT_TOKEN_LEEWAY_SECS,
+            max_token_bytes: crate::config::DEFAULT_MAX_TOKEN_BYTES,
+            jwks_refetch_secs: crate::config::DEFAULT_JWKS_REFETCH_SECS,
+        },
+        rate_limits: RateLimitsSection {
+            scale: opts.limit_scale,
+            ..RateLimitsSection::default()
+        },
         warehouse: WarehouseSection::default(),
         limits: LimitsSection::default(),
     };
@@ -117,6 +140,9 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
             "key": layout.app_key(a),
         }))).collect::<serde_json::Map<_, _>>(),
         "sample_personal_ids": sample_ids,
+        "token_issuer": DEMO_TOKEN_ISSUER,
+        "token_audience": DEMO_TOKEN_AUDIENCE,
+        "jwks": layout.jwks(),
         "upstream_ca": layout.national_ca_cert(),
         "upstream_client": { "cert": layout.upstream_client_cert(), "key": layout.upstream_client_key() },
         "warehouse_admin_url": gateway.warehouse_admin_url,
@@ -124,21 +150,22 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     });
     let ready_path = dir.join("ready.json");
     write_atomically(&ready_path, serde_json::to_string_pretty(&ready)?.as_bytes())?;
-    print_instructions(
+    let printed = print_instructions(
         &layout,
         &gateway.gateway_addr.to_string(),
         &gateway.ops_addr.to_string(),
         &sample_ids,
         &ready_path,
     );
-
-    stop.await;
+    if printed.is_ok() {
+        stop.await;
+    }
     eprintln!("popgate demo: stopping");
     let _ = std::fs::remove_file(&ready_path);
     gateway.stop().await;
     let _ = sim_stop.send(true);
     let _ = sim_task.await;
-    Ok(())
+    printed
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -148,30 +175,57 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_instructions(layout: &PkiLayout, gateway: &str, ops: &str, ids: &[String], ready: &Path) {
-    let cert = |app: &str| {
-        format!(
-            "--cacert {} --cert {} --key {}",
+fn print_instructions(
+    layout: &PkiLayout,
+    gateway: &str,
+    ops: &str,
+    ids: &[String],
+    ready: &Path,
+) -> anyhow::Result<()> {
+    let officer = ["officer".to_owned()];
+    let call = |app: &str, sub: &str, body: String| -> anyhow::Result<String> {
+        let token = pki::mint_demo_token(layout, app, sub, &officer, None, DEMO_TOKEN_TTL_SECS)?;
+        Ok(format!(
+            "  curl -sS --cacert {} --cert {} --key {} -H 'authorization: Bearer {token}' -H 'content-type: application/json' -d '{body}' https://{gateway}/v1/citizens/lookup",
             layout.apps_ca_cert().display(),
             layout.app_cert(app).display(),
             layout.app_key(app).display()
-        )
+        ))
     };
     let id = ids.first().map(String::as_str).unwrap_or("079203001234");
     println!("popgate demo is ready ({}).", ready.display());
     println!();
-    println!("Look up a (synthetic) citizen as the one-stop-shop app:");
+    println!("Look up a (synthetic) citizen as an officer of the one-stop-shop app:");
     println!(
-        "  curl -sS {} -H 'content-type: application/json' -d '{{\"personal_id\": \"{id}\", \"purpose\": \"administrative-procedure\", \"case_ref\": \"HS-2026-000123\"}}' https://{gateway}/v1/citizens/lookup",
-        cert("mot-cua")
+        "{}",
+        call(
+            "mot-cua",
+            "canbo-motcua-01",
+            format!(
+                r#"{{"personal_id": "{id}", "purpose": "administrative-procedure", "case_ref": "HS-2026-000123"}}"#
+            )
+        )?
     );
     println!();
     println!("The same citizen as the health app (another purpose, other fields):");
     println!(
-        "  curl -sS {} -H 'content-type: application/json' -d '{{\"personal_id\": \"{id}\", \"purpose\": \"health-insurance\"}}' https://{gateway}/v1/citizens/lookup",
-        cert("y-te")
+        "{}",
+        call(
+            "y-te",
+            "bacsi-01",
+            format!(r#"{{"personal_id": "{id}", "purpose": "health-insurance"}}"#)
+        )?
     );
     println!();
+    println!(
+        "Tokens above are valid for {} hours; mint more with",
+        DEMO_TOKEN_TTL_SECS / 3600
+    );
+    println!(
+        "  cargo run --release -- token --dir {} --app mot-cua --sub canbo-motcua-02 --role officer",
+        layout.dir.parent().unwrap_or(&layout.dir).display()
+    );
     println!("Readiness: curl -sS http://{ops}/readyz");
     println!("More sample IDs are in ready.json. Stop with Ctrl-C.");
+    Ok(())
 }

@@ -7,6 +7,7 @@
 //! - [`tls`]: rustls server/client configs, PEM loading; [`tls::pki`] the dev PKI.
 //! - [`auth`]: which app is calling, from its client certificate.
 //! - [`personal_id`]: the 12-digit personal ID and its structural checks.
+//! - [`limits`]: rate limits per app, officer, purpose, upstream quota, anti-scraping.
 //! - [`policy`]: field catalog, purposes, apps and grants; evaluation and masks.
 //! - [`upstream`]: the national-DB adapter trait and its mTLS HTTP client.
 //! - [`server`]: accepting connections: TLS, HTTP/1.1 + h2, limits, draining.
@@ -20,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod limits;
 pub mod personal_id;
 pub mod policy;
 pub mod server;

@@ -47,6 +47,29 @@ enum Command {
         /// Simulated population size.
         #[arg(long, default_value_t = MAX_POPULATION)]
         population: u32,
+        /// Multiplies every rate limit (still enforced), for load tests and benchmarks.
+        #[arg(long, default_value_t = 1.0, value_parser = positive)]
+        limit_scale: f64,
+    },
+    /// Prints an officer token from the demo identity provider in DIR, bound to APP's certificate.
+    Token {
+        /// A demo directory (or a `certs init` directory).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        app: String,
+        /// The officer's id (the token's `sub`).
+        #[arg(long)]
+        sub: String,
+        /// A role; repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Ward code of the officer's unit.
+        #[arg(long)]
+        unit: Option<u32>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        ttl: u64,
     },
     /// The gateway for production use, from a TOML config.
     Serve {
@@ -127,6 +150,13 @@ struct SimArgs {
     stall_ms: u64,
 }
 
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err("must be a positive number".to_owned()),
+    }
+}
+
 fn fraction(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
@@ -167,6 +197,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             province,
             seed,
             population,
+            limit_scale,
         } => {
             let opts = popgate::demo::DemoOptions {
                 dir,
@@ -174,6 +205,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 province,
                 seed,
                 population,
+                limit_scale,
             };
             popgate::demo::run(opts, shutdown_signal()).await?;
         }
@@ -184,6 +216,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             gateway.stop().await;
         }
         Command::Sim(args) => run_sim(args).await?,
+        Command::Token {
+            dir,
+            app,
+            sub,
+            roles,
+            unit,
+            ttl,
+        } => {
+            let certs = if dir.join("certs").is_dir() {
+                dir.join("certs")
+            } else {
+                dir
+            };
+            let token = pki::mint_demo_token(&PkiLayout::new(certs), &app, &sub, &roles, unit, ttl)?;
+            println!("{token}");
+        }
         Command::Certs {
             command: CertsCommand::Init { dir, force },
         } => {

@@ -63,6 +63,24 @@ async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
     let cert = Path::new(ready["apps"]["mot-cua"]["cert"].as_str().expect("cert"));
     let key = Path::new(ready["apps"]["mot-cua"]["key"].as_str().expect("key"));
     let client = TestClient::new(ca, Some((cert, key)));
+    // The officer token, minted as the README says.
+    let out = Command::new(env!("CARGO_BIN_EXE_popgate"))
+        .args([
+            "token",
+            "--app",
+            "mot-cua",
+            "--sub",
+            "canbo-test",
+            "--role",
+            "officer",
+            "--dir",
+        ])
+        .arg(&demo_dir)
+        .output()
+        .expect("popgate token");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).expect("utf8").trim().to_owned();
+    assert_eq!(token.split('.').count(), 3);
     let url = format!(
         "{}/v1/citizens/lookup",
         ready["gateway_url"].as_str().expect("url")
@@ -70,7 +88,10 @@ async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
     let mut statuses = Vec::new();
     for id in &ids {
         let body = json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-DEMO"});
-        let r = client.post_json(&url, &body.to_string()).await.expect("response");
+        let r = client
+            .post(&url, Some(&token), &body.to_string())
+            .await
+            .expect("response");
         statuses.push(r.status);
         if r.status == 200 {
             assert!(r.body["citizen"]["full_name"].as_str().is_some());

@@ -16,6 +16,8 @@ use serde_json::{json, Map, Value};
 
 use super::problem::{problem_response, ApiError};
 use super::status::GatewayStatus;
+use crate::auth::token::{TokenError, TokenVerifier};
+use crate::limits::RateLimits;
 use crate::personal_id::PersonalId;
 use crate::policy::{App, Denial, Grant, Operation, PolicySet};
 use crate::server::{self, json_response, Body, BodyError, Peer};
@@ -30,6 +32,8 @@ const MAX_SHORT_TEXT_CHARS: usize = 200;
 pub struct AppApi {
     pub policy: Arc<ArcSwap<PolicySet>>,
     pub upstream: Arc<dyn NationalDb>,
+    pub tokens: Arc<TokenVerifier>,
+    pub limits: Arc<RateLimits>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub status: Arc<GatewayStatus>,
@@ -100,7 +104,12 @@ impl AppApi {
         // One snapshot for the whole request: a reload mid-request does not
         // change the rules this request is judged by.
         let policy = self.policy.load_full();
-        let caller = identify_app(&policy, peer)?;
+        let app = identify_app(&policy, peer)?;
+        let caller = self.authenticate_officer(&req, peer, app).await?;
+        self.limits.check_app(&app.id).map_err(ApiError::RateLimited)?;
+        self.limits
+            .check_officer(&app.id, &caller.officer_id)
+            .map_err(ApiError::RateLimited)?;
         check_content_type(&req)?;
         let body = read_body(req, self.max_body_bytes).await?;
         match op {
@@ -110,6 +119,7 @@ impl AppApi {
                 validate_purpose(&b.purpose)?;
                 validate_case_ref(b.case_ref.as_deref())?;
                 let grant = authorize(&policy, &caller, op, &b.purpose, b.case_ref.as_deref())?;
+                self.check_grant_limits(&caller, grant, &pid)?;
                 let kind = if op == Operation::Lookup {
                     QueryKind::Lookup
                 } else {
@@ -130,7 +140,8 @@ impl AppApi {
                 validate_case_ref(b.case_ref.as_deref())?;
                 let full_name = validate_full_name(&b.full_name)?;
                 let date_of_birth = validate_date(&b.date_of_birth)?;
-                authorize(&policy, &caller, op, &b.purpose, b.case_ref.as_deref())?;
+                let grant = authorize(&policy, &caller, op, &b.purpose, b.case_ref.as_deref())?;
+                self.check_grant_limits(&caller, grant, &pid)?;
                 let kind = QueryKind::Verify {
                     full_name,
                     date_of_birth,
@@ -144,6 +155,45 @@ impl AppApi {
                 }
             }
         }
+    }
+
+    /// Step: the officer, from a token bound to the app's certificate.
+    async fn authenticate_officer<'a>(
+        &self,
+        req: &Request<Incoming>,
+        peer: &Peer,
+        app: &'a App,
+    ) -> Result<Caller<'a>, ApiError> {
+        let token = bearer_token(req).map_err(ApiError::Unauthorized)?;
+        let cert = peer.client_cert.as_ref().ok_or(ApiError::UnknownApp)?;
+        let officer = self.tokens.verify(token, cert, &app.id).await.map_err(|e| {
+            tracing::info!(app = %app.id, reason = %e, "officer token refused");
+            ApiError::Unauthorized(e)
+        })?;
+        Ok(Caller {
+            app,
+            officer_id: officer.id,
+            roles: officer.roles,
+            unit: officer.unit,
+        })
+    }
+
+    /// The grant's own rate, the officer's distinct-citizen cap, and the
+    /// province's quota at the national database, in that order.
+    fn check_grant_limits(
+        &self,
+        caller: &Caller<'_>,
+        grant: &Grant,
+        citizen: &PersonalId,
+    ) -> Result<(), ApiError> {
+        let app = &caller.app.id;
+        self.limits
+            .check_grant(app, &grant.purpose, grant.limits.per_minute)
+            .map_err(ApiError::RateLimited)?;
+        self.limits
+            .check_distinct(app, &caller.officer_id, citizen)
+            .map_err(ApiError::RateLimited)?;
+        self.limits.check_upstream().map_err(ApiError::RateLimited)
     }
 
     async fn ask_upstream(
@@ -198,21 +248,28 @@ fn finish(mut resp: Response<Body>, request_id: &str) -> Response<Body> {
     resp
 }
 
-/// Step 1: the app, from the verified client certificate.
-fn identify_app<'a>(policy: &'a PolicySet, peer: &Peer) -> Result<Caller<'a>, ApiError> {
+/// Step: the app, from the verified client certificate.
+fn identify_app<'a>(policy: &'a PolicySet, peer: &Peer) -> Result<&'a App, ApiError> {
     let cert = peer.client_cert.as_ref().ok_or(ApiError::UnknownApp)?;
-    let app = crate::auth::certificate_uris(cert)
+    crate::auth::certificate_uris(cert)
         .iter()
         .find_map(|uri| policy.app_by_certificate_uri(uri))
-        .ok_or(ApiError::UnknownApp)?;
-    // Until officer tokens are verified, the app acts as its own officer
-    // with the role `officer`; the token issue replaces this step.
-    Ok(Caller {
-        app,
-        officer_id: format!("app:{}", app.id),
-        roles: vec!["officer".to_owned()],
-        unit: None,
-    })
+        .ok_or(ApiError::UnknownApp)
+}
+
+/// The bearer token of the `Authorization` header.
+fn bearer_token(req: &Request<Incoming>) -> Result<&str, TokenError> {
+    let value = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .ok_or(TokenError::Missing)?;
+    let value = value.to_str().map_err(|_| TokenError::Malformed)?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Ok(token.trim())
+        }
+        _ => Err(TokenError::Missing),
+    }
 }
 
 fn check_content_type(req: &Request<Incoming>) -> Result<(), ApiError> {

@@ -18,7 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::auth::token::TokenVerifier;
 use crate::config::Config;
+use crate::limits::RateLimits;
 use crate::policy::{self, PolicySet};
 use crate::server;
 use crate::tls::{self, MutualServerFiles};
@@ -116,6 +118,19 @@ async fn warehouse_and_policy(config: &Config) -> anyhow::Result<Prepared> {
     })
 }
 
+/// How often idle rate-limit keys are forgotten.
+const LIMITS_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+async fn prune_limits(limits: Arc<RateLimits>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(LIMITS_PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => limits.prune(),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// Brings up a gateway as `config` says.
 pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
     let Prepared {
@@ -158,6 +173,12 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
         },
     ));
 
+    let tokens = Arc::new(
+        TokenVerifier::new(config.tokens.verifier_settings())
+            .await
+            .context("cannot load the identity provider's keys")?,
+    );
+    let rate_limits = Arc::new(RateLimits::new(config.rate_limits.settings()));
     let status = Arc::new(status::GatewayStatus::default());
     let gateway_listener = TcpListener::bind(config.gateway.listen)
         .await
@@ -172,6 +193,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
     let app_api = Arc::new(app::AppApi {
         policy: policy.clone(),
         upstream,
+        tokens,
+        limits: rate_limits.clone(),
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
         status: status.clone(),
@@ -195,8 +218,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
         None,
         limits,
         move |req, peer| ops_api.clone().handle(req, peer),
-        shutdown_rx,
+        shutdown_rx.clone(),
     ));
+    let prune_task = tokio::spawn(prune_limits(rate_limits, shutdown_rx.clone()));
     status.set_listening(true);
     tracing::info!(%gateway_addr, %ops_addr, "gateway listening");
     Ok(RunningGateway {
@@ -206,7 +230,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
         warehouse_url: url,
         warehouse_admin_url: admin_url,
         shutdown,
-        tasks: vec![gateway_task, ops_task],
+        tasks: vec![gateway_task, ops_task, prune_task],
         embedded,
     })
 }

@@ -6,6 +6,8 @@ use http::{HeaderValue, StatusCode};
 use hyper::Response;
 use serde_json::json;
 
+use crate::auth::token::TokenError;
+use crate::limits::Limited;
 use crate::policy::Denial;
 use crate::server::{json_response, Body};
 
@@ -23,6 +25,10 @@ pub enum ApiError {
     BodyUnreadable,
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    #[error("unauthorized: {0}")]
+    Unauthorized(TokenError),
+    #[error("rate limited")]
+    RateLimited(Limited),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("denied: {0}")]
@@ -53,6 +59,10 @@ impl ApiError {
                 "The request body could not be read completely.".into()),
             UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type",
                 "Send the body as JSON with content-type: application/json.".into()),
+            Unauthorized(e) => (StatusCode::UNAUTHORIZED, "invalid-token", "Officer token refused",
+                format!("{}.", e.to_string().trim_end_matches('.'))),
+            RateLimited(l) => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Rate limit reached",
+                format!("Over {}; retry after {} seconds.", l.kind.describe(), l.retry_after_secs())),
             InvalidRequest(detail) => (StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", detail.clone()),
             Denied(denial) => (StatusCode::FORBIDDEN, "forbidden", "Access denied by policy",
                 format!("{denial}.")),

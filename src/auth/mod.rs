@@ -4,6 +4,8 @@
 //! rustls has already verified the chain to the apps CA by the time a
 //! request arrives; this module only reads the identity out of it.
 
+pub mod token;
+
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};

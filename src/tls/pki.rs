@@ -25,6 +25,11 @@ pub fn app_uri(app: &str) -> String {
     format!("urn:popgate:app:{app}")
 }
 
+/// The demo identity provider: issuer, audience and key id of its tokens.
+pub const DEMO_TOKEN_ISSUER: &str = "urn:popgate:demo-idp";
+pub const DEMO_TOKEN_AUDIENCE: &str = "urn:popgate:gateway";
+pub const DEMO_TOKEN_KID: &str = "demo-idp-1";
+
 const CA_VALIDITY_DAYS: i64 = 3650;
 const LEAF_VALIDITY_DAYS: i64 = 397;
 
@@ -84,6 +89,14 @@ impl PkiLayout {
     pub fn pseudonym_key(&self) -> PathBuf {
         self.dir.join("pseudonym.key")
     }
+    /// The demo identity provider's ES256 signing key.
+    pub fn idp_key(&self) -> PathBuf {
+        self.dir.join("idp.key")
+    }
+    /// The demo identity provider's public keys, as a JWK set.
+    pub fn jwks(&self) -> PathBuf {
+        self.dir.join("jwks.json")
+    }
     /// True when a previous `certs init` completed here.
     pub fn is_complete(&self) -> bool {
         [
@@ -92,6 +105,7 @@ impl PkiLayout {
             self.national_ca_cert(),
             self.upstream_client_cert(),
             self.pseudonym_key(),
+            self.jwks(),
         ]
         .iter()
         .all(|p| p.exists())
@@ -248,6 +262,11 @@ pub fn init(dir: &Path, apps: &[&str], force: bool) -> Result<DevPki, PkiError> 
         signing.serialize_pem().as_bytes(),
         0o600,
     )?;
+    let idp = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    write_file(&layout.idp_key(), idp.serialize_pem().as_bytes(), 0o600)?;
+    let jwks = crate::auth::token::es256_jwks(DEMO_TOKEN_KID, idp.public_key_raw());
+    write_file(&layout.jwks(), jwks.to_string().as_bytes(), 0o644)?;
+
     let mut pseudonym = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut pseudonym);
     let hex: String = pseudonym.iter().map(|b| format!("{b:02x}")).collect();
@@ -257,4 +276,37 @@ pub fn init(dir: &Path, apps: &[&str], force: bool) -> Result<DevPki, PkiError> 
         apps_ca,
         national_ca,
     })
+}
+
+/// A token from the demo identity provider of `layout` for an officer of
+/// `app`, bound to the app's certificate in `layout`.
+pub fn mint_demo_token(
+    layout: &PkiLayout,
+    app: &str,
+    officer: &str,
+    roles: &[String],
+    unit: Option<u32>,
+    ttl_secs: u64,
+) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let cert = crate::tls::load_certs(&layout.app_cert(app))
+        .with_context(|| format!("no certificate for app '{app}' in {}", layout.dir.display()))?;
+    let key =
+        fs::read(layout.idp_key()).with_context(|| format!("cannot read {}", layout.idp_key().display()))?;
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = crate::auth::token::MintClaims {
+        iss: DEMO_TOKEN_ISSUER.to_owned(),
+        aud: DEMO_TOKEN_AUDIENCE.to_owned(),
+        sub: officer.to_owned(),
+        azp: app.to_owned(),
+        roles: roles.to_vec(),
+        unit: unit.map(|u| format!("{u:05}")),
+        iat: now,
+        nbf: now,
+        exp: now + ttl_secs,
+        cnf: crate::auth::token::Confirmation {
+            x5t_s256: Some(crate::auth::token::certificate_thumbprint(&cert[0])),
+        },
+    };
+    crate::auth::token::mint(&key, DEMO_TOKEN_KID, &claims)
 }

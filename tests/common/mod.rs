@@ -15,7 +15,10 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use popgate::config::{Config, GatewaySection, LimitsSection, TlsSection, UpstreamSection, WarehouseSection};
+use popgate::config::{
+    Config, GatewaySection, LimitsSection, RateLimitsSection, TlsSection, TokensSection, UpstreamSection,
+    WarehouseSection,
+};
 use popgate::sim::{Faults, SimSettings, Simulator};
 use popgate::tls::pki::{self, DevPki, SAMPLE_APPS};
 use popgate::tls::{self, MutualServerFiles};
@@ -38,6 +41,11 @@ pub fn policies_dir() -> PathBuf {
 
 impl TestEnv {
     pub async fn start() -> TestEnv {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the default test config changed by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = pki::init(&dir.path().join("certs"), SAMPLE_APPS, false).expect("pki");
         let sim = Arc::new(Simulator::new(&SimSettings {
@@ -85,9 +93,23 @@ impl TestEnv {
                 service_code: "TEST".into(),
                 integration_code: "TEST-79".into(),
             },
+            tokens: TokensSection {
+                jwks: Some(l.jwks()),
+                jwks_url: None,
+                jwks_ca: None,
+                issuer: pki::DEMO_TOKEN_ISSUER.into(),
+                audience: pki::DEMO_TOKEN_AUDIENCE.into(),
+                algorithms: vec!["ES256".into(), "EdDSA".into()],
+                leeway_secs: 30,
+                max_token_bytes: 8192,
+                jwks_refetch_secs: 0,
+            },
+            rate_limits: RateLimitsSection::default(),
             warehouse: WarehouseSection::default(),
             limits: LimitsSection::default(),
         };
+        let mut config = config;
+        adjust(&mut config);
         let gateway = popgate::api::start(&config).await.expect("gateway starts");
         TestEnv {
             dir,
@@ -112,6 +134,25 @@ impl TestEnv {
     pub fn client(&self, app: &str) -> TestClient {
         let l = &self.pki.layout;
         TestClient::new(&l.apps_ca_cert(), Some((&l.app_cert(app), &l.app_key(app))))
+    }
+
+    /// A demo-IdP token for `officer` of `app` with role `officer`.
+    pub fn token(&self, app: &str, officer: &str) -> String {
+        self.token_with(app, officer, &["officer"], None)
+    }
+
+    pub fn token_with(&self, app: &str, officer: &str, roles: &[&str], unit: Option<u32>) -> String {
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        pki::mint_demo_token(&self.pki.layout, app, officer, &roles, unit, 600).expect("token")
+    }
+
+    /// POSTs `body` to `path` as officer "officer-1" of `app`.
+    pub async fn call(&self, app: &str, path: &str, body: &str) -> TestResponse {
+        let token = self.token(app, "officer-1");
+        self.client(app)
+            .post(&self.url(path), Some(&token), body)
+            .await
+            .expect("response")
     }
 
     /// A personal ID of a simulated citizen living in (or outside) province 79.
@@ -189,12 +230,16 @@ impl TestClient {
         }
     }
 
-    pub async fn post_json(&self, url: &str, body: &str) -> Result<TestResponse, String> {
-        let req = http::Request::post(url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .expect("request");
-        self.send(req).await
+    pub async fn post(&self, url: &str, token: Option<&str>, body: &str) -> Result<TestResponse, String> {
+        let mut req = http::Request::post(url).header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        self.send(
+            req.body(Full::new(Bytes::from(body.to_owned())))
+                .expect("request"),
+        )
+        .await
     }
 
     pub async fn send(&self, req: http::Request<Full<Bytes>>) -> Result<TestResponse, String> {
