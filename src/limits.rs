@@ -24,6 +24,8 @@ use crate::personal_id::PersonalId;
 
 type Keyed<C> = RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+/// Per-grant limiters by "app␟purpose", with the per-minute rate each was built for.
+type GrantLimiters<C> = Mutex<HashMap<String, (u32, Arc<Direct<C>>)>>;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -86,7 +88,7 @@ pub struct RateLimits<C: Clock = DefaultClock> {
     settings: RateSettings,
     per_app: Keyed<C>,
     per_officer: Keyed<C>,
-    per_grant: Mutex<HashMap<String, (u32, Arc<Direct<C>>)>>,
+    per_grant: GrantLimiters<C>,
     upstream: Direct<C>,
     distinct: Mutex<HashMap<String, DistinctWindow<C::Instant>>>,
 }

@@ -95,9 +95,28 @@ pub fn problem_response(err: &ApiError, request_id: &str) -> Response<Body> {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
-    if let ApiError::MethodNotAllowed(allow) = err {
-        resp.headers_mut()
-            .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    let headers = resp.headers_mut();
+    match err {
+        ApiError::MethodNotAllowed(allow) => {
+            headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
+        }
+        // RFC 6750 §3: no error code when no credentials were sent.
+        ApiError::Unauthorized(TokenError::Missing) => {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"popgate\""),
+            );
+        }
+        ApiError::Unauthorized(_) => {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"popgate\", error=\"invalid_token\""),
+            );
+        }
+        ApiError::RateLimited(l) => {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(l.retry_after_secs()));
+        }
+        _ => {}
     }
     resp
 }
