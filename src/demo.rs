@@ -157,15 +157,16 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         &sample_ids,
         &ready_path,
     );
-    if printed.is_ok() {
-        stop.await;
-    }
+    let served = match printed {
+        Ok(()) => gateway.run_until(stop).await,
+        Err(e) => Err(e),
+    };
     eprintln!("popgate demo: stopping");
     let _ = std::fs::remove_file(&ready_path);
     gateway.stop().await;
     let _ = sim_stop.send(true);
     let _ = sim_task.await;
-    printed
+    served
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

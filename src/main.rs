@@ -212,8 +212,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             let gateway = popgate::api::start(&config).await?;
-            shutdown_signal().await;
+            let served = gateway.run_until(shutdown_signal()).await;
             gateway.stop().await;
+            served?;
         }
         Command::Sim(args) => run_sim(args).await?,
         Command::Token {

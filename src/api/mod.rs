@@ -40,12 +40,57 @@ pub struct RunningGateway {
     pub warehouse_url: String,
     /// The login that migrated the schema (the embedded cluster's superuser).
     pub warehouse_admin_url: String,
+    warehouse: Warehouse,
+    policy_dir: std::path::PathBuf,
+    province: u16,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     embedded: Option<EmbeddedPostgres>,
 }
 
 impl RunningGateway {
+    /// Serves until `stop` resolves, reloading the policy on each SIGHUP.
+    pub async fn run_until(&self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                _ = hangups.recv() => match self.reload_policy().await {
+                    Ok(version) => tracing::info!(version, "SIGHUP: policy version {version} active"),
+                    Err(error) => tracing::error!(%error, "SIGHUP: policy reload failed"),
+                },
+            }
+        }
+    }
+
+    /// Re-reads the policy directory (on SIGHUP). A valid set that differs
+    /// from the active one becomes a new version in the store and is swapped
+    /// in atomically: requests in flight finish on the version they started
+    /// with. An invalid set is refused and the active version stays.
+    pub async fn reload_policy(&self) -> anyhow::Result<u64> {
+        let files = policy::read_dir(&self.policy_dir).map_err(|p| anyhow::anyhow!("{p}"))?;
+        let mut set = policy::parse(&files, self.province).map_err(|p| {
+            tracing::warn!(problems = %p, "policy reload refused; the active version stays");
+            anyhow::anyhow!("the policy directory is invalid; the active version stays:\n{p}")
+        })?;
+        let (version, new) = self
+            .warehouse
+            .activate_policy(
+                &files,
+                "operator (SIGHUP reload)",
+                "reloaded from the policy directory",
+            )
+            .await?;
+        set.version = version;
+        if new || self.policy.load().version != version {
+            self.policy.store(Arc::new(set));
+            tracing::info!(version, "policy reloaded");
+        }
+        Ok(version)
+    }
+
     /// Stops accepting, drains in-flight requests, stops an embedded
     /// warehouse.
     pub async fn stop(mut self) {
@@ -202,7 +247,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
     let ops_api = Arc::new(ops::OpsApi {
         status: status.clone(),
         policy: policy.clone(),
-        warehouse,
+        warehouse: warehouse.clone(),
         instance_id: config.gateway.instance_id.clone(),
     });
     let limits = config.limits.server_limits();
@@ -229,6 +274,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
         policy,
         warehouse_url: url,
         warehouse_admin_url: admin_url,
+        warehouse,
+        policy_dir: config.gateway.policies.clone(),
+        province: config.gateway.province,
         shutdown,
         tasks: vec![gateway_task, ops_task, prune_task],
         embedded,

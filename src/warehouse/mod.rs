@@ -153,3 +153,56 @@ impl Warehouse {
         Ok(inserted == 1)
     }
 }
+
+impl Warehouse {
+    /// Records `files` as a new active version (the previous one becomes
+    /// superseded) in one transaction, unless they equal the active files.
+    /// Returns the active version afterwards and whether it is new.
+    pub async fn activate_policy(
+        &self,
+        files: &crate::policy::PolicyFiles,
+        author: &str,
+        reason: &str,
+    ) -> anyhow::Result<(u64, bool)> {
+        let mut client = self.pool.get().await.context("warehouse unavailable")?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
+            .await?;
+        let doc = serde_json::to_value(files)?;
+        let active = tx
+            .query_opt(
+                "SELECT version, files FROM popgate.policy_versions WHERE state = 'active'",
+                &[],
+            )
+            .await?;
+        if let Some(row) = &active {
+            let current: serde_json::Value = row.get(1);
+            if current == doc {
+                let version: i64 = row.get(0);
+                tx.commit().await?;
+                return Ok((u64::try_from(version).unwrap_or_default(), false));
+            }
+        }
+        let based_on: Option<i64> = active.as_ref().map(|r| r.get(0));
+        let next: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM popgate.policy_versions",
+                &[],
+            )
+            .await?
+            .get(0);
+        tx.execute(
+            "UPDATE popgate.policy_versions SET state = 'superseded' WHERE state = 'active'",
+            &[],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO popgate.policy_versions (version, state, files, author, approver, reason, activated_at, based_on)
+             VALUES ($1, 'active', $2, $3, NULL, $4, now(), $5)",
+            &[&next, &doc, &author, &reason, &based_on],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((u64::try_from(next).unwrap_or_default(), true))
+    }
+}

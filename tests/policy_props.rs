@@ -1,0 +1,185 @@
+//! Property: for random catalogs, grants and upstream records, the released
+//! document holds only granted fields, every masked field is masked, and
+//! nothing outside the catalog ever appears.
+
+use std::collections::BTreeMap;
+
+use popgate::policy::{self, FieldKind, Mask, Operation, PolicyFiles};
+use proptest::prelude::*;
+use serde_json::{json, Map, Value};
+
+const KINDS: [(&str, FieldKind); 7] = [
+    ("text", FieldKind::Text),
+    ("date", FieldKind::Date),
+    ("name", FieldKind::Name),
+    ("sex", FieldKind::Sex),
+    ("address", FieldKind::Address),
+    ("person", FieldKind::Person),
+    ("household_head", FieldKind::HouseholdHead),
+];
+const MASKS: [(&str, Mask); 5] = [
+    ("last4", Mask::Last4),
+    ("year-only", Mask::YearOnly),
+    ("initials", Mask::Initials),
+    ("ward-only", Mask::WardOnly),
+    ("redact", Mask::Redact),
+];
+
+#[derive(Debug, Clone)]
+struct Case {
+    kinds: Vec<usize>,
+    /// Per field: 0 = not granted, 1 = whole, 2 = first sub-field only.
+    grant: Vec<u8>,
+    /// Per field: mask index to try (only applied where it fits).
+    masks: Vec<Option<usize>>,
+    record: Vec<Option<Value>>,
+    extras: Vec<(String, String)>,
+}
+
+fn any_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        "[0-9]{8}".prop_map(Value::from),
+        "[a-zA-Z ]{0,20}".prop_map(Value::from),
+        prop_oneof![Just("1"), Just("2"), Just("9")].prop_map(Value::from),
+        ("[0-9]{2}", "[0-9]{5}", "[a-z ]{0,12}")
+            .prop_map(|(p, w, d)| json!({"MaTinhThanh": p, "MaPhuongXa": w, "ChiTiet": d, "Secret_": "x"})),
+        ("[A-Za-z ]{1,15}", "[0-9]{12}").prop_map(
+            |(n, id)| json!({"HoVaTen": n, "QuocTich": "VN", "SoDinhDanh": id, "QuanHe": "Con", "Extra_": 1})
+        ),
+        Just(json!({"Ho": "Nguyễn", "ChuDem": "Văn", "Ten": "An"})),
+        any::<i64>().prop_map(Value::from),
+        Just(Value::Null),
+    ]
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (1usize..8).prop_flat_map(|n| {
+        (
+            proptest::collection::vec(0usize..KINDS.len(), n),
+            proptest::collection::vec(0u8..3, n),
+            proptest::collection::vec(proptest::option::of(0usize..MASKS.len()), n),
+            proptest::collection::vec(proptest::option::of(any_value()), n),
+            proptest::collection::vec(("XTRA_[a-z]{1,6}", "[a-z0-9]{0,10}"), 0..4),
+        )
+            .prop_map(|(kinds, grant, masks, record, extras)| Case {
+                kinds,
+                grant,
+                masks,
+                record,
+                extras,
+            })
+    })
+}
+
+fn build(case: &Case) -> (PolicyFiles, Vec<String>, BTreeMap<String, Mask>, Value) {
+    let mut fields = String::new();
+    let mut granted = Vec::new();
+    let mut masks = BTreeMap::new();
+    let mut record = Map::new();
+    for (i, &k) in case.kinds.iter().enumerate() {
+        let (kind_name, kind) = KINDS[k];
+        fields.push_str(&format!(
+            "[[field]]\nid = \"f{i}\"\nlabel = \"Trường {i}\"\nclass = \"sensitive\"\nkind = \"{kind_name}\"\nupstream = \"U{i}\"\n\n"
+        ));
+        let path = match (case.grant[i], kind.subfields().first()) {
+            (0, _) => None,
+            (2, Some((sub, _))) => Some(format!("f{i}.{sub}")),
+            _ => Some(format!("f{i}")),
+        };
+        if let Some(path) = path {
+            let path_kind = match path.split_once('.') {
+                Some((_, sub)) => policy::mask::subfield_kind(sub),
+                None => kind,
+            };
+            if let Some(m) = case.masks[i]
+                .map(|m| MASKS[m])
+                .filter(|(_, m)| m.applies_to(path_kind))
+            {
+                masks.insert(path.clone(), m.1);
+            }
+            granted.push(path);
+        }
+        if let Some(v) = &case.record[i] {
+            record.insert(format!("U{i}"), v.clone());
+        }
+    }
+    for (k, v) in &case.extras {
+        record.insert(k.clone(), Value::from(v.as_str()));
+    }
+    let field_list: Vec<String> = granted.iter().map(|p| format!("\"{p}\"")).collect();
+    let mask_list: Vec<String> = masks
+        .iter()
+        .map(|(p, m)| format!("\"{p}\" = \"{}\"", m.as_str()))
+        .collect();
+    let app = format!(
+        "id = \"app\"\nname = \"App\"\ncertificate_uri = \"urn:popgate:app:app\"\n\n[[grant]]\noperations = [\"lookup\"]\nroles = [\"officer\"]\npurpose = \"p\"\nfields = [{}]\nmasks = {{ {} }}\njurisdiction = \"province\"\nlegal_basis = \"test\"\n",
+        field_list.join(", "),
+        mask_list.join(", ")
+    );
+    let mut files = PolicyFiles::new();
+    files.insert("fields.toml".into(), fields);
+    files.insert(
+        "purposes.toml".into(),
+        "[[purpose]]\nid = \"p\"\nlabel = \"P\"\nlegal_basis = \"b\"\nretention_days = 1\n".into(),
+    );
+    files.insert("apps/app.toml".into(), app);
+    (files, granted, masks, Value::Object(record))
+}
+
+fn is_masked(mask: Mask, v: &Value) -> bool {
+    match (mask, v) {
+        (_, Value::String(s)) if s == "***" => true,
+        (Mask::Redact, _) => false,
+        (Mask::Last4, Value::String(s)) => s.chars().rev().skip(4).all(|c| c == '*'),
+        (Mask::YearOnly, Value::String(s)) => s.chars().count() <= 4,
+        (Mask::Initials, Value::String(s)) => s
+            .split_whitespace()
+            .all(|w| w.chars().count() == 2 && w.ends_with('.')),
+        (Mask::WardOnly, Value::Object(o)) => o.keys().all(|k| k == "province_code" || k == "ward_code"),
+        _ => false,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nothing_ungranted_ever_leaves(case in case()) {
+        let (files, granted, masks, record) = build(&case);
+        let set = policy::parse(&files, 79).map_err(|p| TestCaseError::fail(p.to_string()))?;
+        let app = &set.apps["app"];
+        let grant = set.authorize(app, &["officer".to_owned()], Operation::Lookup, "p").expect("granted");
+        let mapped = set.catalog.map_record(&record);
+        // Mapping keeps catalog ids only: upstream keys and extras never pass.
+        for key in mapped.keys() {
+            prop_assert!(set.catalog.get(key).is_some(), "{key} is not in the catalog");
+        }
+        let (doc, released) = set.release(grant, &mapped);
+        for path in &released {
+            prop_assert!(granted.contains(path), "{path} released but not granted");
+        }
+        for (key, value) in &doc {
+            let whole = granted.contains(key);
+            if !whole {
+                // Only granted sub-fields of a partly granted field.
+                let obj = value.as_object().expect("partial fields are objects");
+                for sub in obj.keys() {
+                    let path = format!("{key}.{sub}");
+                    prop_assert!(granted.contains(&path), "{path} released but not granted");
+                }
+            }
+            if let Some(mask) = masks.get(key) {
+                prop_assert!(is_masked(*mask, value), "{key} not masked by {mask:?}: {value}");
+            }
+            if let Value::Object(obj) = value {
+                for (sub, v) in obj {
+                    if let Some(mask) = masks.get(&format!("{key}.{sub}")) {
+                        prop_assert!(is_masked(*mask, v), "{key}.{sub} not masked: {v}");
+                    }
+                }
+            }
+        }
+        let text = serde_json::to_string(&doc).expect("json");
+        prop_assert!(!text.contains("Secret_") && !text.contains("Extra_") && !text.contains("XTRA_"), "{text}");
+    }
+}
