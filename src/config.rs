@@ -23,6 +23,14 @@ pub const DEFAULT_TOKEN_LEEWAY_SECS: u64 = 30;
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const DEFAULT_JWKS_REFETCH_SECS: u64 = 30;
 pub const DEFAULT_PER_APP_PER_MINUTE: u32 = 3_000;
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1_000;
+pub const DEFAULT_CHECKPOINT_INTERVAL_SECS: u64 = 10;
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_BACKLOG_EVENTS: u64 = 5_000_000;
+pub const DEFAULT_MAX_BACKLOG_AGE_SECS: u64 = 6 * 3600;
+pub const DEFAULT_SHIP_BATCH: usize = 1_000;
+pub const DEFAULT_JOURNAL_RETENTION_HOURS: u64 = 24;
+pub const DEFAULT_PURGE_INTERVAL_SECS: u64 = 3_600;
 pub const DEFAULT_PER_OFFICER_PER_MINUTE: u32 = 60;
 pub const DEFAULT_UPSTREAM_PER_SECOND: u32 = 200;
 pub const DEFAULT_DISTINCT_CITIZENS_PER_HOUR: u32 = 300;
@@ -38,6 +46,7 @@ pub struct Config {
     pub tls: TlsSection,
     pub upstream: UpstreamSection,
     pub tokens: TokensSection,
+    pub audit: AuditSection,
     #[serde(default)]
     pub rate_limits: RateLimitsSection,
     #[serde(default)]
@@ -125,6 +134,89 @@ pub struct TokensSection {
     /// An unknown `kid` reloads the key set at most this often.
     #[serde(default = "default_jwks_refetch_secs")]
     pub jwks_refetch_secs: u64,
+}
+
+/// The audit journal, checkpoints and shipping to the warehouse.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Local journal directory (default: `gateway.data_dir`/journal).
+    pub journal_dir: Option<PathBuf>,
+    /// Ed25519 PKCS#8 key that signs checkpoints.
+    pub signing_key: PathBuf,
+    /// 32-byte hex secret of the citizen pseudonyms (HMAC-SHA-256).
+    pub pseudonym_key: PathBuf,
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    #[serde(default = "default_checkpoint_interval_secs")]
+    pub checkpoint_interval_secs: u64,
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Undelivered events beyond which the gateway fails closed (503).
+    #[serde(default = "default_max_backlog_events")]
+    pub max_backlog_events: u64,
+    /// How long the warehouse may make no progress on a backlog before the
+    /// gateway fails closed.
+    #[serde(default = "default_max_backlog_age_secs")]
+    pub max_backlog_age_secs: u64,
+    #[serde(default = "default_ship_batch")]
+    pub ship_batch: usize,
+    /// Delivered journal segments are kept this long.
+    #[serde(default = "default_retention_hours")]
+    pub retention_hours: u64,
+    /// How often expired warehouse records are purged.
+    #[serde(default = "default_purge_interval_secs")]
+    pub purge_interval_secs: u64,
+}
+
+impl AuditSection {
+    /// The defaults, with these keys.
+    pub fn with_keys(signing_key: PathBuf, pseudonym_key: PathBuf) -> AuditSection {
+        AuditSection {
+            journal_dir: None,
+            signing_key,
+            pseudonym_key,
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            checkpoint_interval_secs: DEFAULT_CHECKPOINT_INTERVAL_SECS,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            max_backlog_events: DEFAULT_MAX_BACKLOG_EVENTS,
+            max_backlog_age_secs: DEFAULT_MAX_BACKLOG_AGE_SECS,
+            ship_batch: DEFAULT_SHIP_BATCH,
+            retention_hours: DEFAULT_JOURNAL_RETENTION_HOURS,
+            purge_interval_secs: DEFAULT_PURGE_INTERVAL_SECS,
+        }
+    }
+
+    pub fn journal_dir(&self, data_dir: &Path) -> PathBuf {
+        self.journal_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("journal"))
+    }
+}
+
+fn default_checkpoint_every() -> u64 {
+    DEFAULT_CHECKPOINT_EVERY
+}
+fn default_checkpoint_interval_secs() -> u64 {
+    DEFAULT_CHECKPOINT_INTERVAL_SECS
+}
+fn default_segment_bytes() -> u64 {
+    DEFAULT_SEGMENT_BYTES
+}
+fn default_max_backlog_events() -> u64 {
+    DEFAULT_MAX_BACKLOG_EVENTS
+}
+fn default_max_backlog_age_secs() -> u64 {
+    DEFAULT_MAX_BACKLOG_AGE_SECS
+}
+fn default_ship_batch() -> usize {
+    DEFAULT_SHIP_BATCH
+}
+fn default_retention_hours() -> u64 {
+    DEFAULT_JOURNAL_RETENTION_HOURS
+}
+fn default_purge_interval_secs() -> u64 {
+    DEFAULT_PURGE_INTERVAL_SECS
 }
 
 /// Rate limits (per minute unless named otherwise).
@@ -388,7 +480,20 @@ impl Config {
                 *jwks = base.join(&*jwks);
             }
         }
+        if let Some(dir) = config.audit.journal_dir.as_mut() {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+        if config.audit.checkpoint_every == 0 || config.audit.ship_batch == 0 {
+            return Err(invalid(
+                None,
+                "audit.checkpoint_every and audit.ship_batch must be positive".to_owned(),
+            ));
+        }
         for p in [
+            &mut config.audit.signing_key,
+            &mut config.audit.pseudonym_key,
             &mut config.gateway.policies,
             &mut config.gateway.data_dir,
             &mut config.tls.cert,
@@ -435,6 +540,10 @@ key = "certs/upstream-client.key"
 jwks = "certs/jwks.json"
 issuer = "urn:popgate:demo-idp"
 audience = "urn:popgate:gateway"
+
+[audit]
+signing_key = "certs/audit-signing.key"
+pseudonym_key = "certs/pseudonym.key"
 "#;
 
     #[test]

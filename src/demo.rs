@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{
-    Config, GatewaySection, LimitsSection, RateLimitsSection, TlsSection, TokensSection, UpstreamSection,
-    WarehouseSection,
+    AuditSection, Config, GatewaySection, LimitsSection, RateLimitsSection, TlsSection, TokensSection,
+    UpstreamSection, WarehouseSection,
 };
 use crate::sim::{Faults, SimSettings, Simulator};
 use crate::tls::pki::{self, PkiLayout, DEMO_TOKEN_AUDIENCE, DEMO_TOKEN_ISSUER, SAMPLE_APPS};
@@ -111,6 +111,7 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
             max_token_bytes: crate::config::DEFAULT_MAX_TOKEN_BYTES,
             jwks_refetch_secs: crate::config::DEFAULT_JWKS_REFETCH_SECS,
         },
+        audit: AuditSection::with_keys(layout.audit_signing_key(), layout.pseudonym_key()),
         rate_limits: RateLimitsSection {
             scale: opts.limit_scale,
             ..RateLimitsSection::default()

@@ -12,12 +12,14 @@
 //! - [`upstream`]: the national-DB adapter trait and its mTLS HTTP client.
 //! - [`server`]: accepting connections: TLS, HTTP/1.1 + h2, limits, draining.
 //! - [`api`]: the HTTP surfaces: app `/v1`, ops; problem documents.
+//! - [`audit`]: events, hash chain, journal with group commit, checkpoints, shipper, verifier.
 //! - [`warehouse`]: PostgreSQL: embedded cluster, migrations, pool.
 //! - [`sim`]: the national population DB simulator.
 //! - [`units`]: Vietnam's administrative units (2025).
 //! - [`demo`]: `popgate demo`, everything on embedded defaults.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod demo;

@@ -195,7 +195,11 @@ where
 
 /// A JSON response with the given status.
 pub fn json_response(status: http::StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
+    json_bytes_response(status, serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// A response whose body is already-serialised JSON.
+pub fn json_bytes_response(status: http::StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

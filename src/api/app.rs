@@ -16,11 +16,14 @@ use serde_json::{json, Map, Value};
 
 use super::problem::{problem_response, ApiError};
 use super::status::GatewayStatus;
+use crate::audit::event::{digest_hex, AuditEvent, EventKind, Pseudonymiser};
+use crate::audit::journal::Journal;
+use crate::audit::WarehouseRecord;
 use crate::auth::token::{TokenError, TokenVerifier};
 use crate::limits::RateLimits;
 use crate::personal_id::PersonalId;
 use crate::policy::{App, Denial, Grant, Operation, PolicySet};
-use crate::server::{self, json_response, Body, BodyError, Peer};
+use crate::server::{self, Body, BodyError, Peer};
 use crate::upstream::{NationalDb, QueryKind, UpstreamAnswer, UpstreamError, UpstreamQuery};
 
 /// Longest accepted case reference, in characters.
@@ -34,6 +37,8 @@ pub struct AppApi {
     pub upstream: Arc<dyn NationalDb>,
     pub tokens: Arc<TokenVerifier>,
     pub limits: Arc<RateLimits>,
+    pub journal: Journal,
+    pub pseudonyms: Pseudonymiser,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub status: Arc<GatewayStatus>,
@@ -67,31 +72,120 @@ struct VerifyBody {
     case_ref: Option<String>,
 }
 
+/// What a request has established so far, for its audit events.
+#[derive(Debug, Default)]
+struct Trail {
+    audit_id: String,
+    request_id: String,
+    operation: String,
+    intent_id: Option<String>,
+    app_id: Option<String>,
+    officer_id: Option<String>,
+    officer_unit: Option<String>,
+    purpose: Option<String>,
+    case_ref: Option<String>,
+    citizen_key: Option<String>,
+    policy_version: Option<u64>,
+    upstream_status: Option<String>,
+    upstream_ms: Option<u64>,
+    upstream_digest: Option<String>,
+    released: Vec<String>,
+    released_digest: Option<String>,
+    warehouse: Option<WarehouseRecord>,
+}
+
+impl Trail {
+    fn event(&self, kind: EventKind, audit_id: &str, decision: &str, reason: Option<String>) -> AuditEvent {
+        AuditEvent {
+            audit_id: audit_id.to_owned(),
+            instance_id: String::new(),
+            seq: 0,
+            ts: String::new(),
+            kind,
+            request_id: self.request_id.clone(),
+            intent_id: self.intent_id.clone(),
+            app_id: self.app_id.clone(),
+            officer_id: self.officer_id.clone(),
+            officer_unit: self.officer_unit.clone(),
+            operation: self.operation.clone(),
+            purpose: self.purpose.clone(),
+            case_ref: self.case_ref.clone(),
+            decision: decision.to_owned(),
+            reason,
+            citizen_key: self.citizen_key.clone(),
+            fields: self.released.clone(),
+            policy_version: self.policy_version,
+            http_status: None,
+            upstream_status: self.upstream_status.clone(),
+            upstream_ms: self.upstream_ms,
+            upstream_digest: self.upstream_digest.clone(),
+            released_digest: None,
+            details: None,
+        }
+    }
+}
+
 impl AppApi {
-    /// Entry point for every request on the mTLS listener.
+    /// Entry point for every request on the mTLS listener. Every request is
+    /// audited; its answer is released only once the outcome event is
+    /// durable, else the caller gets 503 and nothing else.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let op = match route(req.method(), req.uri().path()) {
-            Ok(op) => op,
-            Err(e) => return finish(problem_response(&e, &request_id), &request_id),
+        let mut trail = Trail {
+            audit_id: uuid::Uuid::new_v4().to_string(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            ..Trail::default()
         };
-        let outcome = tokio::time::timeout(
-            self.request_timeout,
-            self.clone().run(op, req, &peer, &request_id),
-        )
-        .await;
-        let resp = match outcome {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => problem_response(&e, &request_id),
-            Err(_) => problem_response(&ApiError::RequestTimeout, &request_id),
+        let result = match route(req.method(), req.uri().path()) {
+            Err(e) => {
+                trail.operation = "none".to_owned();
+                Err(e)
+            }
+            Ok(op) => {
+                trail.operation = op.as_str().to_owned();
+                let run = self.clone().run(op, req, &peer, &mut trail);
+                match tokio::time::timeout(self.request_timeout, run).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ApiError::RequestTimeout),
+                }
+            }
+        };
+        let (resp, decision, reason) = match result {
+            Ok(resp) => (resp, "granted", None),
+            Err(e) => {
+                let decision = match e.status() {
+                    s if s.is_server_error() => "error",
+                    _ => "denied",
+                };
+                (
+                    problem_response(&e, &trail.request_id, Some(&trail.audit_id)),
+                    decision,
+                    Some(e.to_string()),
+                )
+            }
+        };
+        let mut event = trail.event(EventKind::Outcome, &trail.audit_id, decision, reason);
+        event.http_status = Some(resp.status().as_u16());
+        event.released_digest = trail
+            .released_digest
+            .take()
+            .filter(|_| resp.status() == StatusCode::OK);
+        let warehouse = trail.warehouse.take();
+        let resp = match self.journal.append(event, warehouse).await {
+            Ok(_) => resp,
+            Err(e) => {
+                tracing::error!(request_id = %trail.request_id, error = %e, "answer withheld: audit not durable");
+                problem_response(&ApiError::AuditUnavailable, &trail.request_id, None)
+            }
         };
         tracing::info!(
-            request_id = %request_id,
-            operation = op.as_str(),
+            request_id = %trail.request_id,
+            audit_id = %trail.audit_id,
+            app = trail.app_id.as_deref().unwrap_or("-"),
+            operation = %trail.operation,
             status = resp.status().as_u16(),
             "request"
         );
-        finish(resp, &request_id)
+        finish(resp, &trail.request_id)
     }
 
     async fn run(
@@ -99,13 +193,17 @@ impl AppApi {
         op: Operation,
         req: Request<Incoming>,
         peer: &Peer,
-        request_id: &str,
+        trail: &mut Trail,
     ) -> Result<Response<Body>, ApiError> {
         // One snapshot for the whole request: a reload mid-request does not
         // change the rules this request is judged by.
         let policy = self.policy.load_full();
+        trail.policy_version = Some(policy.version);
         let app = identify_app(&policy, peer)?;
+        trail.app_id = Some(app.id.clone());
         let caller = self.authenticate_officer(&req, peer, app).await?;
+        trail.officer_id = Some(caller.officer_id.clone());
+        trail.officer_unit = caller.unit.map(|u| format!("{u:05}"));
         self.limits.check_app(&app.id).map_err(ApiError::RateLimited)?;
         self.limits
             .check_officer(&app.id, &caller.officer_id)
@@ -116,8 +214,11 @@ impl AppApi {
             Operation::Lookup | Operation::Household => {
                 let b: LookupBody = parse_json(&body)?;
                 let pid = validate_personal_id(&b.personal_id)?;
+                trail.citizen_key = Some(self.pseudonyms.citizen_key(&pid));
                 validate_purpose(&b.purpose)?;
+                trail.purpose = Some(b.purpose.clone());
                 validate_case_ref(b.case_ref.as_deref())?;
+                trail.case_ref = b.case_ref.clone();
                 let grant = authorize(&policy, &caller, op, &b.purpose, b.case_ref.as_deref())?;
                 self.check_grant_limits(&caller, grant, &pid)?;
                 let kind = if op == Operation::Lookup {
@@ -125,19 +226,18 @@ impl AppApi {
                 } else {
                     QueryKind::Household
                 };
-                let answer = self.ask_upstream(&caller, pid, kind, request_id).await?;
-                let document = release(&policy, grant, &caller, answer)?;
-                let mut out = json!({ "request_id": request_id, "policy_version": policy.version });
-                if let (Value::Object(out), Value::Object(doc)) = (&mut out, document) {
-                    out.extend(doc);
-                }
-                Ok(json_response(StatusCode::OK, &out))
+                let answer = self.ask_upstream(&caller, pid, kind, trail).await?;
+                let released = release(&policy, grant, &caller, answer, trail)?;
+                Ok(envelope(trail, policy.version, released))
             }
             Operation::Verify => {
                 let b: VerifyBody = parse_json(&body)?;
                 let pid = validate_personal_id(&b.personal_id)?;
+                trail.citizen_key = Some(self.pseudonyms.citizen_key(&pid));
                 validate_purpose(&b.purpose)?;
+                trail.purpose = Some(b.purpose.clone());
                 validate_case_ref(b.case_ref.as_deref())?;
+                trail.case_ref = b.case_ref.clone();
                 let full_name = validate_full_name(&b.full_name)?;
                 let date_of_birth = validate_date(&b.date_of_birth)?;
                 let grant = authorize(&policy, &caller, op, &b.purpose, b.case_ref.as_deref())?;
@@ -146,11 +246,11 @@ impl AppApi {
                     full_name,
                     date_of_birth,
                 };
-                match self.ask_upstream(&caller, pid, kind, request_id).await? {
-                    UpstreamAnswer::Match(m) => Ok(json_response(
-                        StatusCode::OK,
-                        &json!({ "request_id": request_id, "policy_version": policy.version, "match": m }),
-                    )),
+                match self.ask_upstream(&caller, pid, kind, trail).await? {
+                    UpstreamAnswer::Match(m) => {
+                        trail.released = vec!["match".to_owned()];
+                        Ok(envelope(trail, policy.version, json!({ "match": m })))
+                    }
                     _ => Err(ApiError::UpstreamFailed),
                 }
             }
@@ -196,30 +296,74 @@ impl AppApi {
         self.limits.check_upstream().map_err(ApiError::RateLimited)
     }
 
+    /// Step: the national database — only after an intent event naming the
+    /// question is durable, so no question is ever asked unrecorded.
     async fn ask_upstream(
         &self,
         caller: &Caller<'_>,
         personal_id: PersonalId,
         kind: QueryKind,
-        request_id: &str,
+        trail: &mut Trail,
     ) -> Result<UpstreamAnswer, ApiError> {
+        let intent_id = uuid::Uuid::new_v4().to_string();
+        let intent = trail.event(EventKind::Intent, &intent_id, "pending", None);
+        self.journal.append(intent, None).await.map_err(|e| {
+            tracing::error!(request_id = %trail.request_id, error = %e, "upstream call not made: intent not durable");
+            ApiError::AuditUnavailable
+        })?;
+        trail.intent_id = Some(intent_id);
         let query = UpstreamQuery {
-            request_id: request_id.to_owned(),
+            request_id: trail.request_id.clone(),
             officer: caller.officer_id.clone(),
             personal_id,
             kind,
         };
+        let started = std::time::Instant::now();
         let result = self.upstream.query(query).await;
+        trail.upstream_ms = Some(started.elapsed().as_millis() as u64);
         self.status.record_upstream(&result);
-        result.map_err(|e| match e {
-            UpstreamError::NotFound => ApiError::CitizenNotFound,
-            UpstreamError::Timeout => ApiError::UpstreamTimeout,
-            UpstreamError::Failed(why) => {
-                tracing::warn!(request_id, why, "upstream failed");
-                ApiError::UpstreamFailed
+        match result {
+            Ok(answered) => {
+                trail.upstream_status = Some("ok".to_owned());
+                trail.upstream_digest = Some(answered.digest);
+                Ok(answered.answer)
             }
-        })
+            Err(e) => {
+                trail.upstream_status = Some(
+                    match &e {
+                        UpstreamError::NotFound => "not-found",
+                        UpstreamError::Timeout => "timeout",
+                        UpstreamError::Failed(_) => "failed",
+                    }
+                    .to_owned(),
+                );
+                Err(match e {
+                    UpstreamError::NotFound => ApiError::CitizenNotFound,
+                    UpstreamError::Timeout => ApiError::UpstreamTimeout,
+                    UpstreamError::Failed(why) => {
+                        tracing::warn!(request_id = %trail.request_id, why, "upstream failed");
+                        ApiError::UpstreamFailed
+                    }
+                })
+            }
+        }
     }
+}
+
+/// The 200 answer: request and audit ids, policy version and `extra`; its
+/// digest goes into the outcome event as evidence of what was released.
+fn envelope(trail: &mut Trail, policy_version: u64, extra: Value) -> Response<Body> {
+    let mut out = json!({
+        "request_id": trail.request_id,
+        "audit_id": trail.audit_id,
+        "policy_version": policy_version,
+    });
+    if let (Value::Object(out), Value::Object(extra)) = (&mut out, extra) {
+        out.extend(extra);
+    }
+    let bytes = serde_json::to_vec(&out).unwrap_or_default();
+    trail.released_digest = Some(digest_hex(&bytes));
+    server::json_bytes_response(StatusCode::OK, bytes)
 }
 
 fn route(method: &Method, path: &str) -> Result<Operation, ApiError> {
@@ -380,21 +524,25 @@ fn authorize<'a>(
     Ok(grant)
 }
 
-/// Step 3: jurisdiction, then the granted fields only, masks applied.
+/// Step: jurisdiction, then the granted fields only, masks applied; the
+/// warehouse copy of what the grant allows to store.
 fn release(
     policy: &PolicySet,
     grant: &Grant,
     caller: &Caller<'_>,
     answer: UpstreamAnswer,
+    trail: &mut Trail,
 ) -> Result<Value, ApiError> {
     let outside = || ApiError::Denied(Denial::OutsideJurisdiction);
     match answer {
-        UpstreamAnswer::Citizen { record, .. } => {
+        UpstreamAnswer::Citizen { record, as_of } => {
             let mapped = policy.catalog.map_record(&record);
             if !policy.within_jurisdiction(grant, &mapped, caller.unit) {
                 return Err(outside());
             }
-            let (doc, _released) = policy.release(grant, &mapped);
+            let (doc, released) = policy.release(grant, &mapped);
+            trail.released = released;
+            trail.warehouse = warehouse_record(policy, grant, &mapped, &doc, as_of, trail);
             Ok(json!({ "citizen": doc }))
         }
         UpstreamAnswer::Household { head, members, .. } => {
@@ -402,15 +550,85 @@ fn release(
             if !policy.within_jurisdiction(grant, &head, caller.unit) {
                 return Err(outside());
             }
-            let filter = |m: &Map<String, Value>| Value::Object(policy.release(grant, m).0);
+            let (head_doc, released) = policy.release(grant, &head);
+            trail.released = released;
             let members: Vec<Value> = members
                 .iter()
-                .map(|m| filter(&policy.catalog.map_record(m)))
+                .map(|m| Value::Object(policy.release(grant, &policy.catalog.map_record(m)).0))
                 .collect();
-            Ok(json!({ "household": { "head": filter(&head), "members": members } }))
+            Ok(json!({ "household": { "head": head_doc, "members": members } }))
         }
         UpstreamAnswer::Match(_) => Err(ApiError::UpstreamFailed),
     }
+}
+
+/// The enriched warehouse copy of a released citizen, when the grant lets
+/// the warehouse store any of the released fields.
+fn warehouse_record(
+    policy: &PolicySet,
+    grant: &Grant,
+    mapped: &Map<String, Value>,
+    released: &Map<String, Value>,
+    as_of: Option<String>,
+    trail: &Trail,
+) -> Option<WarehouseRecord> {
+    if grant.store.is_empty() {
+        return None;
+    }
+    let mut fields = Map::new();
+    for path in &grant.store {
+        let value = match path.split_once('.') {
+            None => released.get(path).cloned(),
+            Some((parent, child)) => released.get(parent).and_then(|p| p.get(child)).cloned(),
+        };
+        if let Some(v) = value {
+            fields.insert(path.clone(), v);
+        }
+    }
+    let ward_code = ["current_address", "permanent_address"]
+        .iter()
+        .find_map(|f| {
+            mapped
+                .get(*f)
+                .and_then(|a| a.get("ward_code"))
+                .and_then(Value::as_str)
+        })
+        .map(str::to_owned);
+    let units = crate::units::Units::get();
+    let ward = ward_code
+        .as_deref()
+        .and_then(|w| w.parse::<u32>().ok())
+        .and_then(|w| units.ward(w));
+    let province = ward.and_then(|w| units.province(w.province_code));
+    let now = time::OffsetDateTime::now_utc();
+    let birth_year = mapped
+        .get("date_of_birth")
+        .and_then(Value::as_str)
+        .and_then(|d| d.get(..4))
+        .and_then(|y| y.parse::<i32>().ok());
+    let retention_days = policy
+        .purposes
+        .get(&grant.purpose)
+        .map_or(0, |p| p.retention_days);
+    let rfc3339 = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    Some(WarehouseRecord {
+        citizen_key: trail.citizen_key.clone()?,
+        app_id: trail.app_id.clone()?,
+        purpose: grant.purpose.clone(),
+        policy_version: policy.version,
+        released_at: rfc3339(now),
+        data_as_of: as_of,
+        ward_code,
+        ward_name: ward.map(|w| w.name.to_owned()),
+        province_code: province.map(|p| format!("{:02}", p.code)),
+        province_name: province.map(|p| p.name.to_owned()),
+        age_band: birth_year.and_then(|y| crate::audit::age_band(y, now.year())),
+        fields,
+        retain_until: rfc3339(now + time::Duration::days(i64::from(retention_days))),
+    })
 }
 
 #[cfg(test)]

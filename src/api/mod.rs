@@ -18,6 +18,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::audit::checkpoint::Signer;
+use crate::audit::event::{AuditEvent, EventKind, Pseudonymiser};
+use crate::audit::journal::{Journal, JournalSettings};
+use crate::audit::shipper::{Shipper, ShipperSettings};
 use crate::auth::token::TokenVerifier;
 use crate::config::Config;
 use crate::limits::RateLimits;
@@ -45,6 +49,9 @@ pub struct RunningGateway {
     province: u16,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    pub journal: Journal,
+    ship_stop: watch::Sender<bool>,
+    shipper_task: Option<JoinHandle<()>>,
     embedded: Option<EmbeddedPostgres>,
 }
 
@@ -96,6 +103,12 @@ impl RunningGateway {
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        // Every answer given is journaled; anchor the head, then deliver.
+        self.journal.checkpoint().await;
+        let _ = self.ship_stop.send(true);
+        if let Some(task) = self.shipper_task.take() {
             let _ = task.await;
         }
         if let Some(mut pg) = self.embedded.take() {
@@ -176,8 +189,71 @@ async fn prune_limits(limits: Arc<RateLimits>, mut shutdown: watch::Receiver<boo
     }
 }
 
+/// Test seams that no config file can set.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// While set, every journal write fails as on a full disk.
+    pub journal_fail_writes: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// Deletes warehouse records past their retention, and audits each purge.
+async fn purge_expired(
+    warehouse: Warehouse,
+    journal: Journal,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match warehouse.purge_expired_records().await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                let event = AuditEvent {
+                    audit_id: uuid::Uuid::new_v4().to_string(),
+                    instance_id: String::new(),
+                    seq: 0,
+                    ts: String::new(),
+                    kind: EventKind::Purge,
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                    intent_id: None,
+                    app_id: None,
+                    officer_id: Some("popgate (retention)".to_owned()),
+                    officer_unit: None,
+                    operation: "purge".to_owned(),
+                    purpose: None,
+                    case_ref: None,
+                    decision: "done".to_owned(),
+                    reason: Some("warehouse records past their purpose's retention".to_owned()),
+                    citizen_key: None,
+                    fields: Vec::new(),
+                    policy_version: None,
+                    http_status: None,
+                    upstream_status: None,
+                    upstream_ms: None,
+                    upstream_digest: None,
+                    released_digest: None,
+                    details: Some(serde_json::json!({ "deleted_records": deleted })),
+                };
+                if let Err(error) = journal.append(event, None).await {
+                    tracing::error!(%error, deleted, "purge done but its audit event could not be written");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "retention purge failed; will retry"),
+        }
+    }
+}
+
 /// Brings up a gateway as `config` says.
 pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
+    start_with(config, StartOptions::default()).await
+}
+
+/// Brings up a gateway as `config` says, with test seams.
+pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<RunningGateway> {
     let Prepared {
         warehouse,
         url,
@@ -224,6 +300,36 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
             .context("cannot load the identity provider's keys")?,
     );
     let rate_limits = Arc::new(RateLimits::new(config.rate_limits.settings()));
+    let a = &config.audit;
+    let signer = Arc::new(Signer::from_file(&a.signing_key)?);
+    let pseudonyms = Pseudonymiser::from_file(&a.pseudonym_key)?;
+    let journal_dir = a.journal_dir(&config.gateway.data_dir);
+    let (journal, scan) = Journal::open(
+        JournalSettings {
+            dir: journal_dir.clone(),
+            instance_id: config.gateway.instance_id.clone(),
+            segment_bytes: a.segment_bytes,
+            checkpoint_every: a.checkpoint_every,
+            checkpoint_interval: Duration::from_secs(a.checkpoint_interval_secs),
+            max_backlog_events: a.max_backlog_events,
+            max_backlog_age: Duration::from_secs(a.max_backlog_age_secs),
+            fail_writes: options.journal_fail_writes.clone(),
+        },
+        signer,
+    )?;
+    tracing::info!(head = scan.head_seq, truncated = scan.truncated_bytes, dir = %journal_dir.display(), "audit journal open");
+    let (ship_stop, ship_stop_rx) = watch::channel(false);
+    let shipper = Shipper::new(
+        ShipperSettings {
+            dir: journal_dir,
+            instance_id: config.gateway.instance_id.clone(),
+            batch: a.ship_batch,
+            retention: Duration::from_secs(a.retention_hours * 3600),
+        },
+        journal.state.clone(),
+        warehouse.clone(),
+    );
+    let shipper_task = tokio::spawn(shipper.run(ship_stop_rx));
     let status = Arc::new(status::GatewayStatus::default());
     let gateway_listener = TcpListener::bind(config.gateway.listen)
         .await
@@ -240,6 +346,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
         upstream,
         tokens,
         limits: rate_limits.clone(),
+        journal: journal.clone(),
+        pseudonyms,
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
         status: status.clone(),
@@ -266,6 +374,12 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
         shutdown_rx.clone(),
     ));
     let prune_task = tokio::spawn(prune_limits(rate_limits, shutdown_rx.clone()));
+    let purge_task = tokio::spawn(purge_expired(
+        warehouse.clone(),
+        journal.clone(),
+        Duration::from_secs(a.purge_interval_secs),
+        shutdown_rx.clone(),
+    ));
     status.set_listening(true);
     tracing::info!(%gateway_addr, %ops_addr, "gateway listening");
     Ok(RunningGateway {
@@ -278,7 +392,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
         policy_dir: config.gateway.policies.clone(),
         province: config.gateway.province,
         shutdown,
-        tasks: vec![gateway_task, ops_task, prune_task],
+        tasks: vec![gateway_task, ops_task, prune_task, purge_task],
+        journal,
+        ship_stop,
+        shipper_task: Some(shipper_task),
         embedded,
     })
 }

@@ -41,9 +41,15 @@ pub enum ApiError {
     UpstreamTimeout,
     #[error("request timed out")]
     RequestTimeout,
+    #[error("audit journal unavailable")]
+    AuditUnavailable,
 }
 
 impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, &'static str, String) {
         use ApiError::*;
         match self {
@@ -74,23 +80,27 @@ impl ApiError {
                 "The national population database did not answer in time; retry later.".into()),
             RequestTimeout => (StatusCode::SERVICE_UNAVAILABLE, "request-timeout", "Request took too long",
                 "The gateway could not complete the request in time; retry later.".into()),
+            AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", "Audit record could not be written",
+                "The gateway releases no data it cannot audit, and its audit journal cannot be written right now; retry later.".into()),
         }
     }
 }
 
-/// The problem document for `err`, with the request id in body and header.
-pub fn problem_response(err: &ApiError, request_id: &str) -> Response<Body> {
+/// The problem document for `err`, with the request id (and the audit id
+/// of the event that records it, when there is one).
+pub fn problem_response(err: &ApiError, request_id: &str, audit_id: Option<&str>) -> Response<Body> {
     let (status, slug, title, detail) = err.parts();
-    let mut resp = json_response(
-        status,
-        &json!({
-            "type": format!("urn:popgate:problem:{slug}"),
-            "title": title,
-            "status": status.as_u16(),
-            "detail": detail,
-            "request_id": request_id,
-        }),
-    );
+    let mut doc = json!({
+        "type": format!("urn:popgate:problem:{slug}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+        "request_id": request_id,
+    });
+    if let Some(id) = audit_id {
+        doc["audit_id"] = json!(id);
+    }
+    let mut resp = json_response(status, &doc);
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),

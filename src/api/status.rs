@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
-use crate::upstream::{UpstreamAnswer, UpstreamError};
+use crate::upstream::{Answered, UpstreamError};
 
 // 0 (the default) means unknown: no upstream call yet.
 const UP: u8 = 1;
@@ -26,7 +26,7 @@ impl GatewayStatus {
     }
 
     /// A "not found" is a healthy answer; failures and timeouts are not.
-    pub fn record_upstream(&self, result: &Result<UpstreamAnswer, UpstreamError>) {
+    pub fn record_upstream(&self, result: &Result<Answered, UpstreamError>) {
         let state = match result {
             Ok(_) | Err(UpstreamError::NotFound) => UP,
             Err(_) => FAILING,

@@ -44,6 +44,14 @@ pub enum QueryKind {
     Household,
 }
 
+/// An answer with the evidence of what was received.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub answer: UpstreamAnswer,
+    /// SHA-256 (hex) of the answer's body as received.
+    pub digest: String,
+}
+
 /// What the national database answered.
 #[derive(Debug, Clone)]
 pub enum UpstreamAnswer {
@@ -71,7 +79,7 @@ pub enum UpstreamError {
 
 /// The adapter every national-database client implements.
 pub trait NationalDb: Send + Sync {
-    fn query(&self, q: UpstreamQuery) -> BoxFuture<'_, Result<UpstreamAnswer, UpstreamError>>;
+    fn query(&self, q: UpstreamQuery) -> BoxFuture<'_, Result<Answered, UpstreamError>>;
 }
 
 /// Settings of the HTTP adapter.
@@ -114,7 +122,7 @@ impl HttpNationalDb {
         HttpNationalDb { client, settings }
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<(StatusCode, Value), UpstreamError> {
+    async fn post(&self, path: &str, body: Value) -> Result<(StatusCode, Value, String), UpstreamError> {
         let uri = format!(
             "{}{}",
             self.settings.base_url.to_string().trim_end_matches('/'),
@@ -143,7 +151,7 @@ impl HttpNationalDb {
             .map_err(|_| UpstreamError::Timeout)??;
         let value: Value = serde_json::from_slice(&bytes)
             .map_err(|_| UpstreamError::Failed(format!("answer with HTTP {status} is not JSON")))?;
-        Ok((status, value))
+        Ok((status, value, crate::audit::event::digest_hex(&bytes)))
     }
 }
 
@@ -156,7 +164,7 @@ fn connect_error_text(e: &hyper_util::client::legacy::Error) -> String {
 }
 
 impl NationalDb for HttpNationalDb {
-    fn query(&self, q: UpstreamQuery) -> BoxFuture<'_, Result<UpstreamAnswer, UpstreamError>> {
+    fn query(&self, q: UpstreamQuery) -> BoxFuture<'_, Result<Answered, UpstreamError>> {
         Box::pin(async move {
             let s = &self.settings;
             let mut body = json!({
@@ -178,14 +186,14 @@ impl NationalDb for HttpNationalDb {
                     PATH_VERIFY
                 }
             };
-            let (status, answer) = self.post(path, body).await?;
+            let (status, answer, digest) = self.post(path, body).await?;
             match status {
                 StatusCode::OK => {}
                 StatusCode::NOT_FOUND => return Err(UpstreamError::NotFound),
                 other => return Err(UpstreamError::Failed(format!("HTTP {other}"))),
             }
             let as_of = answer["ThoiDiemDuLieu"].as_str().map(str::to_owned);
-            match q.kind {
+            let answer = match q.kind {
                 QueryKind::Lookup => answer["CongdanCollection"]["CongDan"]
                     .as_array()
                     .and_then(|a| a.first())
@@ -208,7 +216,8 @@ impl NationalDb for HttpNationalDb {
                     let members = hh["ThanhVien"].as_array().cloned().unwrap_or_default();
                     Ok(UpstreamAnswer::Household { head, members, as_of })
                 }
-            }
+            }?;
+            Ok(Answered { answer, digest })
         })
     }
 }

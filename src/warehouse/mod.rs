@@ -206,3 +206,16 @@ impl Warehouse {
         Ok((u64::try_from(next).unwrap_or_default(), true))
     }
 }
+
+impl Warehouse {
+    /// Deletes warehouse records whose retention has passed; returns how many.
+    pub async fn purge_expired_records(&self) -> anyhow::Result<u64> {
+        let client = self.pool.get().await.context("warehouse unavailable")?;
+        Ok(client
+            .execute(
+                "DELETE FROM popgate.citizen_records WHERE retain_until < now()",
+                &[],
+            )
+            .await?)
+    }
+}

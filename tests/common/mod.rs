@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use popgate::config::{
-    Config, GatewaySection, LimitsSection, RateLimitsSection, TlsSection, TokensSection, UpstreamSection,
-    WarehouseSection,
+    AuditSection, Config, GatewaySection, LimitsSection, RateLimitsSection, TlsSection, TokensSection,
+    UpstreamSection, WarehouseSection,
 };
 use popgate::sim::{Faults, SimSettings, Simulator};
 use popgate::tls::pki::{self, DevPki, SAMPLE_APPS};
@@ -104,6 +104,7 @@ impl TestEnv {
                 max_token_bytes: 8192,
                 jwks_refetch_secs: 0,
             },
+            audit: AuditSection::with_keys(l.audit_signing_key(), l.pseudonym_key()),
             rate_limits: RateLimitsSection::default(),
             warehouse: WarehouseSection::default(),
             limits: LimitsSection::default(),

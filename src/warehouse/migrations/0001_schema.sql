@@ -39,6 +39,7 @@ CREATE TABLE popgate.audit_checkpoints (
     seq         bigint      NOT NULL,
     head_hash   text        NOT NULL,
     ts          timestamptz NOT NULL,
+    signed_ts   text        NOT NULL, -- the exact time string that was signed
     public_key  text        NOT NULL,
     signature   text        NOT NULL,
     PRIMARY KEY (instance_id, seq)

@@ -1,0 +1,225 @@
+//! The audit event, its canonical bytes and the hash chain.
+//!
+//! Canonical bytes of an event: its JSON with the `prev_hash` and `hash`
+//! members left out, object keys in lexicographic order, no insignificant
+//! whitespace, UTF-8 (what `serde_json` writes for a `Value`). The same bytes
+//! come back from the warehouse's `jsonb` copy, so a verifier can recompute
+//! every hash from the database alone. Integers only: no floats.
+//!
+//! `hash = SHA-256("popgate-audit-v1" ‖ 0x00 ‖ prev_hash ‖ canonical)`, with
+//! the 32 raw bytes of the previous event's hash (zeros for the first).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub const HASH_DOMAIN: &[u8] = b"popgate-audit-v1\0";
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+
+/// What an event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Durable before the national database is asked.
+    Intent,
+    /// The answer (or refusal) given to an app; durable before it is sent.
+    Outcome,
+    /// A policy or audit action by an admin or auditor.
+    Admin,
+    /// A retention purge of warehouse records.
+    Purge,
+}
+
+/// One audit event. Field order here is irrelevant to hashing (see the
+/// module docs); `None` members are written as `null`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub audit_id: String,
+    pub instance_id: String,
+    pub seq: u64,
+    /// RFC 3339 UTC with microseconds.
+    pub ts: String,
+    pub kind: EventKind,
+    pub request_id: String,
+    /// For an outcome: the audit_id of its intent event, if any.
+    pub intent_id: Option<String>,
+    pub app_id: Option<String>,
+    pub officer_id: Option<String>,
+    pub officer_unit: Option<String>,
+    pub operation: String,
+    pub purpose: Option<String>,
+    pub case_ref: Option<String>,
+    /// `granted`, `denied`, `error` (outcomes); `pending` (intents); …
+    pub decision: String,
+    pub reason: Option<String>,
+    /// HMAC-SHA-256 of the personal ID under the provincial pseudonym key.
+    pub citizen_key: Option<String>,
+    /// Names of the fields released (paths, as granted).
+    pub fields: Vec<String>,
+    pub policy_version: Option<u64>,
+    pub http_status: Option<u16>,
+    pub upstream_status: Option<String>,
+    pub upstream_ms: Option<u64>,
+    /// SHA-256 (hex) of the national database's answer body.
+    pub upstream_digest: Option<String>,
+    /// SHA-256 (hex) of the answer released to the app.
+    pub released_digest: Option<String>,
+    /// Extra details for admin and purge events.
+    pub details: Option<Value>,
+}
+
+impl AuditEvent {
+    /// The canonical bytes that are hashed.
+    pub fn canonical(&self) -> Vec<u8> {
+        let value = serde_json::to_value(self).unwrap_or(Value::Null);
+        canonical_value(&value)
+    }
+}
+
+/// Canonical bytes of an event body as stored (`jsonb`) or serialised:
+/// sorted keys, compact; `prev_hash`/`hash` members are ignored.
+pub fn canonical_value(body: &Value) -> Vec<u8> {
+    let mut body = body.clone();
+    if let Value::Object(map) = &mut body {
+        map.remove("prev_hash");
+        map.remove("hash");
+    }
+    // serde_json's Map is ordered by key (no `preserve_order` feature).
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The chain step: `SHA-256(domain ‖ prev ‖ canonical)`.
+pub fn chain_hash(prev: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(HASH_DOMAIN);
+    h.update(prev);
+    h.update(canonical);
+    h.finalize().into()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let pair = std::str::from_utf8(chunk).ok()?;
+        out[i] = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// SHA-256 of some bytes, hex.
+pub fn digest_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// The keyed pseudonym of a citizen: HMAC-SHA-256 of the personal ID under
+/// the provincial secret, hex. Never reversible without the key.
+#[derive(Clone)]
+pub struct Pseudonymiser {
+    key: ring::hmac::Key,
+}
+
+impl Pseudonymiser {
+    pub fn new(secret: &[u8]) -> Pseudonymiser {
+        Pseudonymiser {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+        }
+    }
+
+    /// Reads a key file of 64 hex digits (what `certs init` writes).
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<Pseudonymiser> {
+        use anyhow::Context;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let key =
+            unhex32(text.trim()).with_context(|| format!("{} must hold 64 hex digits", path.display()))?;
+        Ok(Pseudonymiser::new(&key))
+    }
+
+    pub fn citizen_key(&self, personal_id: &crate::personal_id::PersonalId) -> String {
+        hex(ring::hmac::sign(&self.key, personal_id.as_str().as_bytes()).as_ref())
+    }
+}
+
+impl std::fmt::Debug for Pseudonymiser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pseudonymiser(<key>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> AuditEvent {
+        AuditEvent {
+            audit_id: "a".into(),
+            instance_id: "gw".into(),
+            seq: 1,
+            ts: "2026-11-27T00:00:00.000000Z".into(),
+            kind: EventKind::Outcome,
+            request_id: "r".into(),
+            intent_id: None,
+            app_id: Some("mot-cua".into()),
+            officer_id: Some("o".into()),
+            officer_unit: None,
+            operation: "lookup".into(),
+            purpose: Some("p".into()),
+            case_ref: Some("Hồ sơ 1".into()),
+            decision: "granted".into(),
+            reason: None,
+            citizen_key: Some("k".into()),
+            fields: vec!["full_name".into()],
+            policy_version: Some(1),
+            http_status: Some(200),
+            upstream_status: Some("200".into()),
+            upstream_ms: Some(3),
+            upstream_digest: None,
+            released_digest: None,
+            details: None,
+        }
+    }
+
+    #[test]
+    fn canonical_bytes_survive_a_jsonb_style_round_trip() {
+        let e = event();
+        let canonical = e.canonical();
+        // jsonb reorders keys and drops whitespace; parse + re-serialise is
+        // what a verifier does with it.
+        let reparsed: Value =
+            serde_json::from_slice(&serde_json::to_vec_pretty(&e).expect("json")).expect("parse");
+        assert_eq!(canonical_value(&reparsed), canonical);
+        let text = String::from_utf8(canonical).expect("utf8");
+        assert!(
+            text.starts_with("{\"app_id\":\"mot-cua\",\"audit_id\":\"a\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_chain_depends_on_every_byte_and_the_predecessor() {
+        let e = event();
+        let h1 = chain_hash(&GENESIS_HASH, &e.canonical());
+        let mut altered = e.clone();
+        altered.decision = "denied".into();
+        assert_ne!(h1, chain_hash(&GENESIS_HASH, &altered.canonical()));
+        assert_ne!(h1, chain_hash(&[1; 32], &e.canonical()));
+        assert_eq!(unhex32(&hex(&h1)), Some(h1));
+    }
+
+    #[test]
+    fn pseudonyms_are_keyed() {
+        let id = crate::personal_id::PersonalId::parse("079203001234", 2026).expect("id");
+        let a = Pseudonymiser::new(&[1; 32]).citizen_key(&id);
+        let b = Pseudonymiser::new(&[2; 32]).citizen_key(&id);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert!(!a.contains("079203001234"));
+    }
+}

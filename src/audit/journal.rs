@@ -1,0 +1,623 @@
+//! The local audit journal of one gateway instance: append-only segment
+//! files of length-prefixed, CRC32C-checked frames, written by one writer
+//! task with group commit (one `fdatasync` per batch). An append returns
+//! only once its frame is durable; if the journal cannot be written, every
+//! append fails and the caller releases nothing.
+//!
+//! Frame: `len: u32 LE ‖ crc32c(payload): u32 LE ‖ payload` where the
+//! payload is a JSON [`Frame`]. Segment files are named
+//! `seg-<first seq, 20 digits>.log`; a segment's frames all have sequence
+//! numbers below the next segment's first.
+//!
+//! On open the journal is scanned: a torn or corrupt tail is truncated, and
+//! the chain (sequence and hashes) is continued from the last whole event.
+//! After a failed write the writer never retries `fsync` on the same file:
+//! it abandons the segment (cutting it back to its last durable frame) and
+//! the next batch starts a new one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::checkpoint::{Checkpoint, Signer};
+use super::event::{chain_hash, hex, unhex32, AuditEvent, GENESIS_HASH};
+use super::WarehouseRecord;
+
+/// Largest frame accepted when reading (a bound against corrupt lengths).
+const MAX_FRAME_BYTES: u32 = 4 * 1024 * 1024;
+const QUEUE_DEPTH: usize = 8192;
+const MAX_BATCH: usize = 1024;
+
+/// One journal frame.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Frame {
+    Event {
+        event: AuditEvent,
+        prev_hash: String,
+        hash: String,
+        /// The enriched warehouse record; not part of the hash (it is a
+        /// copy of released data, not evidence).
+        warehouse: Option<WarehouseRecord>,
+    },
+    Checkpoint(Checkpoint),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JournalError {
+    #[error("the audit journal cannot be written")]
+    Unwritable,
+    #[error("the audit backlog awaiting the warehouse is over its limit")]
+    BacklogFull,
+    #[error("the audit journal is shut down")]
+    Closed,
+}
+
+/// Limits and behaviour of a journal.
+#[derive(Debug, Clone)]
+pub struct JournalSettings {
+    pub dir: PathBuf,
+    pub instance_id: String,
+    pub segment_bytes: u64,
+    /// A checkpoint is signed every this many events ...
+    pub checkpoint_every: u64,
+    /// ... or this often when events were written since the last one.
+    pub checkpoint_interval: Duration,
+    /// Undelivered events beyond which appends fail closed.
+    pub max_backlog_events: u64,
+    /// How long the warehouse may make no progress on a non-empty backlog
+    /// before appends fail closed.
+    pub max_backlog_age: Duration,
+    /// Test seam: while set, every write fails as a full disk would.
+    pub fail_writes: Option<Arc<AtomicBool>>,
+}
+
+/// Shared counters between the writer, the shipper and the ops listener.
+#[derive(Debug)]
+pub struct JournalState {
+    /// Highest sequence number known durable on local disk.
+    pub durable_seq: AtomicU64,
+    /// Highest sequence number known delivered to the warehouse.
+    pub delivered_seq: AtomicU64,
+    /// Milliseconds (since `epoch`) of the shipper's last progress.
+    last_delivery_ms: AtomicU64,
+    /// The last write failed and no write has succeeded since.
+    pub degraded: AtomicBool,
+    epoch: Instant,
+}
+
+impl JournalState {
+    pub fn backlog(&self) -> u64 {
+        self.durable_seq
+            .load(Ordering::Acquire)
+            .saturating_sub(self.delivered_seq.load(Ordering::Acquire))
+    }
+
+    /// Called by the shipper after a committed delivery.
+    pub fn mark_delivered(&self, seq: u64) {
+        self.delivered_seq.fetch_max(seq, Ordering::AcqRel);
+        self.last_delivery_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
+    }
+
+    /// How long the shipper has made no progress while a backlog exists.
+    pub fn backlog_age(&self) -> Duration {
+        if self.backlog() == 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_delivery_ms.load(Ordering::Acquire));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// What an append made durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    pub hash: String,
+}
+
+struct Job {
+    event: AuditEvent,
+    warehouse: Option<WarehouseRecord>,
+    reply: oneshot::Sender<Result<Appended, JournalError>>,
+}
+
+enum Msg {
+    Append(Job),
+    /// Sign a checkpoint now if anything was written since the last one.
+    Checkpoint(oneshot::Sender<()>),
+}
+
+/// Handle to the journal; cheap to clone. The writer stops (after a final
+/// checkpoint) when every handle is dropped.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Msg>,
+    pub state: Arc<JournalState>,
+}
+
+/// What the scan of an existing journal found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanResult {
+    pub head_seq: u64,
+    pub head_hash: [u8; 32],
+    pub first_seq: u64,
+    pub truncated_bytes: u64,
+    pub last_checkpoint_seq: u64,
+}
+
+pub fn segment_name(first_seq: u64) -> String {
+    format!("seg-{first_seq:020}.log")
+}
+
+/// The segments of `dir`, ordered, with their first sequence numbers.
+pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if let Some(first) = name
+            .strip_prefix("seg-")
+            .and_then(|r| r.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            out.push((first, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn encode_frame(frame: &Frame) -> Vec<u8> {
+    let payload = serde_json::to_vec(frame).unwrap_or_default();
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The input ends inside the frame (a torn write).
+    Truncated,
+    /// Length beyond the bound, CRC mismatch, or a payload that is not a frame.
+    Corrupt,
+}
+
+/// Decodes one frame from the start of `bytes`: the frame and its length.
+pub fn decode_frame(bytes: &[u8]) -> Result<(Frame, usize), FrameError> {
+    if bytes.len() < 8 {
+        return Err(FrameError::Truncated);
+    }
+    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::Corrupt);
+    }
+    let end = 8 + len as usize;
+    let payload = bytes.get(8..end).ok_or(FrameError::Truncated)?;
+    if crc32c::crc32c(payload) != crc {
+        return Err(FrameError::Corrupt);
+    }
+    let frame = serde_json::from_slice(payload).map_err(|_| FrameError::Corrupt)?;
+    Ok((frame, end))
+}
+
+/// Reads frames from a segment file one at a time.
+pub struct FrameReader {
+    reader: BufReader<File>,
+    pub offset: u64,
+}
+
+impl FrameReader {
+    pub fn open(path: &Path) -> io::Result<FrameReader> {
+        Ok(FrameReader {
+            reader: BufReader::new(File::open(path)?),
+            offset: 0,
+        })
+    }
+
+    pub fn seek(&mut self, offset: u64) -> io::Result<()> {
+        self.reader.seek(SeekFrom::Start(offset))?;
+        self.offset = offset;
+        Ok(())
+    }
+
+    /// The next whole frame; `Ok(None)` at a clean end, a torn tail or a
+    /// corrupt frame (the caller decides whether that is the end).
+    pub fn next(&mut self) -> io::Result<Option<(Frame, u64)>> {
+        let mut head = [0u8; 8];
+        match read_full(&mut self.reader, &mut head)? {
+            0 => return Ok(None),
+            8 => {}
+            _ => return Ok(None),
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        if len > MAX_FRAME_BYTES {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; 8 + len as usize];
+        buf[..8].copy_from_slice(&head);
+        if read_full(&mut self.reader, &mut buf[8..])? != len as usize {
+            return Ok(None);
+        }
+        match decode_frame(&buf) {
+            Ok((frame, n)) => {
+                let at = self.offset;
+                self.offset += n as u64;
+                Ok(Some((frame, at)))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Scans the journal in `dir`, truncating what cannot be part of the chain,
+/// and returns where the chain stands.
+pub fn scan(dir: &Path) -> anyhow::Result<ScanResult> {
+    fs::create_dir_all(dir)?;
+    let segments = list_segments(dir)?;
+    let mut head_seq = segments.first().map_or(0, |(first, _)| first - 1);
+    let first_seq = head_seq + 1;
+    let mut head_hash = GENESIS_HASH;
+    let mut hash_known = head_seq == 0;
+    let mut truncated = 0u64;
+    let mut last_checkpoint_seq = 0;
+    for (i, (first, path)) in segments.iter().enumerate() {
+        let limit = segments.get(i + 1).map_or(u64::MAX, |(next, _)| *next);
+        if *first != head_seq + 1 {
+            anyhow::bail!(
+                "the audit journal has a gap before {} (expected sequence {}); refusing to continue the chain",
+                path.display(),
+                head_seq + 1
+            );
+        }
+        let mut reader = FrameReader::open(path)?;
+        let mut good_end = 0u64;
+        while let Some((frame, at)) = reader.next()? {
+            match frame {
+                Frame::Event {
+                    event,
+                    prev_hash,
+                    hash,
+                    ..
+                } => {
+                    let prev = unhex32(&prev_hash);
+                    let linked = event.seq == head_seq + 1
+                        && event.seq < limit
+                        && (!hash_known || prev == Some(head_hash))
+                        && prev.is_some_and(|p| hex(&chain_hash(&p, &event.canonical())) == hash);
+                    if !linked {
+                        let _ = at;
+                        break;
+                    }
+                    head_seq = event.seq;
+                    head_hash = unhex32(&hash).unwrap_or(GENESIS_HASH);
+                    hash_known = true;
+                }
+                Frame::Checkpoint(cp) => {
+                    if cp.seq != head_seq || cp.head_hash != hex(&head_hash) {
+                        break;
+                    }
+                    last_checkpoint_seq = cp.seq;
+                }
+            }
+            good_end = reader.offset;
+        }
+        let len = fs::metadata(path)?.len();
+        if len > good_end {
+            let f = OpenOptions::new().write(true).open(path)?;
+            f.set_len(good_end)?;
+            f.sync_all()?;
+            truncated += len - good_end;
+            tracing::warn!(segment = %path.display(), bytes = len - good_end, "truncated the journal's torn tail");
+        }
+    }
+    Ok(ScanResult {
+        head_seq,
+        head_hash,
+        first_seq,
+        truncated_bytes: truncated,
+        last_checkpoint_seq,
+    })
+}
+
+struct Segment {
+    file: File,
+    len: u64,
+}
+
+struct Writer {
+    settings: JournalSettings,
+    state: Arc<JournalState>,
+    signer: Arc<Signer>,
+    head_seq: u64,
+    head_hash: [u8; 32],
+    segment: Option<Segment>,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    checkpoint_log: Mutex<Option<File>>,
+}
+
+impl Journal {
+    /// Opens (scanning and repairing) the journal and starts its writer.
+    pub fn open(settings: JournalSettings, signer: Arc<Signer>) -> anyhow::Result<(Journal, ScanResult)> {
+        let scan = scan(&settings.dir)?;
+        let epoch = Instant::now();
+        let state = Arc::new(JournalState {
+            durable_seq: AtomicU64::new(scan.head_seq),
+            delivered_seq: AtomicU64::new(scan.first_seq.saturating_sub(1)),
+            last_delivery_ms: AtomicU64::new(0),
+            degraded: AtomicBool::new(false),
+            epoch,
+        });
+        let checkpoint_log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(settings.dir.join("checkpoints.jsonl"))
+            .ok();
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer {
+            state: state.clone(),
+            signer,
+            head_seq: scan.head_seq,
+            head_hash: scan.head_hash,
+            segment: None,
+            since_checkpoint: scan.head_seq - scan.last_checkpoint_seq.min(scan.head_seq),
+            last_checkpoint: Instant::now(),
+            checkpoint_log: Mutex::new(checkpoint_log),
+            settings,
+        };
+        let interval = writer.settings.checkpoint_interval;
+        tokio::task::spawn_blocking(move || writer.run(rx));
+        tokio::spawn(checkpoint_ticker(tx.downgrade(), interval));
+        Ok((Journal { tx, state }, scan))
+    }
+
+    /// Appends `event` (its `instance_id`, `seq` and `ts` are set by the
+    /// journal) and returns once it is durable.
+    pub async fn append(
+        &self,
+        event: AuditEvent,
+        warehouse: Option<WarehouseRecord>,
+    ) -> Result<Appended, JournalError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Append(Job {
+                event,
+                warehouse,
+                reply,
+            }))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Signs a checkpoint of the current head (if anything was written
+    /// since the last one) and waits until it is durable.
+    pub async fn checkpoint(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Msg::Checkpoint(done)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Asks for a checkpoint every `interval`, without keeping the writer alive.
+async fn checkpoint_ticker(tx: mpsc::WeakSender<Msg>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(tx) = tx.upgrade() else {
+            return;
+        };
+        let (done, _) = oneshot::channel();
+        if tx.send(Msg::Checkpoint(done)).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        loop {
+            let mut batch = Vec::new();
+            let mut waiting = Vec::new();
+            match rx.blocking_recv() {
+                Some(Msg::Append(job)) => batch.push(job),
+                Some(Msg::Checkpoint(done)) => waiting.push(done),
+                None => {
+                    // Every handle is gone: anchor what was written, then stop.
+                    let _ = self.write_batch(Vec::new(), true);
+                    return;
+                }
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Msg::Append(job)) => batch.push(job),
+                    Ok(Msg::Checkpoint(done)) => waiting.push(done),
+                    Err(_) => break,
+                }
+            }
+            let due = !waiting.is_empty()
+                || self.since_checkpoint + batch.len() as u64 >= self.settings.checkpoint_every
+                || self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval;
+            let _ = self.write_batch(batch, due);
+            for done in waiting {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn refuse_for_backlog(&self) -> bool {
+        let s = &self.state;
+        s.backlog() >= self.settings.max_backlog_events || s.backlog_age() > self.settings.max_backlog_age
+    }
+
+    fn write_batch(&mut self, batch: Vec<Job>, checkpoint_due: bool) -> Result<(), ()> {
+        if !batch.is_empty() && self.refuse_for_backlog() {
+            tracing::error!(
+                backlog = self.state.backlog(),
+                "audit backlog over its limit: failing closed"
+            );
+            for job in batch {
+                let _ = job.reply.send(Err(JournalError::BacklogFull));
+            }
+            return Err(());
+        }
+        let mut buf = Vec::with_capacity(batch.len() * 1024);
+        let mut seq = self.head_seq;
+        let mut hash = self.head_hash;
+        let mut replies = Vec::with_capacity(batch.len());
+        let now = time::OffsetDateTime::now_utc();
+        let ts = now
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+            ))
+            .unwrap_or_default();
+        for job in batch {
+            seq += 1;
+            let mut event = job.event;
+            event.seq = seq;
+            event.instance_id.clone_from(&self.settings.instance_id);
+            event.ts.clone_from(&ts);
+            let prev = hash;
+            hash = chain_hash(&prev, &event.canonical());
+            buf.extend(encode_frame(&Frame::Event {
+                event,
+                prev_hash: hex(&prev),
+                hash: hex(&hash),
+                warehouse: job.warehouse,
+            }));
+            replies.push((
+                job.reply,
+                Appended {
+                    seq,
+                    hash: hex(&hash),
+                },
+            ));
+        }
+        let events = replies.len() as u64;
+        let checkpoint = (checkpoint_due && (self.since_checkpoint + events) > 0).then(|| {
+            self.signer
+                .sign(&self.settings.instance_id, seq, &hex(&hash), &ts)
+        });
+        if let Some(cp) = &checkpoint {
+            buf.extend(encode_frame(&Frame::Checkpoint(cp.clone())));
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match self.write_durably(seq - events + 1, &buf) {
+            Ok(()) => {
+                self.head_seq = seq;
+                self.head_hash = hash;
+                self.state.durable_seq.store(seq, Ordering::Release);
+                if self.state.degraded.swap(false, Ordering::AcqRel) {
+                    tracing::info!("audit journal writable again");
+                }
+                for (reply, appended) in replies {
+                    let _ = reply.send(Ok(appended));
+                }
+                self.since_checkpoint += events;
+                if let Some(cp) = checkpoint {
+                    self.since_checkpoint = 0;
+                    self.last_checkpoint = Instant::now();
+                    self.append_checkpoint_log(&cp);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "audit journal write failed: refusing to release answers");
+                self.state.degraded.store(true, Ordering::Release);
+                self.abandon_segment();
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(JournalError::Unwritable));
+                }
+                Err(())
+            }
+        }
+    }
+
+    fn write_durably(&mut self, first_seq: u64, bytes: &[u8]) -> io::Result<()> {
+        if self
+            .settings
+            .fail_writes
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "injected: no space left on device",
+            ));
+        }
+        if self
+            .segment
+            .as_ref()
+            .is_some_and(|s| s.len >= self.settings.segment_bytes)
+        {
+            self.segment = None;
+        }
+        if self.segment.is_none() {
+            let path = self.settings.dir.join(segment_name(first_seq));
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)?;
+            File::open(&self.settings.dir)?.sync_all()?;
+            self.segment = Some(Segment { file, len: 0 });
+        }
+        let seg = self
+            .segment
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no segment"))?;
+        seg.file.write_all(bytes)?;
+        seg.file.sync_data()?;
+        seg.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// After a failed write: cut the segment back to its last durable frame
+    /// (best effort) and never use it again.
+    fn abandon_segment(&mut self) {
+        if let Some(seg) = self.segment.take() {
+            let _ = seg.file.set_len(seg.len);
+        }
+    }
+
+    fn append_checkpoint_log(&self, cp: &Checkpoint) {
+        let Ok(mut guard) = self.checkpoint_log.lock() else {
+            return;
+        };
+        if let Some(file) = guard.as_mut() {
+            let line = serde_json::to_string(cp).unwrap_or_default();
+            if writeln!(file, "{line}").and_then(|_| file.sync_data()).is_err() {
+                tracing::warn!("cannot append to checkpoints.jsonl");
+            }
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! `popgate audit verify`: recomputes every instance's hash chain from the
+//! warehouse and checks the signed checkpoints, naming each missing,
+//! altered, inserted or reordered event and each forged or misplaced
+//! checkpoint. Events after an instance's last valid checkpoint are reported
+//! as not yet anchored (they verify as a chain but nothing signed vouches
+//! for them yet).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use super::checkpoint::Checkpoint;
+use super::event::{canonical_value, chain_hash, hex, unhex32, GENESIS_HASH};
+
+const PAGE: i64 = 5_000;
+
+/// Public keys trusted per instance (`"*"` for any instance), base64.
+pub type TrustedKeys = HashMap<String, Vec<String>>;
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub instance: String,
+    pub seq: u64,
+    pub what: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "instance {} seq {}: {}", self.instance, self.seq, self.what)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub instances: usize,
+    pub events: u64,
+    pub checkpoints: u64,
+    pub findings: Vec<Finding>,
+    /// (instance, first unanchored seq, last seq)
+    pub unanchored: Vec<(String, u64, u64)>,
+    pub keys_pinned: bool,
+}
+
+impl Report {
+    pub fn is_whole(&self) -> bool {
+        self.findings.is_empty()
+    }
+
+    /// The one-line summary.
+    pub fn summary(&self) -> String {
+        let unanchored: u64 = self.unanchored.iter().map(|(_, a, b)| b - a + 1).sum();
+        format!(
+            "{}: {} instance(s), {} events, {} checkpoints verified; {} events not yet anchored by a checkpoint; {}",
+            if self.is_whole() { "audit log whole" } else { "audit log BROKEN" },
+            self.instances,
+            self.events,
+            self.checkpoints,
+            unanchored,
+            if self.keys_pinned {
+                "checkpoint keys pinned"
+            } else {
+                "checkpoint keys NOT pinned (taken from the database itself)"
+            }
+        )
+    }
+}
+
+/// Reads a trusted-keys file: JSON `{"INSTANCE": ["BASE64KEY", ...]}`.
+pub fn load_trusted_keys(path: &std::path::Path) -> anyhow::Result<TrustedKeys> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} must be {{\"instance\": [\"base64 key\", ...]}}",
+            path.display()
+        )
+    })
+}
+
+/// Verifies everything in the warehouse.
+pub async fn verify(client: &Client, trusted: Option<&TrustedKeys>) -> anyhow::Result<Report> {
+    let mut report = Report {
+        keys_pinned: trusted.is_some(),
+        ..Report::default()
+    };
+    let instances: Vec<String> = client
+        .query(
+            "SELECT instance_id FROM popgate.audit_events UNION SELECT instance_id FROM popgate.audit_checkpoints ORDER BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    report.instances = instances.len();
+    for instance in instances {
+        verify_instance(client, &instance, trusted, &mut report).await?;
+    }
+    Ok(report)
+}
+
+async fn verify_instance(
+    client: &Client,
+    instance: &str,
+    trusted: Option<&TrustedKeys>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let finding = |seq: u64, what: String| Finding {
+        instance: instance.to_owned(),
+        seq,
+        what,
+    };
+    let checkpoints: Vec<Checkpoint> = client
+        .query(
+            "SELECT seq, head_hash, signed_ts, public_key, signature FROM popgate.audit_checkpoints
+             WHERE instance_id = $1 ORDER BY seq",
+            &[&instance],
+        )
+        .await?
+        .iter()
+        .map(|r| Checkpoint {
+            instance_id: instance.to_owned(),
+            seq: r.get::<_, i64>(0).max(0) as u64,
+            head_hash: r.get(1),
+            ts: r.get(2),
+            public_key: r.get(3),
+            signature: r.get(4),
+        })
+        .collect();
+    let wanted: BTreeMap<u64, ()> = checkpoints.iter().map(|c| (c.seq, ())).collect();
+    let mut computed_at: HashMap<u64, String> = HashMap::new();
+
+    let mut expected = 1u64;
+    let mut prev_stored: Option<String> = None;
+    let mut last_seq = 0u64;
+    let mut after: i64 = 0;
+    loop {
+        let rows = client
+            .query(
+                "SELECT seq, prev_hash, hash, body, audit_id::text, decision, app_id, officer_id, operation,
+                        purpose, citizen_key, fields, policy_version
+                 FROM popgate.audit_events WHERE instance_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &[&instance, &after, &PAGE],
+            )
+            .await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in &rows {
+            let seq = row.get::<_, i64>(0).max(0) as u64;
+            after = seq as i64;
+            report.events += 1;
+            let prev_hash: String = row.get(1);
+            let hash: String = row.get(2);
+            let body: Value = row.get(3);
+            if seq > expected {
+                let what = if seq - expected == 1 {
+                    format!("missing: event {expected} is absent")
+                } else {
+                    format!("missing: events {expected} to {} are absent", seq - 1)
+                };
+                report.findings.push(finding(expected, what));
+            }
+            let prev = unhex32(&prev_hash);
+            match prev {
+                None => report.findings.push(finding(
+                    seq,
+                    "altered: prev_hash is not a SHA-256 hex digest".into(),
+                )),
+                Some(prev) => {
+                    let recomputed = hex(&chain_hash(&prev, &canonical_value(&body)));
+                    if recomputed != hash {
+                        report.findings.push(finding(
+                            seq,
+                            "altered: the event's content does not match its hash".into(),
+                        ));
+                    }
+                    if wanted.contains_key(&seq) {
+                        computed_at.insert(seq, recomputed);
+                    }
+                    let links = if seq == 1 {
+                        prev == GENESIS_HASH
+                    } else if seq == expected {
+                        prev_stored.as_deref() == Some(prev_hash.as_str())
+                    } else {
+                        true // after a gap the missing event is what is reported
+                    };
+                    if !links {
+                        report.findings.push(finding(
+                            seq,
+                            "inserted or reordered: prev_hash does not match the hash of the event before it"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+            for what in column_mismatches(instance, seq, row, &body) {
+                report.findings.push(finding(seq, what));
+            }
+            prev_stored = Some(hash);
+            expected = seq + 1;
+            last_seq = seq;
+        }
+    }
+
+    // Checkpoints: signature, key, position and head.
+    let mut anchored = 0u64;
+    let mut first_key: Option<&str> = None;
+    for cp in &checkpoints {
+        report.checkpoints += 1;
+        let keys: Vec<&str> = match trusted {
+            Some(t) => t
+                .get(instance)
+                .into_iter()
+                .chain(t.get("*"))
+                .flatten()
+                .map(String::as_str)
+                .collect(),
+            None => vec![cp.public_key.as_str()],
+        };
+        if !keys.iter().any(|k| cp.verify_with(k)) {
+            let why = if trusted.is_some() && keys.iter().all(|k| *k != cp.public_key) {
+                "forged checkpoint: not signed by a trusted key"
+            } else {
+                "forged checkpoint: the signature does not match its content"
+            };
+            report.findings.push(finding(cp.seq, why.into()));
+            continue;
+        }
+        if trusted.is_none() {
+            match first_key {
+                None => first_key = Some(cp.public_key.as_str()),
+                Some(k) if k != cp.public_key => {
+                    report
+                        .findings
+                        .push(finding(cp.seq, "suspicious checkpoint: signed by a different key than the instance's first checkpoint".into()));
+                    continue;
+                }
+                Some(_) => {}
+            }
+        }
+        match computed_at.get(&cp.seq) {
+            None if cp.seq > last_seq => report.findings.push(finding(
+                cp.seq,
+                format!("checkpoint beyond the last event ({last_seq}): signed events are missing from the warehouse"),
+            )),
+            None => report.findings.push(finding(cp.seq, "checkpoint anchors an event that is missing".into())),
+            Some(h) if *h != cp.head_hash => report.findings.push(finding(
+                cp.seq,
+                "checkpoint does not match the chain: the events up to it were altered or the checkpoint replayed".into(),
+            )),
+            Some(_) => anchored = anchored.max(cp.seq),
+        }
+    }
+    if last_seq > anchored {
+        report
+            .unanchored
+            .push((instance.to_owned(), anchored + 1, last_seq));
+    }
+    Ok(())
+}
+
+/// The queryable columns must say what the hashed body says.
+fn column_mismatches(instance: &str, seq: u64, row: &tokio_postgres::Row, body: &Value) -> Vec<String> {
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    let mut out = Vec::new();
+    let mut check = |column: &str, stored: Option<String>, hashed: Option<String>| {
+        if stored != hashed {
+            out.push(format!("altered: column {column} differs from the hashed event"));
+        }
+    };
+    check(
+        "instance_id",
+        Some(instance.to_owned()),
+        text(&body["instance_id"]),
+    );
+    check(
+        "seq",
+        Some(seq.to_string()),
+        body["seq"].as_u64().map(|s| s.to_string()),
+    );
+    check(
+        "audit_id",
+        row.get::<_, Option<String>>(4),
+        text(&body["audit_id"]),
+    );
+    check("decision", row.get(5), text(&body["decision"]));
+    check("app_id", row.get(6), text(&body["app_id"]));
+    check("officer_id", row.get(7), text(&body["officer_id"]));
+    check("operation", row.get(8), text(&body["operation"]));
+    check("purpose", row.get(9), text(&body["purpose"]));
+    check("citizen_key", row.get(10), text(&body["citizen_key"]));
+    let version: Option<i64> = row.get(12);
+    check(
+        "policy_version",
+        version.map(|v| v.to_string()),
+        body["policy_version"].as_u64().map(|v| v.to_string()),
+    );
+    let fields: Vec<String> = row.get(11);
+    let hashed: Vec<String> = body["fields"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    check("fields", Some(fields.join(",")), Some(hashed.join(",")));
+    out
+}
