@@ -34,7 +34,9 @@ const MAX_FRAME_BYTES: u32 = 4 * 1024 * 1024;
 const QUEUE_DEPTH: usize = 8192;
 const MAX_BATCH: usize = 1024;
 
-/// One journal frame.
+/// One journal frame. (Frames live only while being encoded or read, so
+/// the size difference between variants costs nothing worth a box.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Frame {
@@ -130,7 +132,7 @@ struct Job {
 }
 
 enum Msg {
-    Append(Job),
+    Append(Box<Job>),
     /// Sign a checkpoint now if anything was written since the last one.
     Checkpoint(oneshot::Sender<()>),
 }
@@ -234,7 +236,7 @@ impl FrameReader {
 
     /// The next whole frame; `Ok(None)` at a clean end, a torn tail or a
     /// corrupt frame (the caller decides whether that is the end).
-    pub fn next(&mut self) -> io::Result<Option<(Frame, u64)>> {
+    pub fn next_frame(&mut self) -> io::Result<Option<(Frame, u64)>> {
         let mut head = [0u8; 8];
         match read_full(&mut self.reader, &mut head)? {
             0 => return Ok(None),
@@ -296,7 +298,7 @@ pub fn scan(dir: &Path) -> anyhow::Result<ScanResult> {
         }
         let mut reader = FrameReader::open(path)?;
         let mut good_end = 0u64;
-        while let Some((frame, at)) = reader.next()? {
+        while let Some((frame, at)) = reader.next_frame()? {
             match frame {
                 Frame::Event {
                     event,
@@ -447,7 +449,7 @@ impl Writer {
             let mut batch = Vec::new();
             let mut waiting = Vec::new();
             match rx.blocking_recv() {
-                Some(Msg::Append(job)) => batch.push(job),
+                Some(Msg::Append(job)) => batch.push(*job),
                 Some(Msg::Checkpoint(done)) => waiting.push(done),
                 None => {
                     // Every handle is gone: anchor what was written, then stop.
@@ -457,7 +459,7 @@ impl Writer {
             }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(Msg::Append(job)) => batch.push(job),
+                    Ok(Msg::Append(job)) => batch.push(*job),
                     Ok(Msg::Checkpoint(done)) => waiting.push(done),
                     Err(_) => break,
                 }

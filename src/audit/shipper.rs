@@ -212,7 +212,7 @@ fn read_batch(
         if let Some(p) = position.filter(|p| p.segment_first == *first && p.last_seq == batch.last_seq) {
             reader.seek(p.offset)?;
         }
-        while let Some((frame, _)) = reader.next()? {
+        while let Some((frame, _)) = reader.next_frame()? {
             match frame {
                 Frame::Event {
                     event,
