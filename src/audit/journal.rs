@@ -407,11 +407,11 @@ impl Journal {
     ) -> Result<Appended, JournalError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Append(Job {
+            .send(Msg::Append(Box::new(Job {
                 event,
                 warehouse,
                 reply,
-            }))
+            })))
             .await
             .map_err(|_| JournalError::Closed)?;
         rx.await.map_err(|_| JournalError::Closed)?
