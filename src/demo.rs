@@ -129,6 +129,16 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         }
     };
 
+    // The key auditors pin when they verify this instance's checkpoints.
+    let signer = crate::audit::checkpoint::Signer::from_file(&layout.audit_signing_key())?;
+    let trusted_keys = dir.join("audit-trusted-keys.json");
+    pki::write_file(
+        &trusted_keys,
+        json!({ config.gateway.instance_id.clone(): [signer.public_key()] })
+            .to_string()
+            .as_bytes(),
+        0o644,
+    )?;
     let sample_ids = sim.population().sample_ids(SAMPLE_IDS);
     let ready = json!({
         "gateway_url": format!("https://{}", gateway.gateway_addr),
@@ -147,6 +157,7 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         "upstream_ca": layout.national_ca_cert(),
         "upstream_client": { "cert": layout.upstream_client_cert(), "key": layout.upstream_client_key() },
         "warehouse_admin_url": gateway.warehouse_admin_url,
+        "audit_trusted_keys": trusted_keys,
         "pid": std::process::id(),
     });
     let ready_path = dir.join("ready.json");

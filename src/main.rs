@@ -88,6 +88,24 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recomputes every instance's hash chain and checks the signed checkpoints; exit 0 when whole, else 1 and one line per broken event.
+    Verify {
+        /// PostgreSQL URL of the warehouse.
+        #[arg(long)]
+        warehouse: String,
+        /// JSON file {"INSTANCE": ["BASE64 PUBLIC KEY", ...]} of the checkpoint keys to trust; without it the keys recorded in the database are used.
+        #[arg(long)]
+        trusted_keys: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -238,6 +256,29 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             pki::init(&dir, SAMPLE_APPS, force)?;
             println!("development PKI written to {}", dir.display());
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    warehouse,
+                    trusted_keys,
+                },
+        } => {
+            let trusted = trusted_keys
+                .as_deref()
+                .map(popgate::audit::verify::load_trusted_keys)
+                .transpose()?;
+            let client = popgate::warehouse::connect(&warehouse).await?;
+            let report = popgate::audit::verify::verify(&client, trusted.as_ref()).await?;
+            for finding in &report.findings {
+                println!("{finding}");
+            }
+            println!("{}", report.summary());
+            return Ok(if report.is_whole() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         Command::Policy {
             command: PolicyCommand::Check { path, province },

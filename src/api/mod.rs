@@ -354,6 +354,7 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
     });
     let ops_api = Arc::new(ops::OpsApi {
         status: status.clone(),
+        journal: journal.state.clone(),
         policy: policy.clone(),
         warehouse: warehouse.clone(),
         instance_id: config.gateway.instance_id.clone(),

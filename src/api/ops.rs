@@ -11,12 +11,14 @@ use hyper::{Request, Response};
 use serde_json::json;
 
 use super::status::GatewayStatus;
+use crate::audit::journal::JournalState;
 use crate::policy::PolicySet;
 use crate::server::{json_response, Body, Peer};
 use crate::warehouse::Warehouse;
 
 pub struct OpsApi {
     pub status: Arc<GatewayStatus>,
+    pub journal: Arc<JournalState>,
     pub policy: Arc<ArcSwap<PolicySet>>,
     pub warehouse: Warehouse,
     pub instance_id: String,
@@ -42,7 +44,8 @@ impl OpsApi {
         } else {
             "down"
         };
-        let ready = listening && policy_version > 0;
+        let journal_ok = !self.journal.degraded.load(std::sync::atomic::Ordering::Acquire);
+        let ready = listening && policy_version > 0 && journal_ok;
         let status = if ready {
             StatusCode::OK
         } else {
@@ -55,6 +58,9 @@ impl OpsApi {
                 "instance_id": self.instance_id,
                 "listener": if listening { "up" } else { "down" },
                 "policy_version": policy_version,
+                "journal": if journal_ok { "ok" } else { "degraded" },
+                "audit_backlog": self.journal.backlog(),
+                "audit_backlog_age_secs": self.journal.backlog_age().as_secs(),
                 "warehouse": warehouse,
                 "upstream": self.status.upstream_state(),
             }),

@@ -246,7 +246,17 @@ impl EmbeddedPostgres {
                 .stderr(Stdio::null())
                 .status();
         }
-        self.port = free_port()?;
+        // The same port as last time when it is free, so that clients keep
+        // their URL across restarts of the cluster.
+        let port_file = self.base.join("port");
+        let previous = fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok());
+        self.port = match previous {
+            Some(p) if StdListener::bind(("127.0.0.1", p)).is_ok() => p,
+            _ => free_port()?,
+        };
+        fs::write(&port_file, self.port.to_string())?;
         let log = fs::File::create(self.base.join("postgres.log"))?;
         let child = self
             .command("postgres")
@@ -360,6 +370,14 @@ impl EmbeddedPostgres {
             let _ = child.kill();
         }
         let _ = child.wait();
+    }
+
+    /// Starts the server again after [`EmbeddedPostgres::stop`].
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_none() {
+            self.launch()?;
+        }
+        Ok(())
     }
 
     /// Whether the server process is still running.

@@ -46,6 +46,14 @@ impl TestEnv {
 
     /// Starts with the default test config changed by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestEnv {
+        Self::start_full(adjust, popgate::api::StartOptions::default()).await
+    }
+
+    /// Starts with a changed config and test seams.
+    pub async fn start_full(
+        adjust: impl FnOnce(&mut Config),
+        options: popgate::api::StartOptions,
+    ) -> TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = pki::init(&dir.path().join("certs"), SAMPLE_APPS, false).expect("pki");
         let sim = Arc::new(Simulator::new(&SimSettings {
@@ -111,7 +119,9 @@ impl TestEnv {
         };
         let mut config = config;
         adjust(&mut config);
-        let gateway = popgate::api::start(&config).await.expect("gateway starts");
+        let gateway = popgate::api::start_with(&config, options)
+            .await
+            .expect("gateway starts");
         TestEnv {
             dir,
             pki,
@@ -163,6 +173,27 @@ impl TestEnv {
             .map(|i| p.citizen(i))
             .find(|c| (c.residence_province() == 79) == inside)
             .expect("a citizen")
+    }
+
+    /// Anchors the journal and waits until the warehouse holds every event.
+    pub async fn settle(&self) {
+        let g = self.gateway();
+        g.journal.checkpoint().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while g.journal.state.backlog() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the shipper did not catch up"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A superuser connection to the warehouse.
+    pub async fn admin_db(&self) -> tokio_postgres::Client {
+        popgate::warehouse::connect(&self.gateway().warehouse_admin_url)
+            .await
+            .expect("admin connection")
     }
 
     pub async fn stop_sim(&mut self) {

@@ -1,0 +1,396 @@
+//! Audit over real processes and a real PostgreSQL: every answer's event
+//! reaches the warehouse exactly once, rewrites of any kind are named by the
+//! verifier, a PostgreSQL outage loses nothing, and a journal that cannot be
+//! written releases nothing.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestEnv;
+use popgate::audit::verify::{self, TrustedKeys};
+use serde_json::{json, Value};
+
+const LOOKUP: &str = "/v1/citizens/lookup";
+
+fn lookup(id: &str) -> String {
+    json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-AUDIT"}).to_string()
+}
+
+fn trusted(env: &TestEnv) -> TrustedKeys {
+    let signer =
+        popgate::audit::checkpoint::Signer::from_file(&env.pki.layout.audit_signing_key()).expect("key");
+    [("test-1".to_owned(), vec![signer.public_key()])]
+        .into_iter()
+        .collect()
+}
+
+/// Makes a mix of granted and refused requests; returns the audit ids.
+async fn traffic(env: &TestEnv, n: usize) -> Vec<String> {
+    let p = env.sim.population();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let citizen = p.citizen((i as u32 * 37) % common::POPULATION);
+        let body = match i % 5 {
+            4 => r#"{"personal_id": "12", "purpose": "administrative-procedure"}"#.to_owned(),
+            _ => lookup(citizen.personal_id().as_str()),
+        };
+        let r = env.call("mot-cua", LOOKUP, &body).await;
+        let audit_id = r.body["audit_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no audit_id: {}", r.body));
+        ids.push(audit_id.to_owned());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_is_in_the_warehouse_once_and_the_log_verifies() {
+    let env = TestEnv::start().await;
+    let ids = traffic(&env, 40).await;
+    env.settle().await;
+    let db = env.admin_db().await;
+    for id in &ids {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM popgate.audit_events WHERE audit_id = $1::text::uuid",
+                &[id],
+            )
+            .await
+            .expect("query")
+            .get(0);
+        assert_eq!(n, 1, "audit_id {id}");
+    }
+    // Upstream calls have their intent; refusals have none.
+    let intents: i64 = db
+        .query_one(
+            "SELECT count(*) FROM popgate.audit_events WHERE body->>'kind' = 'intent'",
+            &[],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(intents, 32, "one intent per upstream call");
+    // Granted lookups of mot-cua leave an enriched warehouse record.
+    let rows = db
+        .query(
+            "SELECT r.fields, r.ward_name, r.province_name, r.age_band, r.retain_until > now() + interval '1000 days'
+             FROM popgate.citizen_records r JOIN popgate.audit_events e ON e.audit_id = r.audit_id
+             WHERE e.decision = 'granted'",
+            &[],
+        )
+        .await
+        .expect("records");
+    assert!(!rows.is_empty());
+    for row in &rows {
+        let fields: Value = row.get(0);
+        let keys: Vec<&String> = fields.as_object().expect("object").keys().collect();
+        assert!(
+            keys.iter()
+                .all(|k| ["full_name", "date_of_birth", "sex", "permanent_address"].contains(&k.as_str())),
+            "{keys:?}"
+        );
+        assert!(row.get::<_, Option<String>>(1).is_some() && row.get::<_, Option<String>>(3).is_some());
+        assert_eq!(
+            row.get::<_, Option<String>>(2).as_deref(),
+            Some("Thành phố Hồ Chí Minh")
+        );
+        assert!(row.get::<_, bool>(4), "retention from the purpose (1825 days)");
+    }
+    // No raw personal ID anywhere in the audit log.
+    let p = env.sim.population();
+    let dump: String = db
+        .query_one(
+            "SELECT string_agg(body::text, ' ') FROM popgate.audit_events",
+            &[],
+        )
+        .await
+        .expect("dump")
+        .get(0);
+    for i in 0..40u32 {
+        let id = p
+            .citizen((i * 37) % common::POPULATION)
+            .personal_id()
+            .as_str()
+            .to_owned();
+        assert!(!dump.contains(&id), "a personal ID leaked into the audit log");
+    }
+
+    let report = verify::verify(&db, Some(&trusted(&env))).await.expect("verify");
+    assert!(report.is_whole(), "{:?}", report.findings);
+    assert_eq!(report.events, 72);
+    assert!(report.checkpoints >= 1);
+    assert!(report.unanchored.is_empty(), "{:?}", report.unanchored);
+    assert!(
+        report.summary().starts_with("audit log whole"),
+        "{}",
+        report.summary()
+    );
+
+    // The command line says the same.
+    let keys = env.dir.path().join("trusted.json");
+    std::fs::write(&keys, serde_json::to_string(&trusted(&env)).expect("json")).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_popgate"))
+        .args([
+            "audit",
+            "verify",
+            "--warehouse",
+            &env.gateway().warehouse_admin_url,
+            "--trusted-keys",
+        ])
+        .arg(&keys)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("audit log whole") && stdout.contains("keys pinned"),
+        "{stdout}"
+    );
+    env.stop().await;
+}
+
+async fn findings(db: &tokio_postgres::Client, keys: &TrustedKeys) -> Vec<String> {
+    verify::verify(db, Some(keys))
+        .await
+        .expect("verify")
+        .findings
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_tampering_is_named_by_the_verifier() {
+    let env = TestEnv::start().await;
+    traffic(&env, 20).await;
+    env.settle().await;
+    let keys = trusted(&env);
+    let db = env.admin_db().await;
+    assert!(findings(&db, &keys).await.is_empty());
+    // An attacker with the superuser's rights switches the append-only triggers off.
+    db.batch_execute("SET session_replication_role = replica")
+        .await
+        .expect("bypass triggers");
+    let snapshot = "CREATE TEMP TABLE saved AS SELECT * FROM popgate.audit_events;
+                    CREATE TEMP TABLE saved_cp AS SELECT * FROM popgate.audit_checkpoints";
+    db.batch_execute(snapshot).await.expect("snapshot");
+    let restore = "DELETE FROM popgate.audit_events; INSERT INTO popgate.audit_events SELECT * FROM saved;
+                   DELETE FROM popgate.audit_checkpoints; INSERT INTO popgate.audit_checkpoints SELECT * FROM saved_cp";
+
+    let cases: Vec<(&str, &str)> = vec![
+        ("UPDATE popgate.audit_events SET decision = 'denied' WHERE seq = 5", "seq 5: altered: column decision"),
+        (
+            "UPDATE popgate.audit_events SET body = jsonb_set(body, '{decision}', '\"denied\"') WHERE seq = 6",
+            "seq 6: altered: the event's content does not match its hash",
+        ),
+        ("DELETE FROM popgate.audit_events WHERE seq = 7", "seq 7: missing: event 7 is absent"),
+        (
+            "INSERT INTO popgate.audit_events SELECT instance_id, seq + 1000, gen_random_uuid(), ts, request_id, app_id,
+                officer_id, officer_unit, operation, purpose, case_ref, decision, reason, citizen_key, fields,
+                policy_version, upstream_status, upstream_ms, upstream_digest, released_digest,
+                jsonb_set(body, '{seq}', to_jsonb(seq + 1000)), prev_hash, hash
+             FROM popgate.audit_events WHERE seq = 3",
+            "seq 1003: altered: the event's content does not match its hash",
+        ),
+        (
+            "UPDATE popgate.audit_events a SET body = b.body, prev_hash = b.prev_hash, hash = b.hash,
+                audit_id = gen_random_uuid()
+             FROM saved b WHERE (a.seq, b.seq) IN ((8, 9), (9, 8))",
+            "seq 8: inserted or reordered",
+        ),
+        (
+            "UPDATE popgate.audit_checkpoints SET head_hash = (SELECT hash FROM popgate.audit_events WHERE seq = 2)",
+            "forged checkpoint: the signature does not match its content",
+        ),
+    ];
+    for (tamper, expected) in cases {
+        db.batch_execute(tamper)
+            .await
+            .unwrap_or_else(|e| panic!("{tamper}: {e}"));
+        let found = findings(&db, &keys).await;
+        assert!(
+            found.iter().any(|f| f.contains(expected)),
+            "{tamper}\nexpected: {expected}\nfound: {found:#?}"
+        );
+        db.batch_execute(restore).await.expect("restore");
+        assert!(findings(&db, &keys).await.is_empty(), "restored after: {tamper}");
+    }
+    // A checkpoint signed with the attacker's own key is caught when keys are pinned.
+    let rogue = popgate::audit::checkpoint::Signer::generate().expect("key");
+    let max: i64 = db
+        .query_one("SELECT max(seq) FROM popgate.audit_events", &[])
+        .await
+        .expect("max")
+        .get(0);
+    let head: String = db
+        .query_one("SELECT hash FROM popgate.audit_events WHERE seq = $1", &[&max])
+        .await
+        .expect("head")
+        .get(0);
+    let forged = rogue.sign("test-1", max as u64 + 10, &head, "2026-11-27T00:00:00.000000Z");
+    db.execute(
+        "INSERT INTO popgate.audit_checkpoints VALUES ('test-1', $1, $2, now(), $3, $4, $5)",
+        &[
+            &(max + 10),
+            &forged.head_hash,
+            &forged.ts,
+            &forged.public_key,
+            &forged.signature,
+        ],
+    )
+    .await
+    .expect("insert");
+    let found = findings(&db, &keys).await;
+    assert!(
+        found.iter().any(|f| f.contains("not signed by a trusted key")),
+        "{found:#?}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_that_cannot_be_written_releases_nothing_and_recovers() {
+    let fail = Arc::new(AtomicBool::new(false));
+    let options = popgate::api::StartOptions {
+        journal_fail_writes: Some(fail.clone()),
+    };
+    let env = TestEnv::start_full(|_| {}, options).await;
+    let id = env.citizen(true).personal_id().as_str().to_owned();
+    assert_eq!(env.call("mot-cua", LOOKUP, &lookup(&id)).await.status, 200);
+
+    fail.store(true, Ordering::SeqCst);
+    let served = env.sim.served();
+    let r = env.call("mot-cua", LOOKUP, &lookup(&id)).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body["type"], "urn:popgate:problem:audit-unavailable");
+    assert!(r.body.get("citizen").is_none());
+    assert_eq!(
+        env.sim.served(),
+        served,
+        "no question may reach the national database unrecorded"
+    );
+    let ops = format!("http://{}/readyz", env.gateway().ops_addr);
+    let ready = reqwest_like_get(&ops).await;
+    assert_eq!(ready.0, 503);
+    assert_eq!(ready.1["journal"], "degraded");
+
+    fail.store(false, Ordering::SeqCst);
+    let r = env.call("mot-cua", LOOKUP, &lookup(&id)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(reqwest_like_get(&ops).await.0, 200);
+    env.settle().await;
+    let report = verify::verify(&env.admin_db().await, Some(&trusted(&env)))
+        .await
+        .expect("verify");
+    assert!(report.is_whole(), "{:?}", report.findings);
+    env.stop().await;
+}
+
+async fn reqwest_like_get(url: &str) -> (u16, Value) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let resp = client.get(url.parse().expect("uri")).await.expect("get");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_outage_under_load_loses_and_duplicates_nothing() {
+    let pg_home = tempfile::tempdir().expect("tempdir");
+    let home = pg_home.path().to_owned();
+    let pg =
+        tokio::task::spawn_blocking(move || popgate::warehouse::embedded::EmbeddedPostgres::start(&home))
+            .await
+            .expect("join")
+            .expect("pg");
+    pg.provision().await.expect("provision");
+    let (url, admin) = (pg.gateway_url(), pg.admin_url());
+    let env = Arc::new(
+        TestEnv::start_with(|c| {
+            c.warehouse.url = Some(url.clone());
+            c.warehouse.admin_url = Some(admin.clone());
+            c.rate_limits.scale = 1000.0;
+        })
+        .await,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..3u32 {
+        let (env, stop) = (env.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                let c = env.sim.population().citizen((i * 131) % common::POPULATION);
+                let r = env
+                    .call("mot-cua", LOOKUP, &lookup(c.personal_id().as_str()))
+                    .await;
+                assert!(r.status == 200 || r.status == 403, "{}: {}", r.status, r.body);
+                ids.push(r.body["audit_id"].as_str().expect("audit_id").to_owned());
+                i += 3;
+            }
+            ids
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut pg = tokio::task::spawn_blocking(move || {
+        let mut pg = pg;
+        pg.stop();
+        pg
+    })
+    .await
+    .expect("stop pg");
+    // Requests keep succeeding while the warehouse is away.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        env.gateway().journal.state.backlog() > 0,
+        "events wait in the journal"
+    );
+    pg = tokio::task::spawn_blocking(move || {
+        pg.restart().expect("restart");
+        pg
+    })
+    .await
+    .expect("restart pg");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut ids = Vec::new();
+    for w in workers {
+        ids.extend(w.await.expect("worker"));
+    }
+    assert!(ids.len() > 20, "{}", ids.len());
+    env.settle().await;
+    let db = popgate::warehouse::connect(&pg.admin_url()).await.expect("db");
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len());
+    let outcomes: i64 = db
+        .query_one(
+            "SELECT count(*) FROM popgate.audit_events WHERE body->>'kind' = 'outcome'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(outcomes as usize, ids.len(), "each answer's event exactly once");
+    let stored: HashSet<String> = db
+        .query("SELECT audit_id::text FROM popgate.audit_events", &[])
+        .await
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(ids.iter().all(|id| stored.contains(id)));
+    let report = verify::verify(&db, Some(&trusted(&env))).await.expect("verify");
+    assert!(report.is_whole(), "{:?}", report.findings);
+    match Arc::try_unwrap(env) {
+        Ok(env) => env.stop().await,
+        Err(_) => panic!("environment still shared"),
+    }
+    drop(pg);
+}
