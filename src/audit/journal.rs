@@ -87,6 +87,8 @@ pub struct JournalState {
     pub durable_seq: AtomicU64,
     /// Highest sequence number known delivered to the warehouse.
     pub delivered_seq: AtomicU64,
+    /// Sequence number anchored by the last durable checkpoint.
+    pub checkpoint_seq: AtomicU64,
     /// Milliseconds (since `epoch`) of the shipper's last progress.
     last_delivery_ms: AtomicU64,
     /// The last write failed and no write has succeeded since.
@@ -371,6 +373,7 @@ impl Journal {
         let state = Arc::new(JournalState {
             durable_seq: AtomicU64::new(scan.head_seq),
             delivered_seq: AtomicU64::new(scan.first_seq.saturating_sub(1)),
+            checkpoint_seq: AtomicU64::new(scan.last_checkpoint_seq),
             last_delivery_ms: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
             epoch,
@@ -546,6 +549,7 @@ impl Writer {
                 }
                 self.since_checkpoint += events;
                 if let Some(cp) = checkpoint {
+                    self.state.checkpoint_seq.store(cp.seq, Ordering::Release);
                     self.since_checkpoint = 0;
                     self.last_checkpoint = Instant::now();
                     self.append_checkpoint_log(&cp);

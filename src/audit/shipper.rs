@@ -41,6 +41,8 @@ pub struct Shipper {
     warehouse: Warehouse,
     position: Option<Position>,
     watermark_known: bool,
+    /// The newest checkpoint already in the warehouse.
+    shipped_checkpoint: u64,
 }
 
 /// One batch read from the journal.
@@ -60,6 +62,7 @@ impl Shipper {
             warehouse,
             position: None,
             watermark_known: false,
+            shipped_checkpoint: 0,
         }
     }
 
@@ -81,10 +84,12 @@ impl Shipper {
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutdown.changed() => {
+                    // Deliver what is left (events and the final checkpoint).
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-                    while self.state.backlog() > 0 && tokio::time::Instant::now() < deadline {
-                        if self.ship_once().await.is_err() {
-                            break;
+                    while tokio::time::Instant::now() < deadline {
+                        match self.ship_once().await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
                         }
                     }
                     return;
@@ -103,24 +108,33 @@ impl Shipper {
             .delivered_seq
             .load(std::sync::atomic::Ordering::Acquire);
         let durable = self.state.durable_seq.load(std::sync::atomic::Ordering::Acquire);
-        if durable <= delivered {
+        let anchored = self
+            .state
+            .checkpoint_seq
+            .load(std::sync::atomic::Ordering::Acquire);
+        if durable <= delivered && anchored <= self.shipped_checkpoint {
             return Ok(0);
         }
         let dir = self.settings.dir.clone();
         let position = self.position;
         let limit = self.settings.batch;
-        let batch =
-            tokio::task::spawn_blocking(move || read_batch(&dir, delivered, durable, limit, position))
-                .await??;
-        if batch.events.is_empty() {
+        let after_checkpoint = self.shipped_checkpoint;
+        let batch = tokio::task::spawn_blocking(move || {
+            read_batch(&dir, delivered, durable, limit, position, after_checkpoint)
+        })
+        .await??;
+        if batch.events.is_empty() && batch.checkpoints.is_empty() {
             return Ok(0);
         }
         let n = batch.events.len();
         self.deliver(&batch).await?;
         self.state.mark_delivered(batch.last_seq);
+        if let Some(seq) = batch.checkpoints.iter().filter_map(|c| c["seq"].as_u64()).max() {
+            self.shipped_checkpoint = self.shipped_checkpoint.max(seq);
+        }
         self.position = batch.end;
         self.cleanup(batch.last_seq);
-        Ok(n)
+        Ok(n.max(batch.checkpoints.len()))
     }
 
     async fn load_watermark(&mut self) -> anyhow::Result<()> {
@@ -132,6 +146,14 @@ impl Shipper {
             )
             .await?;
         let stored = row.map_or(0, |r| r.get::<_, i64>(0)).max(0) as u64;
+        let checkpoint: Option<i64> = client
+            .query_one(
+                "SELECT max(seq) FROM popgate.audit_checkpoints WHERE instance_id = $1",
+                &[&self.settings.instance_id],
+            )
+            .await?
+            .get(0);
+        self.shipped_checkpoint = checkpoint.unwrap_or(0).max(0) as u64;
         let durable = self.state.durable_seq.load(std::sync::atomic::Ordering::Acquire);
         if stored > durable {
             anyhow::bail!(
@@ -197,6 +219,7 @@ fn read_batch(
     durable: u64,
     limit: usize,
     position: Option<Position>,
+    after_checkpoint: u64,
 ) -> anyhow::Result<Batch> {
     let segments = list_segments(dir)?;
     let mut batch = Batch {
@@ -235,7 +258,7 @@ fn read_batch(
                     });
                 }
                 Frame::Checkpoint(cp) => {
-                    if cp.seq == batch.last_seq && cp.seq > delivered {
+                    if cp.seq == batch.last_seq && cp.seq > after_checkpoint {
                         batch.checkpoints.push(serde_json::to_value(&cp)?);
                         batch.end = Some(Position {
                             segment_first: *first,

@@ -1,0 +1,295 @@
+//! The gateway as a real child process, killed with SIGKILL at random
+//! moments under load and restarted on the same journal: every audit id a
+//! client received is in the warehouse exactly once, the chain has no gap,
+//! `audit verify` passes, and the gateway's logs never contain a personal ID
+//! or a name.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use popgate::config::{
+    AuditSection, Config, GatewaySection, LimitsSection, RateLimitsSection, TlsSection, TokensSection,
+    UpstreamSection, WarehouseSection,
+};
+use popgate::sim::{Faults, SimSettings, Simulator};
+use popgate::tls::pki::{self, SAMPLE_APPS};
+use popgate::tls::{self, MutualServerFiles};
+use popgate::warehouse::embedded::{free_port, EmbeddedPostgres};
+use rand::Rng;
+use serde_json::{json, Value};
+
+const KILLS: usize = 10;
+
+async fn ready(ops: &str, timeout: Duration) -> Option<Value> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(resp) = client.get(format!("{ops}/readyz").parse().expect("uri")).await {
+            let ok = resp.status().as_u16() == 200;
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            if ok {
+                return serde_json::from_slice(&body).ok();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+fn spawn_gateway(config: &std::path::Path, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log");
+    Command::new(env!("CARGO_BIN_EXE_popgate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env(
+            "POPGATE_LOG",
+            "debug,tokio_postgres=info,hyper=info,h2=info,rustls=info",
+        )
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn gateway")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_audit_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki::init(&dir.path().join("certs"), SAMPLE_APPS, false).expect("pki");
+    let l = pki.layout.clone();
+
+    let pg_home = dir.path().join("pg-home");
+    let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&pg_home))
+        .await
+        .expect("join")
+        .expect("pg");
+    pg.provision().await.expect("provision");
+
+    let sim = Arc::new(Simulator::new(&SimSettings {
+        seed: 5,
+        population: 20_000,
+        province: 79,
+        faults: Faults::default(),
+    }));
+    let sim_tls = tls::mutual_server_config(&MutualServerFiles {
+        cert: &l.sim_cert(),
+        key: &l.sim_key(),
+        client_ca: &l.national_ca_cert(),
+        allow_tls12: false,
+        alpn: tls::ALPN_H2_H1,
+    })
+    .expect("tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let sim_addr = listener.local_addr().expect("addr");
+    let (sim_stop, rx) = tokio::sync::watch::channel(false);
+    let sim_task = tokio::spawn(sim.clone().run(listener, Arc::new(sim_tls), rx));
+
+    let gateway_port = free_port().expect("port");
+    let ops_port = free_port().expect("port");
+    let mut audit = AuditSection::with_keys(l.audit_signing_key(), l.pseudonym_key());
+    audit.checkpoint_every = 50;
+    let config = Config {
+        gateway: GatewaySection {
+            listen: ([127, 0, 0, 1], gateway_port).into(),
+            ops_listen: ([127, 0, 0, 1], ops_port).into(),
+            instance_id: "crash-1".into(),
+            province: 79,
+            policies: common::policies_dir(),
+            data_dir: dir.path().join("data"),
+        },
+        tls: TlsSection {
+            cert: l.gateway_cert(),
+            key: l.gateway_key(),
+            client_ca: l.apps_ca_cert(),
+            allow_tls12: false,
+        },
+        upstream: UpstreamSection {
+            url: format!("https://{sim_addr}"),
+            ca: l.national_ca_cert(),
+            cert: l.upstream_client_cert(),
+            key: l.upstream_client_key(),
+            timeout_ms: 3000,
+            connect_timeout_ms: 1000,
+            max_response_bytes: 1 << 20,
+            service_code: "T".into(),
+            integration_code: "T".into(),
+        },
+        tokens: TokensSection {
+            jwks: Some(l.jwks()),
+            jwks_url: None,
+            jwks_ca: None,
+            issuer: pki::DEMO_TOKEN_ISSUER.into(),
+            audience: pki::DEMO_TOKEN_AUDIENCE.into(),
+            algorithms: vec!["ES256".into()],
+            leeway_secs: 30,
+            max_token_bytes: 8192,
+            jwks_refetch_secs: 30,
+        },
+        audit,
+        rate_limits: RateLimitsSection {
+            scale: 1000.0,
+            ..RateLimitsSection::default()
+        },
+        warehouse: WarehouseSection {
+            url: Some(pg.gateway_url()),
+            admin_url: Some(pg.admin_url()),
+        },
+        limits: LimitsSection::default(),
+    };
+    let config_path = dir.path().join("gateway.toml");
+    std::fs::write(&config_path, config.to_toml()).expect("config");
+    let log_path = dir.path().join("gateway.log");
+    let ops = format!("http://127.0.0.1:{ops_port}");
+    let url = format!("https://127.0.0.1:{gateway_port}/v1/citizens/lookup");
+
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let asked: Arc<Mutex<HashSet<u32>>> = Arc::default();
+    let mut rng = rand::thread_rng();
+    for round in 0..=KILLS {
+        let mut child = spawn_gateway(&config_path, &log_path);
+        assert!(
+            ready(&ops, Duration::from_secs(60)).await.is_some(),
+            "gateway did not become ready (round {round})"
+        );
+        if round == KILLS {
+            // Last round: a graceful stop that anchors and delivers everything.
+            signal(&child, "-TERM");
+            let status = tokio::task::spawn_blocking(move || child.wait())
+                .await
+                .expect("join")
+                .expect("wait");
+            assert!(status.success(), "{status}");
+            break;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for w in 0..3u32 {
+            let (stop, received, asked, url) = (stop.clone(), received.clone(), asked.clone(), url.clone());
+            let client = common::TestClient::new(
+                &l.apps_ca_cert(),
+                Some((&l.app_cert("mot-cua"), &l.app_key("mot-cua"))),
+            );
+            let token = pki::mint_demo_token(
+                &l,
+                "mot-cua",
+                &format!("officer-{w}"),
+                &["officer".into()],
+                None,
+                600,
+            )
+            .expect("token");
+            let sim = sim.clone();
+            workers.push(tokio::spawn(async move {
+                let mut i = w + round as u32 * 1000;
+                while !stop.load(Ordering::Relaxed) {
+                    let index = (i * 7919) % 20_000;
+                    let id = sim.population().citizen(index).personal_id().as_str().to_owned();
+                    asked.lock().expect("lock").insert(index);
+                    let body =
+                        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "K"})
+                            .to_string();
+                    if let Ok(r) = client.post(&url, Some(&token), &body).await {
+                        if let Some(a) = r.body["audit_id"].as_str() {
+                            received.lock().expect("lock").push(a.to_owned());
+                        }
+                    }
+                    i += 3;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(150..700))).await;
+        signal(&child, "-KILL");
+        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.await.expect("worker");
+        }
+    }
+
+    let received = received.lock().expect("lock").clone();
+    assert!(received.len() > 100, "too little load: {}", received.len());
+    let db = popgate::warehouse::connect(&pg.admin_url()).await.expect("db");
+    let mut counts: HashMap<String, i64> = HashMap::new();
+    for row in db
+        .query(
+            "SELECT audit_id::text, count(*) OVER (PARTITION BY audit_id) FROM popgate.audit_events",
+            &[],
+        )
+        .await
+        .expect("query")
+    {
+        counts.insert(row.get(0), row.get(1));
+    }
+    for id in &received {
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "audit_id {id} must be in the warehouse exactly once"
+        );
+    }
+    let (n, max): (i64, i64) = {
+        let row = db
+            .query_one(
+                "SELECT count(*), max(seq) FROM popgate.audit_events WHERE instance_id = 'crash-1'",
+                &[],
+            )
+            .await
+            .expect("query");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(n, max, "the chain has no gap");
+    let signer = popgate::audit::checkpoint::Signer::from_file(&l.audit_signing_key()).expect("key");
+    let keys = [("crash-1".to_owned(), vec![signer.public_key()])]
+        .into_iter()
+        .collect();
+    let report = popgate::audit::verify::verify(&db, Some(&keys))
+        .await
+        .expect("verify");
+    assert!(report.is_whole(), "{:?}", report.findings);
+    assert!(
+        report.unanchored.is_empty(),
+        "a graceful stop anchors the head: {:?}",
+        report.unanchored
+    );
+
+    // The logs of all those runs never name a citizen.
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(log.contains("request"), "the gateway logged its requests");
+    for index in asked.lock().expect("lock").iter() {
+        let c = sim.population().citizen(*index);
+        assert!(
+            !log.contains(c.personal_id().as_str()),
+            "a personal ID is in the gateway's log"
+        );
+        assert!(
+            !log.contains(&c.full_name()),
+            "a citizen's name is in the gateway's log"
+        );
+    }
+    let _ = sim_stop.send(true);
+    let _ = sim_task.await;
+    drop(pg);
+}
