@@ -74,6 +74,19 @@ pub struct GatewaySection {
     pub policies: PathBuf,
     /// Directory for the embedded warehouse when `warehouse.url` is unset.
     pub data_dir: PathBuf,
+    /// Apps through which policy admins work (`/admin/v1`).
+    #[serde(default = "default_admin_apps")]
+    pub admin_apps: Vec<String>,
+    /// Apps through which auditors work (`/audit/v1`).
+    #[serde(default = "default_audit_apps")]
+    pub audit_apps: Vec<String>,
+}
+
+fn default_admin_apps() -> Vec<String> {
+    vec!["admin-cli".to_owned()]
+}
+fn default_audit_apps() -> Vec<String> {
+    vec!["audit-cli".to_owned()]
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +180,10 @@ pub struct AuditSection {
     /// How often expired warehouse records are purged.
     #[serde(default = "default_purge_interval_secs")]
     pub purge_interval_secs: u64,
+    /// Checkpoint keys `GET /audit/v1/verify` trusts (JSON, see docs/audit.md);
+    /// without it the keys recorded in the warehouse are used.
+    #[serde(default)]
+    pub trusted_keys: Option<PathBuf>,
 }
 
 impl AuditSection {
@@ -184,6 +201,7 @@ impl AuditSection {
             ship_batch: DEFAULT_SHIP_BATCH,
             retention_hours: DEFAULT_JOURNAL_RETENTION_HOURS,
             purge_interval_secs: DEFAULT_PURGE_INTERVAL_SECS,
+            trusted_keys: None,
         }
     }
 
@@ -478,6 +496,11 @@ impl Config {
         if let Some(jwks) = config.tokens.jwks.as_mut() {
             if jwks.is_relative() {
                 *jwks = base.join(&*jwks);
+            }
+        }
+        if let Some(keys) = config.audit.trusted_keys.as_mut() {
+            if keys.is_relative() {
+                *keys = base.join(&*keys);
             }
         }
         if let Some(dir) = config.audit.journal_dir.as_mut() {

@@ -82,6 +82,8 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
             province: opts.province,
             policies,
             data_dir: dir.clone(),
+            admin_apps: vec!["admin-cli".into()],
+            audit_apps: vec!["audit-cli".into()],
         },
         tls: TlsSection {
             cert: layout.gateway_cert(),

@@ -26,8 +26,36 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-/// Response body type of every handler.
-pub type Body = Full<Bytes>;
+/// Response body type of every handler: a whole buffer or a stream.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A body fed chunk by chunk from a channel (for exports); it ends when the
+/// sender is dropped.
+pub struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl ChannelBody {
+    /// A body and the sender that feeds it, buffering at most `depth` chunks.
+    pub fn new(depth: usize) -> (ChannelBody, tokio::sync::mpsc::Sender<Bytes>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(depth);
+        (ChannelBody { rx }, tx)
+    }
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
 
 /// Bounds applied to every connection of a listener.
 #[derive(Debug, Clone)]
@@ -200,7 +228,8 @@ pub fn json_response(status: http::StatusCode, value: &serde_json::Value) -> Res
 
 /// A response whose body is already-serialised JSON.
 pub fn json_bytes_response(status: http::StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    use http_body_util::BodyExt;
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

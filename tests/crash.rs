@@ -119,6 +119,8 @@ async fn sigkill_under_load_loses_no_audit_event() {
             province: 79,
             policies: common::policies_dir(),
             data_dir: dir.path().join("data"),
+            admin_apps: vec!["admin-cli".into()],
+            audit_apps: vec!["audit-cli".into()],
         },
         tls: TlsSection {
             cert: l.gateway_cert(),

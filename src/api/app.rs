@@ -14,6 +14,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::admin::AdminOp;
+use super::auditor::AuditOp;
 use super::problem::{problem_response, ApiError};
 use super::status::GatewayStatus;
 use crate::audit::event::{digest_hex, AuditEvent, EventKind, Pseudonymiser};
@@ -25,6 +27,7 @@ use crate::personal_id::PersonalId;
 use crate::policy::{App, Denial, Grant, Operation, PolicySet};
 use crate::server::{self, Body, BodyError, Peer};
 use crate::upstream::{NationalDb, QueryKind, UpstreamAnswer, UpstreamError, UpstreamQuery};
+use crate::warehouse::Warehouse;
 
 /// Longest accepted case reference, in characters.
 pub const MAX_CASE_REF_CHARS: usize = 64;
@@ -39,17 +42,58 @@ pub struct AppApi {
     pub limits: Arc<RateLimits>,
     pub journal: Journal,
     pub pseudonyms: Pseudonymiser,
+    pub warehouse: Warehouse,
+    pub console: ConsoleAccess,
+    pub trusted_keys: Option<crate::audit::verify::TrustedKeys>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub status: Arc<GatewayStatus>,
 }
 
 /// Who is calling, once identified.
-struct Caller<'a> {
-    app: &'a App,
-    officer_id: String,
-    roles: Vec<String>,
-    unit: Option<u32>,
+pub(super) struct Caller<'a> {
+    pub(super) app: &'a App,
+    pub(super) officer_id: String,
+    pub(super) roles: Vec<String>,
+    pub(super) unit: Option<u32>,
+}
+
+/// The two consoles and who may use them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Console {
+    Admin,
+    Audit,
+}
+
+/// Which apps and roles may use the admin and audit surfaces.
+#[derive(Debug, Clone)]
+pub struct ConsoleAccess {
+    pub admin_apps: Vec<String>,
+    pub audit_apps: Vec<String>,
+}
+
+/// The role that may change policy, and the role that may read the log.
+pub const POLICY_ADMIN_ROLE: &str = "policy-admin";
+pub const AUDITOR_ROLE: &str = "auditor";
+
+impl ConsoleAccess {
+    /// Separation of duties: policy admins only change policy, auditors only
+    /// read the log, officers neither; each through its own client app.
+    pub(super) fn require(&self, caller: &Caller<'_>, console: Console) -> Result<(), ApiError> {
+        let (apps, role, what) = match console {
+            Console::Admin => (&self.admin_apps, POLICY_ADMIN_ROLE, "policy administration"),
+            Console::Audit => (&self.audit_apps, AUDITOR_ROLE, "the audit log"),
+        };
+        if !caller.roles.iter().any(|r| r == role) {
+            return Err(ApiError::Forbidden(format!("{what} requires the role '{role}'")));
+        }
+        if !apps.contains(&caller.app.id) {
+            return Err(ApiError::Forbidden(format!(
+                "{what} is not available through this app"
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,24 +118,28 @@ struct VerifyBody {
 
 /// What a request has established so far, for its audit events.
 #[derive(Debug, Default)]
-struct Trail {
-    audit_id: String,
-    request_id: String,
-    operation: String,
-    intent_id: Option<String>,
-    app_id: Option<String>,
-    officer_id: Option<String>,
-    officer_unit: Option<String>,
-    purpose: Option<String>,
-    case_ref: Option<String>,
-    citizen_key: Option<String>,
-    policy_version: Option<u64>,
-    upstream_status: Option<String>,
-    upstream_ms: Option<u64>,
-    upstream_digest: Option<String>,
-    released: Vec<String>,
-    released_digest: Option<String>,
-    warehouse: Option<WarehouseRecord>,
+pub(super) struct Trail {
+    /// An admin or audit console request (recorded as `kind: admin`).
+    pub(super) console: bool,
+    /// Facts of a console action (versions, reasons, filters).
+    pub(super) details: Option<Value>,
+    pub(super) audit_id: String,
+    pub(super) request_id: String,
+    pub(super) operation: String,
+    pub(super) intent_id: Option<String>,
+    pub(super) app_id: Option<String>,
+    pub(super) officer_id: Option<String>,
+    pub(super) officer_unit: Option<String>,
+    pub(super) purpose: Option<String>,
+    pub(super) case_ref: Option<String>,
+    pub(super) citizen_key: Option<String>,
+    pub(super) policy_version: Option<u64>,
+    pub(super) upstream_status: Option<String>,
+    pub(super) upstream_ms: Option<u64>,
+    pub(super) upstream_digest: Option<String>,
+    pub(super) released: Vec<String>,
+    pub(super) released_digest: Option<String>,
+    pub(super) warehouse: Option<WarehouseRecord>,
 }
 
 impl Trail {
@@ -120,7 +168,7 @@ impl Trail {
             upstream_ms: self.upstream_ms,
             upstream_digest: self.upstream_digest.clone(),
             released_digest: None,
-            details: None,
+            details: self.details.clone(),
         }
     }
 }
@@ -140,9 +188,10 @@ impl AppApi {
                 trail.operation = "none".to_owned();
                 Err(e)
             }
-            Ok(op) => {
-                trail.operation = op.as_str().to_owned();
-                let run = self.clone().run(op, req, &peer, &mut trail);
+            Ok(route) => {
+                trail.operation = route.name();
+                trail.console = !matches!(route, Route::App(_));
+                let run = self.clone().run(route, req, &peer, &mut trail);
                 match tokio::time::timeout(self.request_timeout, run).await {
                     Ok(result) => result,
                     Err(_) => Err(ApiError::RequestTimeout),
@@ -163,7 +212,12 @@ impl AppApi {
                 )
             }
         };
-        let mut event = trail.event(EventKind::Outcome, &trail.audit_id, decision, reason);
+        let kind = if trail.console {
+            EventKind::Admin
+        } else {
+            EventKind::Outcome
+        };
+        let mut event = trail.event(kind, &trail.audit_id, decision, reason);
         event.http_status = Some(resp.status().as_u16());
         event.released_digest = trail
             .released_digest
@@ -190,7 +244,7 @@ impl AppApi {
 
     async fn run(
         self: Arc<Self>,
-        op: Operation,
+        route: Route,
         req: Request<Incoming>,
         peer: &Peer,
         trail: &mut Trail,
@@ -208,6 +262,19 @@ impl AppApi {
         self.limits
             .check_officer(&app.id, &caller.officer_id)
             .map_err(ApiError::RateLimited)?;
+        let op = match route {
+            Route::App(op) => op,
+            Route::Admin(op) => {
+                self.console.require(&caller, Console::Admin)?;
+                let (parts, body) = self.console_request(req).await?;
+                return super::admin::handle(&self, op, &policy, &caller, &parts, body, trail).await;
+            }
+            Route::Audit(op) => {
+                self.console.require(&caller, Console::Audit)?;
+                let (parts, body) = self.console_request(req).await?;
+                return super::auditor::handle(&self, op, &caller, &parts, body, trail).await;
+            }
+        };
         check_content_type(&req)?;
         let body = read_body(req, self.max_body_bytes).await?;
         match op {
@@ -255,6 +322,19 @@ impl AppApi {
                 }
             }
         }
+    }
+
+    /// The head and (for POST) the JSON body of a console request.
+    async fn console_request(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(http::request::Parts, bytes::Bytes), ApiError> {
+        if req.method() == Method::POST {
+            check_content_type(&req)?;
+        }
+        let (parts, body) = req.into_parts();
+        let body = read_body(Request::from_parts(parts.clone(), body), self.max_body_bytes).await?;
+        Ok((parts, body))
     }
 
     /// Step: the officer, from a token bound to the app's certificate.
@@ -366,17 +446,49 @@ fn envelope(trail: &mut Trail, policy_version: u64, extra: Value) -> Response<Bo
     server::json_bytes_response(StatusCode::OK, bytes)
 }
 
-fn route(method: &Method, path: &str) -> Result<Operation, ApiError> {
-    let op = match path {
-        "/v1/citizens/lookup" => Operation::Lookup,
-        "/v1/citizens/verify" => Operation::Verify,
-        "/v1/households/lookup" => Operation::Household,
-        _ => return Err(ApiError::NoRoute),
-    };
-    if method != Method::POST {
-        return Err(ApiError::MethodNotAllowed("POST"));
+/// Every route of the mTLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Route {
+    App(Operation),
+    Admin(AdminOp),
+    Audit(AuditOp),
+}
+
+impl Route {
+    /// The operation name recorded in audit events.
+    pub(super) fn name(&self) -> String {
+        match self {
+            Route::App(op) => op.as_str().to_owned(),
+            Route::Admin(op) => format!("admin.{}", op.name()),
+            Route::Audit(op) => format!("audit.{}", op.name()),
+        }
     }
-    Ok(op)
+}
+
+/// Matches a request to a route. Paths match exactly: no normalisation, so
+/// `..`, `//`, `%2e` and the like name no route.
+pub(super) fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let post_only = |r: Route| {
+        if method == Method::POST {
+            Ok(r)
+        } else {
+            Err(ApiError::MethodNotAllowed("POST"))
+        }
+    };
+    match path {
+        "/v1/citizens/lookup" => post_only(Route::App(Operation::Lookup)),
+        "/v1/citizens/verify" => post_only(Route::App(Operation::Verify)),
+        "/v1/households/lookup" => post_only(Route::App(Operation::Household)),
+        _ => {
+            if let Some(rest) = path.strip_prefix("/admin/v1/") {
+                super::admin::route(method, rest).map(Route::Admin)
+            } else if let Some(rest) = path.strip_prefix("/audit/v1/") {
+                super::auditor::route(method, rest).map(Route::Audit)
+            } else {
+                Err(ApiError::NoRoute)
+            }
+        }
+    }
 }
 
 fn finish(mut resp: Response<Body>, request_id: &str) -> Response<Body> {
@@ -442,7 +554,7 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest(describe_json_error(&e)))
 }
 
-fn describe_json_error(e: &serde_json::Error) -> String {
+pub(super) fn describe_json_error(e: &serde_json::Error) -> String {
     use serde_json::error::Category;
     let msg = e.to_string();
     let at = format!("line {} column {}", e.line(), e.column());
@@ -653,7 +765,7 @@ mod tests {
     fn routes_and_methods() {
         assert_eq!(
             route(&Method::POST, "/v1/citizens/lookup").ok(),
-            Some(Operation::Lookup)
+            Some(Route::App(Operation::Lookup))
         );
         assert!(matches!(
             route(&Method::GET, "/v1/citizens/lookup"),

@@ -3,7 +3,9 @@
 //! whole gateway up from a [`Config`]: warehouse, policy, TLS, upstream
 //! client, listeners.
 
+pub mod admin;
 pub mod app;
+pub mod auditor;
 pub mod ops;
 pub mod problem;
 pub mod status;
@@ -196,6 +198,74 @@ pub struct StartOptions {
     pub journal_fail_writes: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
+/// How often the active version is re-checked besides notifications.
+const POLICY_RECHECK: Duration = Duration::from_secs(5);
+
+/// Follows the store's active policy version: on every `popgate_policy`
+/// notification and every few seconds, swaps the snapshot when the active
+/// version differs from this instance's.
+async fn follow_policy(
+    warehouse: Warehouse,
+    policy: Arc<ArcSwap<PolicySet>>,
+    province: u16,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let refresh = || async {
+        let active = warehouse.active_version().await?;
+        if active == policy.load().version {
+            return Ok::<_, anyhow::Error>(());
+        }
+        let files = warehouse
+            .policy_files(active)
+            .await?
+            .context("active version vanished")?;
+        let mut set = policy::parse(&files, province).map_err(|p| anyhow::anyhow!("{p}"))?;
+        set.version = active;
+        policy.store(Arc::new(set));
+        tracing::info!(version = active, "switched to the store's active policy version");
+        Ok(())
+    };
+    loop {
+        // A dedicated connection that LISTENs; rebuilt whenever it drops.
+        let conn = tokio_postgres::connect(warehouse.url(), tokio_postgres::NoTls).await;
+        let Ok((client, mut connection)) = conn else {
+            tokio::select! {
+                _ = tokio::time::sleep(POLICY_RECHECK) => { let _ = refresh().await; continue; }
+                _ = shutdown.changed() => return,
+            }
+        };
+        let command = format!("LISTEN {}", crate::warehouse::policies::CHANNEL);
+        let listen = client.batch_execute(&command);
+        tokio::pin!(listen);
+        let mut listening = false;
+        let mut tick = tokio::time::interval(POLICY_RECHECK);
+        loop {
+            tokio::select! {
+                done = &mut listen, if !listening => {
+                    listening = true;
+                    if done.is_err() { break; }
+                }
+                message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                        if let Err(error) = refresh().await {
+                            tracing::warn!(%error, "cannot load the newly active policy version");
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                },
+                _ = tick.tick() => {
+                    if let Err(error) = refresh().await {
+                        tracing::debug!(%error, "policy re-check failed");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Deletes warehouse records past their retention, and audits each purge.
 async fn purge_expired(
     warehouse: Warehouse,
@@ -348,6 +418,16 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
         limits: rate_limits.clone(),
         journal: journal.clone(),
         pseudonyms,
+        warehouse: warehouse.clone(),
+        console: app::ConsoleAccess {
+            admin_apps: config.gateway.admin_apps.clone(),
+            audit_apps: config.gateway.audit_apps.clone(),
+        },
+        trusted_keys: a
+            .trusted_keys
+            .as_deref()
+            .map(crate::audit::verify::load_trusted_keys)
+            .transpose()?,
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
         status: status.clone(),
@@ -375,6 +455,12 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
         shutdown_rx.clone(),
     ));
     let prune_task = tokio::spawn(prune_limits(rate_limits, shutdown_rx.clone()));
+    let follow_task = tokio::spawn(follow_policy(
+        warehouse.clone(),
+        policy.clone(),
+        config.gateway.province,
+        shutdown_rx.clone(),
+    ));
     let purge_task = tokio::spawn(purge_expired(
         warehouse.clone(),
         journal.clone(),
@@ -393,7 +479,7 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
         policy_dir: config.gateway.policies.clone(),
         province: config.gateway.province,
         shutdown,
-        tasks: vec![gateway_task, ops_task, prune_task, purge_task],
+        tasks: vec![gateway_task, ops_task, prune_task, purge_task, follow_task],
         journal,
         ship_stop,
         shipper_task: Some(shipper_task),

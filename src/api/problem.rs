@@ -43,6 +43,18 @@ pub enum ApiError {
     RequestTimeout,
     #[error("audit journal unavailable")]
     AuditUnavailable,
+    #[error("not permitted: {0}")]
+    Forbidden(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("invalid policy set ({} problems)", .0.len())]
+    InvalidPolicy(Vec<String>),
+    #[error("warehouse unavailable")]
+    WarehouseUnavailable,
+    #[error("not acceptable")]
+    NotAcceptable(&'static str),
 }
 
 impl ApiError {
@@ -80,6 +92,15 @@ impl ApiError {
                 "The national population database did not answer in time; retry later.".into()),
             RequestTimeout => (StatusCode::SERVICE_UNAVAILABLE, "request-timeout", "Request took too long",
                 "The gateway could not complete the request in time; retry later.".into()),
+            Forbidden(detail) => (StatusCode::FORBIDDEN, "forbidden", "Not permitted", format!("{detail}.")),
+            NotFound(what) => (StatusCode::NOT_FOUND, "not-found", "Not found", format!("{what}.")),
+            Conflict(detail) => (StatusCode::CONFLICT, "conflict", "Conflict", format!("{detail}.")),
+            InvalidPolicy(problems) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-policy", "The resulting policy set is invalid",
+                format!("{} problem(s) in the policy set this proposal would make; see 'problems' (FILE:LINE:COL: message).", problems.len())),
+            WarehouseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "warehouse-unavailable", "Warehouse unavailable",
+                "The provincial warehouse cannot be reached right now; retry later.".into()),
+            NotAcceptable(offer) => (StatusCode::NOT_ACCEPTABLE, "not-acceptable", "Not acceptable",
+                format!("This endpoint answers {offer}; set the accept header to one of them.")),
             AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", "Audit record could not be written",
                 "The gateway releases no data it cannot audit, and its audit journal cannot be written right now; retry later.".into()),
         }
@@ -99,6 +120,9 @@ pub fn problem_response(err: &ApiError, request_id: &str, audit_id: Option<&str>
     });
     if let Some(id) = audit_id {
         doc["audit_id"] = json!(id);
+    }
+    if let ApiError::InvalidPolicy(problems) = err {
+        doc["problems"] = json!(problems);
     }
     let mut resp = json_response(status, &doc);
     resp.headers_mut().insert(

@@ -3,7 +3,9 @@
 //! migrations (plain `.sql` files applied in order at start), and the
 //! connection pool the gateway uses.
 
+pub mod audit_queries;
 pub mod embedded;
+pub mod policies;
 
 use std::time::Duration;
 
@@ -75,6 +77,7 @@ pub async fn migrate(admin_url: &str) -> anyhow::Result<()> {
 #[derive(Clone)]
 pub struct Warehouse {
     pool: Pool,
+    url: String,
 }
 
 impl Warehouse {
@@ -96,7 +99,10 @@ impl Warehouse {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .context("cannot build the warehouse pool")?;
-        Ok(Warehouse { pool })
+        Ok(Warehouse {
+            pool,
+            url: url.to_owned(),
+        })
     }
 
     /// Whether the warehouse answers a trivial query right now.
@@ -110,6 +116,11 @@ impl Warehouse {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The URL this pool connects to (for dedicated connections).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 }
 
@@ -202,6 +213,8 @@ impl Warehouse {
             &[&next, &doc, &author, &reason, &based_on],
         )
         .await?;
+        tx.execute(&format!("NOTIFY {}, '{next}'", policies::CHANNEL), &[])
+            .await?;
         tx.commit().await?;
         Ok((u64::try_from(next).unwrap_or_default(), true))
     }

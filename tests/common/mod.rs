@@ -83,6 +83,8 @@ impl TestEnv {
                 province: 79,
                 policies: policies_dir(),
                 data_dir: dir.path().join("data"),
+                admin_apps: vec!["admin-cli".into()],
+                audit_apps: vec!["audit-cli".into()],
             },
             tls: TlsSection {
                 cert: l.gateway_cert(),

@@ -1,0 +1,123 @@
+//! Auditors' queries over `popgate.audit_events`: filtered search in keyset
+//! pages (newest first, stable while events keep arriving), and a citizen's
+//! access history by pseudonym.
+
+use anyhow::Context;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::Warehouse;
+
+/// Filters of a search; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub citizen_key: Option<String>,
+    pub app: Option<String>,
+    pub officer: Option<String>,
+    pub purpose: Option<String>,
+    pub decision: Option<String>,
+    pub kind: Option<String>,
+    pub from: Option<OffsetDateTime>,
+    pub to: Option<OffsetDateTime>,
+}
+
+/// A position in the newest-first order: `(ts, instance_id, seq)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventKey {
+    pub ts: OffsetDateTime,
+    pub instance_id: String,
+    pub seq: i64,
+}
+
+/// One event as the warehouse holds it.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub key: EventKey,
+    pub body: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+const SEARCH: &str = "
+SELECT ts, instance_id, seq, body, prev_hash, hash FROM popgate.audit_events
+WHERE ($1::text IS NULL OR citizen_key = $1)
+  AND ($2::text IS NULL OR app_id = $2)
+  AND ($3::text IS NULL OR officer_id = $3)
+  AND ($4::text IS NULL OR purpose = $4)
+  AND ($5::text IS NULL OR decision = $5)
+  AND ($6::text IS NULL OR body->>'kind' = $6)
+  AND ($7::timestamptz IS NULL OR ts >= $7)
+  AND ($8::timestamptz IS NULL OR ts < $8)
+  AND ($9::timestamptz IS NULL OR (ts, instance_id, seq) < ($9, $10, $11))
+ORDER BY ts DESC, instance_id DESC, seq DESC
+LIMIT $12";
+
+impl Warehouse {
+    /// One page of events matching `filter`, after `cursor`.
+    pub async fn search_events(
+        &self,
+        filter: &EventFilter,
+        cursor: Option<&EventKey>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<StoredEvent>> {
+        let client = self.pool.get().await.context("warehouse unavailable")?;
+        let rows = client
+            .query(
+                SEARCH,
+                &[
+                    &filter.citizen_key,
+                    &filter.app,
+                    &filter.officer,
+                    &filter.purpose,
+                    &filter.decision,
+                    &filter.kind,
+                    &filter.from,
+                    &filter.to,
+                    &cursor.map(|c| c.ts),
+                    &cursor.map(|c| c.instance_id.clone()),
+                    &cursor.map(|c| c.seq),
+                    &limit,
+                ],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredEvent {
+                key: EventKey {
+                    ts: r.get(0),
+                    instance_id: r.get(1),
+                    seq: r.get(2),
+                },
+                body: r.get(3),
+                prev_hash: r.get(4),
+                hash: r.get(5),
+            })
+            .collect())
+    }
+
+    /// One event by its audit id.
+    pub async fn event_by_id(&self, audit_id: &uuid::Uuid) -> anyhow::Result<Option<StoredEvent>> {
+        let client = self.pool.get().await.context("warehouse unavailable")?;
+        let row = client
+            .query_opt(
+                "SELECT ts, instance_id, seq, body, prev_hash, hash FROM popgate.audit_events WHERE audit_id = $1",
+                &[audit_id],
+            )
+            .await?;
+        Ok(row.map(|r| StoredEvent {
+            key: EventKey {
+                ts: r.get(0),
+                instance_id: r.get(1),
+                seq: r.get(2),
+            },
+            body: r.get(3),
+            prev_hash: r.get(4),
+            hash: r.get(5),
+        }))
+    }
+
+    /// A connection for the verifier.
+    pub async fn client(&self) -> anyhow::Result<deadpool_postgres::Object> {
+        self.pool.get().await.context("warehouse unavailable")
+    }
+}

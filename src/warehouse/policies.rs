@@ -1,0 +1,241 @@
+//! The policy store: every policy version ever proposed or active, with its
+//! full set of files, author, approver, reason and times. Exactly one
+//! version is active; activations are announced on the `popgate_policy`
+//! channel so that every instance swaps to the new version at once.
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Warehouse;
+use crate::policy::PolicyFiles;
+
+/// The notification channel instances listen on.
+pub const CHANNEL: &str = "popgate_policy";
+
+/// One version's metadata.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub state: String,
+    pub author: String,
+    pub approver: Option<String>,
+    pub reason: String,
+    pub created_at: String,
+    pub activated_at: Option<String>,
+    pub based_on: Option<u64>,
+}
+
+/// Why a store operation was refused; shown to the admin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreRefusal {
+    #[error("policy version {0} does not exist")]
+    NoSuchVersion(u64),
+    #[error("policy version {0} is {1}, not a proposal awaiting approval")]
+    NotProposed(u64, String),
+    #[error("the author of a proposal cannot approve it; another policy admin must")]
+    SelfApproval,
+    #[error("proposal {0} was made against version {1}, but version {2} is active now; propose again")]
+    Stale(u64, u64, u64),
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}
+
+impl Warehouse {
+    pub async fn policy_versions(&self) -> anyhow::Result<Vec<VersionInfo>> {
+        let client = self.pool.get().await.context("warehouse unavailable")?;
+        let rows = client
+            .query(
+                "SELECT version, state, author, approver, reason, created_at, activated_at, based_on
+                 FROM popgate.policy_versions ORDER BY version DESC",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| VersionInfo {
+                version: to_u64(r.get(0)),
+                state: r.get(1),
+                author: r.get(2),
+                approver: r.get(3),
+                reason: r.get(4),
+                created_at: rfc3339(r.get(5)),
+                activated_at: r.get::<_, Option<time::OffsetDateTime>>(6).map(rfc3339),
+                based_on: r.get::<_, Option<i64>>(7).map(to_u64),
+            })
+            .collect())
+    }
+
+    /// The files of one version.
+    pub async fn policy_files(&self, version: u64) -> anyhow::Result<Option<PolicyFiles>> {
+        let client = self.pool.get().await.context("warehouse unavailable")?;
+        let row = client
+            .query_opt(
+                "SELECT files FROM popgate.policy_versions WHERE version = $1",
+                &[&(version as i64)],
+            )
+            .await?;
+        row.map(|r| {
+            serde_json::from_value::<PolicyFiles>(r.get::<_, Value>(0))
+                .context("stored policy files are malformed")
+        })
+        .transpose()
+    }
+
+    /// Records a proposal; returns its version number.
+    pub async fn propose_policy(
+        &self,
+        files: &PolicyFiles,
+        author: &str,
+        reason: &str,
+        based_on: u64,
+    ) -> anyhow::Result<u64> {
+        let mut client = self.pool.get().await.context("warehouse unavailable")?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
+            .await?;
+        let next: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM popgate.policy_versions",
+                &[],
+            )
+            .await?
+            .get(0);
+        tx.execute(
+            "INSERT INTO popgate.policy_versions (version, state, files, author, reason, based_on)
+             VALUES ($1, 'proposed', $2, $3, $4, $5)",
+            &[
+                &next,
+                &serde_json::to_value(files)?,
+                &author,
+                &reason,
+                &(based_on as i64),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(to_u64(next))
+    }
+
+    /// Approves a proposal by another admin than its author and makes it the
+    /// active version. A proposal made against a version that is no longer
+    /// active is refused (it would silently undo the change in between).
+    pub async fn approve_policy(
+        &self,
+        version: u64,
+        approver: &str,
+    ) -> anyhow::Result<Result<(), StoreRefusal>> {
+        let mut client = self.pool.get().await.context("warehouse unavailable")?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
+            .await?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT state, author, based_on FROM popgate.policy_versions WHERE version = $1",
+                &[&(version as i64)],
+            )
+            .await?
+        else {
+            return Ok(Err(StoreRefusal::NoSuchVersion(version)));
+        };
+        let (state, author, based_on): (String, String, Option<i64>) = (row.get(0), row.get(1), row.get(2));
+        if state != "proposed" {
+            return Ok(Err(StoreRefusal::NotProposed(version, state)));
+        }
+        if author == approver {
+            return Ok(Err(StoreRefusal::SelfApproval));
+        }
+        let active: Option<i64> = tx
+            .query_opt(
+                "SELECT version FROM popgate.policy_versions WHERE state = 'active'",
+                &[],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if let (Some(active), Some(based_on)) = (active, based_on) {
+            if active != based_on {
+                return Ok(Err(StoreRefusal::Stale(
+                    version,
+                    to_u64(based_on),
+                    to_u64(active),
+                )));
+            }
+        }
+        tx.execute(
+            "UPDATE popgate.policy_versions SET state = 'superseded' WHERE state = 'active'",
+            &[],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE popgate.policy_versions SET state = 'active', approver = $2, activated_at = now() WHERE version = $1",
+            &[&(version as i64), &approver],
+        )
+        .await?;
+        tx.execute(&format!("NOTIFY {CHANNEL}, '{version}'"), &[]).await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Rejects a proposal.
+    pub async fn reject_policy(&self, version: u64, by: &str) -> anyhow::Result<Result<(), StoreRefusal>> {
+        let client = self.pool.get().await.context("warehouse unavailable")?;
+        let Some(row) = client
+            .query_opt(
+                "SELECT state FROM popgate.policy_versions WHERE version = $1",
+                &[&(version as i64)],
+            )
+            .await?
+        else {
+            return Ok(Err(StoreRefusal::NoSuchVersion(version)));
+        };
+        let state: String = row.get(0);
+        if state != "proposed" {
+            return Ok(Err(StoreRefusal::NotProposed(version, state)));
+        }
+        client
+            .execute(
+                "UPDATE popgate.policy_versions SET state = 'rejected', approver = $2 WHERE version = $1 AND state = 'proposed'",
+                &[&(version as i64), &by],
+            )
+            .await?;
+        Ok(Ok(()))
+    }
+
+    /// Activates a copy of an earlier version as a new version.
+    pub async fn rollback_policy(
+        &self,
+        to: u64,
+        author: &str,
+        reason: &str,
+    ) -> anyhow::Result<Result<u64, StoreRefusal>> {
+        let Some(files) = self.policy_files(to).await? else {
+            return Ok(Err(StoreRefusal::NoSuchVersion(to)));
+        };
+        let (version, _) = self
+            .activate_policy(&files, author, &format!("rollback to version {to}: {reason}"))
+            .await?;
+        Ok(Ok(version))
+    }
+
+    /// The active version number.
+    pub async fn active_version(&self) -> anyhow::Result<u64> {
+        let client = self.pool.get().await.context("warehouse unavailable")?;
+        let row = client
+            .query_opt(
+                "SELECT version FROM popgate.policy_versions WHERE state = 'active'",
+                &[],
+            )
+            .await?;
+        match row {
+            Some(r) => Ok(to_u64(r.get(0))),
+            None => bail!("the policy store has no active version"),
+        }
+    }
+}
