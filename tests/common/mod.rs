@@ -168,6 +168,30 @@ impl TestEnv {
             .expect("response")
     }
 
+    /// Calls `path` as `officer` of `app` with `role`: POST with `body`, or
+    /// GET when `body` is `None`.
+    pub async fn call_as(
+        &self,
+        app: &str,
+        officer: &str,
+        role: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> TestResponse {
+        let token = self.token_with(app, officer, &[role], None);
+        let client = self.client(app);
+        match body {
+            Some(b) => client
+                .post(&self.url(path), Some(&token), b)
+                .await
+                .expect("response"),
+            None => client
+                .get(&self.url(path), Some(&token), &[])
+                .await
+                .expect("response"),
+        }
+    }
+
     /// A personal ID of a simulated citizen living in (or outside) province 79.
     pub fn citizen(&self, inside: bool) -> popgate::sim::population::Citizen {
         let p = self.sim.population();
@@ -274,6 +298,51 @@ impl TestClient {
                 .expect("request"),
         )
         .await
+    }
+
+    pub async fn get(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<TestResponse, String> {
+        let mut req = http::Request::get(url);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req.body(Full::new(Bytes::new())).expect("request"))
+            .await
+    }
+
+    /// POSTs and returns the status and the raw body text (for exports).
+    pub async fn post_raw(
+        &self,
+        url: &str,
+        token: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, http::HeaderMap, String) {
+        let mut req = http::Request::post(url)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(
+                req.body(Full::new(Bytes::from(body.to_owned())))
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, headers, String::from_utf8_lossy(&bytes).into_owned())
     }
 
     pub async fn send(&self, req: http::Request<Full<Bytes>>) -> Result<TestResponse, String> {
