@@ -16,11 +16,13 @@
 //! - [`warehouse`]: PostgreSQL: embedded cluster, migrations, pool.
 //! - [`sim`]: the national population DB simulator.
 //! - [`units`]: Vietnam's administrative units (2025).
+//! - [`client`]: the HTTPS client of the `admin` and `audit` commands.
 //! - [`demo`]: `popgate demo`, everything on embedded defaults.
 
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod limits;
