@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use hyper::Response;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -44,41 +44,6 @@ impl AdminOp {
             AdminOp::Simulate => "simulate",
         }
     }
-}
-
-/// Routes below `/admin/v1/`.
-pub(super) fn route(method: &Method, rest: &str) -> Result<AdminOp, ApiError> {
-    let parts: Vec<&str> = rest.split('/').collect();
-    let number = |s: &str| {
-        s.parse::<u64>()
-            .ok()
-            .filter(|n| *n > 0 && s.bytes().all(|b| b.is_ascii_digit()))
-    };
-    let (op, allowed) = match parts.as_slice() {
-        ["policies"] => (AdminOp::List, Method::GET),
-        ["policies", "proposals"] => (AdminOp::Propose, Method::POST),
-        ["policies", "proposals", n, "approve"] => (
-            AdminOp::Approve(number(n).ok_or(ApiError::NoRoute)?),
-            Method::POST,
-        ),
-        ["policies", "proposals", n, "reject"] => {
-            (AdminOp::Reject(number(n).ok_or(ApiError::NoRoute)?), Method::POST)
-        }
-        ["policies", "rollback"] => (AdminOp::Rollback, Method::POST),
-        ["policies", "versions", n, "diff"] => {
-            (AdminOp::Diff(number(n).ok_or(ApiError::NoRoute)?), Method::GET)
-        }
-        ["policies", "simulate"] => (AdminOp::Simulate, Method::POST),
-        _ => return Err(ApiError::NoRoute),
-    };
-    if *method != allowed {
-        return Err(ApiError::MethodNotAllowed(if allowed == Method::GET {
-            "GET"
-        } else {
-            "POST"
-        }));
-    }
-    Ok(op)
 }
 
 #[derive(Debug, Deserialize)]

@@ -465,30 +465,102 @@ impl Route {
     }
 }
 
-/// Matches a request to a route. Paths match exactly: no normalisation, so
-/// `..`, `//`, `%2e` and the like name no route.
-pub(super) fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
-    let post_only = |r: Route| {
-        if method == Method::POST {
-            Ok(r)
-        } else {
-            Err(ApiError::MethodNotAllowed("POST"))
-        }
-    };
-    match path {
-        "/v1/citizens/lookup" => post_only(Route::App(Operation::Lookup)),
-        "/v1/citizens/verify" => post_only(Route::App(Operation::Verify)),
-        "/v1/households/lookup" => post_only(Route::App(Operation::Household)),
-        _ => {
-            if let Some(rest) = path.strip_prefix("/admin/v1/") {
-                super::admin::route(method, rest).map(Route::Admin)
-            } else if let Some(rest) = path.strip_prefix("/audit/v1/") {
-                super::auditor::route(method, rest).map(Route::Audit)
-            } else {
-                Err(ApiError::NoRoute)
+/// Every endpoint of the mTLS listener: method and path template. The
+/// router matches against this table, so it is the route inventory
+/// (`docs/openapi.yaml` must list exactly these).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/citizens/lookup"),
+    ("POST", "/v1/citizens/verify"),
+    ("POST", "/v1/households/lookup"),
+    ("GET", "/admin/v1/policies"),
+    ("POST", "/admin/v1/policies/proposals"),
+    ("POST", "/admin/v1/policies/proposals/{id}/approve"),
+    ("POST", "/admin/v1/policies/proposals/{id}/reject"),
+    ("POST", "/admin/v1/policies/rollback"),
+    ("GET", "/admin/v1/policies/versions/{n}/diff"),
+    ("POST", "/admin/v1/policies/simulate"),
+    ("POST", "/audit/v1/events/search"),
+    ("POST", "/audit/v1/events/export"),
+    ("GET", "/audit/v1/events/{audit_id}"),
+    ("POST", "/audit/v1/citizens/accesses"),
+    ("GET", "/audit/v1/verify"),
+];
+
+/// Whether `path` fits `template`; the placeholders' values in order.
+fn match_template<'a>(template: &str, path: &'a str) -> Option<Vec<&'a str>> {
+    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    if t.len() != p.len() {
+        return None;
+    }
+    let mut params = Vec::new();
+    for (ts, ps) in t.iter().zip(&p) {
+        if ts.starts_with('{') {
+            if ps.is_empty() {
+                return None;
             }
+            params.push(*ps);
+        } else if ts != ps {
+            return None;
         }
     }
+    Some(params)
+}
+
+/// Matches a request to a route. Paths match exactly, literal segments
+/// before placeholders: no normalisation, so `..`, `//`, `%2e` and the like
+/// name no route.
+pub(super) fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let matching = |literal: bool| {
+        ROUTES
+            .iter()
+            .filter(|(_, t)| t.contains('{') != literal)
+            .filter_map(|(m, t)| match_template(t, path).map(|params| (*m, *t, params)))
+            .collect::<Vec<_>>()
+    };
+    // A literal path (`/events/search`) is never read as a placeholder value.
+    let literal = matching(true);
+    let found = if literal.is_empty() {
+        matching(false)
+    } else {
+        literal
+    };
+    let Some((_, template, params)) = found.iter().find(|(m, _, _)| *m == method.as_str()) else {
+        return Err(match found.first() {
+            Some((m, _, _)) => ApiError::MethodNotAllowed(if *m == "GET" { "GET" } else { "POST" }),
+            None => ApiError::NoRoute,
+        });
+    };
+    let number = |i: usize| {
+        params
+            .get(i)
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|n| *n > 0)
+            .ok_or(ApiError::NoRoute)
+    };
+    Ok(match *template {
+        "/v1/citizens/lookup" => Route::App(Operation::Lookup),
+        "/v1/citizens/verify" => Route::App(Operation::Verify),
+        "/v1/households/lookup" => Route::App(Operation::Household),
+        "/admin/v1/policies" => Route::Admin(AdminOp::List),
+        "/admin/v1/policies/proposals" => Route::Admin(AdminOp::Propose),
+        "/admin/v1/policies/proposals/{id}/approve" => Route::Admin(AdminOp::Approve(number(0)?)),
+        "/admin/v1/policies/proposals/{id}/reject" => Route::Admin(AdminOp::Reject(number(0)?)),
+        "/admin/v1/policies/rollback" => Route::Admin(AdminOp::Rollback),
+        "/admin/v1/policies/versions/{n}/diff" => Route::Admin(AdminOp::Diff(number(0)?)),
+        "/admin/v1/policies/simulate" => Route::Admin(AdminOp::Simulate),
+        "/audit/v1/events/search" => Route::Audit(AuditOp::Search),
+        "/audit/v1/events/export" => Route::Audit(AuditOp::Export),
+        "/audit/v1/events/{audit_id}" => Route::Audit(AuditOp::Get(
+            params
+                .first()
+                .and_then(|s| s.parse().ok())
+                .ok_or(ApiError::NoRoute)?,
+        )),
+        "/audit/v1/citizens/accesses" => Route::Audit(AuditOp::CitizenAccesses),
+        "/audit/v1/verify" => Route::Audit(AuditOp::Verify),
+        _ => return Err(ApiError::NoRoute),
+    })
 }
 
 fn finish(mut resp: Response<Body>, request_id: &str) -> Response<Body> {
@@ -759,6 +831,43 @@ mod tests {
         assert!(describe_json_error(&e).starts_with("unknown field `extra`"));
         let e = serde_json::from_slice::<LookupBody>(b"{").expect_err("bad");
         assert!(describe_json_error(&e).contains("not valid JSON"));
+    }
+
+    #[test]
+    fn every_route_in_the_inventory_is_routed() {
+        for (method, template) in ROUTES {
+            let path = template
+                .replace("{id}", "7")
+                .replace("{n}", "3")
+                .replace("{audit_id}", "6f9619ff-8b86-d011-b42d-00c04fc964ff");
+            let method: Method = method.parse().expect("method");
+            assert!(route(&method, &path).is_ok(), "{method} {path}");
+            let other = if method == Method::GET {
+                Method::POST
+            } else {
+                Method::GET
+            };
+            assert!(
+                matches!(route(&other, &path), Err(ApiError::MethodNotAllowed(_))),
+                "{other} {path}"
+            );
+        }
+        assert!(matches!(
+            route(&Method::POST, "/admin/v1/policies/proposals/x/approve"),
+            Err(ApiError::NoRoute)
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/audit/v1/events/not-a-uuid"),
+            Err(ApiError::NoRoute)
+        ));
+        assert!(matches!(
+            route(&Method::POST, "/v1//citizens/lookup"),
+            Err(ApiError::NoRoute)
+        ));
+        assert!(matches!(
+            route(&Method::POST, "/v1/citizens/lookup/"),
+            Err(ApiError::NoRoute)
+        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use hyper::Response;
 use serde::Deserialize;
@@ -46,29 +46,6 @@ impl AuditOp {
             AuditOp::Verify => "verify",
         }
     }
-}
-
-/// Routes below `/audit/v1/`.
-pub(super) fn route(method: &Method, rest: &str) -> Result<AuditOp, ApiError> {
-    let (op, allowed) = match rest.split('/').collect::<Vec<_>>().as_slice() {
-        ["events", "search"] => (AuditOp::Search, Method::POST),
-        ["events", "export"] => (AuditOp::Export, Method::POST),
-        ["events", id] => (
-            AuditOp::Get(id.parse().map_err(|_| ApiError::NoRoute)?),
-            Method::GET,
-        ),
-        ["citizens", "accesses"] => (AuditOp::CitizenAccesses, Method::POST),
-        ["verify"] => (AuditOp::Verify, Method::GET),
-        _ => return Err(ApiError::NoRoute),
-    };
-    if *method != allowed {
-        return Err(ApiError::MethodNotAllowed(if allowed == Method::GET {
-            "GET"
-        } else {
-            "POST"
-        }));
-    }
-    Ok(op)
 }
 
 #[derive(Debug, Deserialize, Default)]

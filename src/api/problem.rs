@@ -65,7 +65,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str, String) {
         use ApiError::*;
         match self {
-            NoRoute => (StatusCode::NOT_FOUND, "not-found", "No such endpoint",
+            NoRoute => (StatusCode::NOT_FOUND, "no-route", "No such endpoint",
                 "This path is not part of the popgate API; see docs/api.md for the endpoints.".into()),
             MethodNotAllowed(allow) => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed",
                 format!("This endpoint accepts {allow} only.")),

@@ -1,0 +1,92 @@
+//! `docs/openapi.yaml` and the router agree: every path and method in the
+//! document is answered by a running gateway, and every route the gateway
+//! answers is in the document.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::TestEnv;
+use popgate::api::app::ROUTES;
+
+/// `(METHOD, /path)` pairs of the document's `paths:` section (two-space
+/// indented paths, four-space indented methods).
+fn documented() -> BTreeSet<(String, String)> {
+    let text =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.yaml"))
+            .expect("docs/openapi.yaml");
+    let mut out = BTreeSet::new();
+    let mut in_paths = false;
+    let mut current = None;
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            in_paths = line.trim_end() == "paths:";
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(path) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
+            current = Some(format!("/{path}"));
+        } else if let Some(method) = ["get", "post", "put", "patch", "delete"]
+            .iter()
+            .find(|m| line == format!("    {m}:"))
+        {
+            out.insert((
+                method.to_uppercase(),
+                current.clone().expect("a method under a path"),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_document_lists_exactly_the_routes() {
+    let routes: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    let doc = documented();
+    assert_eq!(doc.len(), 15, "{doc:?}");
+    let missing: Vec<_> = routes.difference(&doc).collect();
+    let extra: Vec<_> = doc.difference(&routes).collect();
+    assert!(missing.is_empty(), "routes not in docs/openapi.yaml: {missing:?}");
+    assert!(extra.is_empty(), "documented but not routed: {extra:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_path_is_answered() {
+    let env = TestEnv::start().await;
+    for (method, path) in documented() {
+        let (app, role) = match path.split('/').nth(1) {
+            Some("admin") => ("admin-cli", "policy-admin"),
+            Some("audit") => ("audit-cli", "auditor"),
+            _ => ("mot-cua", "officer"),
+        };
+        let concrete = path
+            .replace("{id}", "1")
+            .replace("{n}", "1")
+            .replace("{audit_id}", "6f9619ff-8b86-d011-b42d-00c04fc964ff");
+        let body = (method == "POST").then_some("{}");
+        let r = env.call_as(app, "probe", role, &concrete, body).await;
+        assert_ne!(r.status, 405, "{method} {path}: {}", r.body);
+        assert_ne!(
+            r.body["type"], "urn:popgate:problem:no-route",
+            "{method} {path} is not routed"
+        );
+        assert!(r.headers.contains_key("x-request-id"));
+    }
+    // And a path outside the inventory is not.
+    let r = env
+        .call_as(
+            "mot-cua",
+            "probe",
+            "officer",
+            "/v1/citizens/../citizens/lookup",
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(r.body["type"], "urn:popgate:problem:no-route");
+    env.stop().await;
+}
