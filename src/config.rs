@@ -15,6 +15,8 @@ pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_CIRCUIT_FAILURES: u32 = 5;
+pub const DEFAULT_CIRCUIT_OPEN_SECS: u64 = 10;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
@@ -123,6 +125,19 @@ pub struct UpstreamSection {
     /// `MaTichHop` sent with every query.
     #[serde(default = "default_integration_code")]
     pub integration_code: String,
+    /// Consecutive failures that open the circuit (calls refused with 503).
+    #[serde(default = "default_circuit_failures")]
+    pub circuit_failures: u32,
+    /// How long the circuit stays open before one probe is let through.
+    #[serde(default = "default_circuit_open_secs")]
+    pub circuit_open_secs: u64,
+}
+
+fn default_circuit_failures() -> u32 {
+    DEFAULT_CIRCUIT_FAILURES
+}
+fn default_circuit_open_secs() -> u64 {
+    DEFAULT_CIRCUIT_OPEN_SECS
 }
 
 /// How officer tokens are verified.

@@ -101,6 +101,8 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
             max_response_bytes: crate::config::DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES,
             service_code: "POPGATE-DEMO".to_owned(),
             integration_code: format!("POPGATE-{:02}", opts.province),
+            circuit_failures: crate::config::DEFAULT_CIRCUIT_FAILURES,
+            circuit_open_secs: crate::config::DEFAULT_CIRCUIT_OPEN_SECS,
         },
         tokens: TokensSection {
             jwks: Some(layout.jwks()),

@@ -8,6 +8,7 @@
 //! - [`auth`]: which app is calling, from its client certificate.
 //! - [`personal_id`]: the 12-digit personal ID and its structural checks.
 //! - [`limits`]: rate limits per app, officer, purpose, upstream quota, anti-scraping.
+//! - [`metrics`]: Prometheus counters, histograms and gauges (no citizen data in labels).
 //! - [`policy`]: field catalog, purposes, apps and grants; evaluation and masks.
 //! - [`upstream`]: the national-DB adapter trait and its mTLS HTTP client.
 //! - [`server`]: accepting connections: TLS, HTTP/1.1 + h2, limits, draining.
@@ -26,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod limits;
+pub mod metrics;
 pub mod personal_id;
 pub mod policy;
 pub mod server;

@@ -138,6 +138,8 @@ async fn sigkill_under_load_loses_no_audit_event() {
             max_response_bytes: 1 << 20,
             service_code: "T".into(),
             integration_code: "T".into(),
+            circuit_failures: popgate::config::DEFAULT_CIRCUIT_FAILURES,
+            circuit_open_secs: 10,
         },
         tokens: TokensSection {
             jwks: Some(l.jwks()),

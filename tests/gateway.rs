@@ -215,6 +215,32 @@ async fn unknown_citizen_is_404_and_a_dead_upstream_is_502() {
         )
         .await;
     assert_eq!(r.status, 502, "{}", r.body);
+    // Four more failures open the circuit: apps are told to come back later at once.
+    for _ in 0..4 {
+        let r = env
+            .call(
+                "mot-cua",
+                LOOKUP,
+                &lookup_body(&id, "administrative-procedure", Some("HS-6")),
+            )
+            .await;
+        assert_eq!(r.status, 502, "{}", r.body);
+    }
+    let r = env
+        .call(
+            "mot-cua",
+            LOOKUP,
+            &lookup_body(&id, "administrative-procedure", Some("HS-6")),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body["type"], "urn:popgate:problem:upstream-circuit-open");
+    let wait: u64 = r.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("secs");
+    assert!((1..=10).contains(&wait));
     env.stop().await;
 }
 
@@ -269,19 +295,45 @@ async fn ops_listener_reports_readiness() {
     let ops = format!("http://{}", env.gateway().ops_addr);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<bytes::Bytes>>();
-    for (path, want) in [("/healthz", 200), ("/readyz", 200), ("/nope", 404)] {
+    let id = env.citizen(true).personal_id().as_str().to_owned();
+    let r = env
+        .call(
+            "mot-cua",
+            LOOKUP,
+            &lookup_body(&id, "administrative-procedure", Some("M-1")),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    for (path, want) in [
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/metrics", 200),
+        ("/nope", 404),
+    ] {
         let resp = client
             .get(format!("{ops}{path}").parse().expect("uri"))
             .await
             .expect("ops");
         assert_eq!(resp.status().as_u16(), want, "{path}");
+        use http_body_util::BodyExt;
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
         if path == "/readyz" {
-            use http_body_util::BodyExt;
-            let body = resp.into_body().collect().await.expect("body").to_bytes();
             let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
             assert_eq!(v["ready"], true);
             assert_eq!(v["warehouse"], "up");
             assert_eq!(v["policy_version"], 1);
+        }
+        if path == "/metrics" {
+            let text = String::from_utf8(body.to_vec()).expect("utf8");
+            assert!(
+                text.contains(
+                    "popgate_requests_total{app=\"mot-cua\",operation=\"lookup\",status=\"200\"} 1"
+                ),
+                "{text}"
+            );
+            assert!(text.contains("popgate_upstream_duration_seconds_count 1"));
+            assert!(text.contains("popgate_journal_durable_seq"));
+            assert!(!text.contains(&id));
         }
     }
     env.stop().await;

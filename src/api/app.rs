@@ -43,6 +43,8 @@ pub struct AppApi {
     pub journal: Journal,
     pub pseudonyms: Pseudonymiser,
     pub warehouse: Warehouse,
+    pub breaker: Arc<crate::upstream::breaker::CircuitBreaker>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub console: ConsoleAccess,
     pub trusted_keys: Option<crate::audit::verify::TrustedKeys>,
     pub max_body_bytes: usize,
@@ -178,6 +180,7 @@ impl AppApi {
     /// audited; its answer is released only once the outcome event is
     /// durable, else the caller gets 503 and nothing else.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
+        let started = std::time::Instant::now();
         let mut trail = Trail {
             audit_id: uuid::Uuid::new_v4().to_string(),
             request_id: uuid::Uuid::new_v4().to_string(),
@@ -238,6 +241,12 @@ impl AppApi {
             operation = %trail.operation,
             status = resp.status().as_u16(),
             "request"
+        );
+        self.metrics.observe_request(
+            trail.app_id.as_deref().unwrap_or("unknown"),
+            &trail.operation,
+            resp.status().as_u16(),
+            started.elapsed(),
         );
         finish(resp, &trail.request_id)
     }
@@ -385,6 +394,7 @@ impl AppApi {
         kind: QueryKind,
         trail: &mut Trail,
     ) -> Result<UpstreamAnswer, ApiError> {
+        self.breaker.allow().map_err(ApiError::CircuitOpen)?;
         let intent_id = uuid::Uuid::new_v4().to_string();
         let intent = trail.event(EventKind::Intent, &intent_id, "pending", None);
         self.journal.append(intent, None).await.map_err(|e| {
@@ -401,6 +411,9 @@ impl AppApi {
         let started = std::time::Instant::now();
         let result = self.upstream.query(query).await;
         trail.upstream_ms = Some(started.elapsed().as_millis() as u64);
+        self.metrics.observe_upstream(started.elapsed());
+        self.breaker
+            .record(matches!(result, Ok(_) | Err(UpstreamError::NotFound)));
         self.status.record_upstream(&result);
         match result {
             Ok(answered) => {

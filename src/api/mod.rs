@@ -401,6 +401,11 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
     );
     let shipper_task = tokio::spawn(shipper.run(ship_stop_rx));
     let status = Arc::new(status::GatewayStatus::default());
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let breaker = Arc::new(crate::upstream::breaker::CircuitBreaker::new(
+        config.upstream.circuit_failures,
+        Duration::from_secs(config.upstream.circuit_open_secs),
+    ));
     let gateway_listener = TcpListener::bind(config.gateway.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
@@ -419,6 +424,8 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
         journal: journal.clone(),
         pseudonyms,
         warehouse: warehouse.clone(),
+        breaker: breaker.clone(),
+        metrics: metrics.clone(),
         console: app::ConsoleAccess {
             admin_apps: config.gateway.admin_apps.clone(),
             audit_apps: config.gateway.audit_apps.clone(),
@@ -433,6 +440,9 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
         status: status.clone(),
     });
     let ops_api = Arc::new(ops::OpsApi {
+        metrics,
+        breaker,
+        limits: rate_limits.clone(),
         status: status.clone(),
         journal: journal.state.clone(),
         policy: policy.clone(),

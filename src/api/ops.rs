@@ -17,6 +17,9 @@ use crate::server::{json_response, Body, Peer};
 use crate::warehouse::Warehouse;
 
 pub struct OpsApi {
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub breaker: Arc<crate::upstream::breaker::CircuitBreaker>,
+    pub limits: Arc<crate::limits::RateLimits>,
     pub status: Arc<GatewayStatus>,
     pub journal: Arc<JournalState>,
     pub policy: Arc<ArcSwap<PolicySet>>,
@@ -32,8 +35,32 @@ impl OpsApi {
         match req.uri().path() {
             "/healthz" => json_response(StatusCode::OK, &json!({ "status": "alive" })),
             "/readyz" => self.readyz().await,
+            "/metrics" => self.metrics(),
             _ => json_response(StatusCode::NOT_FOUND, &json!({ "error": "no such endpoint" })),
         }
+    }
+
+    fn metrics(&self) -> Response<Body> {
+        use std::sync::atomic::Ordering;
+        let j = &self.journal;
+        let text = self.metrics.render(&crate::metrics::Gauges {
+            policy_version: self.policy.load().version,
+            journal_durable_seq: j.durable_seq.load(Ordering::Acquire),
+            journal_delivered_seq: j.delivered_seq.load(Ordering::Acquire),
+            journal_backlog: j.backlog(),
+            shipper_lag_seconds: j.backlog_age().as_secs(),
+            journal_degraded: j.degraded.load(Ordering::Acquire),
+            upstream_circuit_open: self.breaker.is_open(),
+            limiter_keys: self.limits.tracked_keys(),
+        });
+        let mut resp = Response::new(http_body_util::BodyExt::boxed(http_body_util::Full::new(
+            bytes::Bytes::from(text),
+        )));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        resp
     }
 
     async fn readyz(&self) -> Response<Body> {
@@ -63,6 +90,7 @@ impl OpsApi {
                 "audit_backlog_age_secs": self.journal.backlog_age().as_secs(),
                 "warehouse": warehouse,
                 "upstream": self.status.upstream_state(),
+                "upstream_circuit": if self.breaker.is_open() { "open" } else { "closed" },
             }),
         )
     }

@@ -55,6 +55,8 @@ pub enum ApiError {
     WarehouseUnavailable,
     #[error("not acceptable")]
     NotAcceptable(&'static str),
+    #[error("upstream circuit open")]
+    CircuitOpen(std::time::Duration),
 }
 
 impl ApiError {
@@ -97,6 +99,8 @@ impl ApiError {
             Conflict(detail) => (StatusCode::CONFLICT, "conflict", "Conflict", format!("{detail}.")),
             InvalidPolicy(problems) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-policy", "The resulting policy set is invalid",
                 format!("{} problem(s) in the policy set this proposal would make; see 'problems' (FILE:LINE:COL: message).", problems.len())),
+            CircuitOpen(wait) => (StatusCode::SERVICE_UNAVAILABLE, "upstream-circuit-open", "National database suspended",
+                format!("The national population database has been failing; calls resume in about {} seconds.", wait.as_secs().max(1))),
             WarehouseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "warehouse-unavailable", "Warehouse unavailable",
                 "The provincial warehouse cannot be reached right now; retry later.".into()),
             NotAcceptable(offer) => (StatusCode::NOT_ACCEPTABLE, "not-acceptable", "Not acceptable",
@@ -149,6 +153,12 @@ pub fn problem_response(err: &ApiError, request_id: &str, audit_id: Option<&str>
         }
         ApiError::RateLimited(l) => {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(l.retry_after_secs()));
+        }
+        ApiError::CircuitOpen(wait) => {
+            headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
         }
         _ => {}
     }

@@ -6,6 +6,8 @@
 //!
 //! Answers are size-capped before they are parsed and never logged.
 
+pub mod breaker;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;

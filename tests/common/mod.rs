@@ -102,6 +102,8 @@ impl TestEnv {
                 max_response_bytes: 1 << 20,
                 service_code: "TEST".into(),
                 integration_code: "TEST-79".into(),
+                circuit_failures: popgate::config::DEFAULT_CIRCUIT_FAILURES,
+                circuit_open_secs: 10,
             },
             tokens: TokensSection {
                 jwks: Some(l.jwks()),

@@ -1,0 +1,209 @@
+//! Prometheus metrics of the gateway, rendered as text on the ops listener's
+//! `/metrics`. Labels are app ids, operations and statuses only — never
+//! citizen data.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    total: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += seconds;
+        self.total += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
+                self.counts[i]
+            );
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.total);
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braced} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braced} {}", self.total);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    requests: BTreeMap<(String, String, u16), u64>,
+    latency: BTreeMap<String, Histogram>,
+    upstream: Histogram,
+}
+
+/// The gateway's counters and histograms.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+/// Point-in-time values added when rendering.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    pub policy_version: u64,
+    pub journal_durable_seq: u64,
+    pub journal_delivered_seq: u64,
+    pub journal_backlog: u64,
+    pub shipper_lag_seconds: u64,
+    pub journal_degraded: bool,
+    pub upstream_circuit_open: bool,
+    pub limiter_keys: usize,
+}
+
+/// Only ids that are safe as label values pass; anything else is "other".
+fn label(value: &str) -> &str {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if ok {
+        value
+    } else {
+        "other"
+    }
+}
+
+impl Metrics {
+    pub fn observe_request(&self, app: &str, operation: &str, status: u16, elapsed: Duration) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *m.requests
+            .entry((label(app).to_owned(), label(operation).to_owned(), status))
+            .or_default() += 1;
+        m.latency
+            .entry(label(operation).to_owned())
+            .or_default()
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_upstream(&self, elapsed: Duration) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.upstream.observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, g: &Gauges) -> String {
+        let m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::with_capacity(4096);
+        out.push_str(
+            "# HELP popgate_requests_total Requests on the app listener by app, operation and status.\n",
+        );
+        out.push_str("# TYPE popgate_requests_total counter\n");
+        for ((app, op, status), n) in &m.requests {
+            let _ = writeln!(
+                out,
+                "popgate_requests_total{{app=\"{app}\",operation=\"{op}\",status=\"{status}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP popgate_request_duration_seconds Time to answer, by operation.\n");
+        out.push_str("# TYPE popgate_request_duration_seconds histogram\n");
+        for (op, h) in &m.latency {
+            h.render(
+                &mut out,
+                "popgate_request_duration_seconds",
+                &format!("operation=\"{op}\""),
+            );
+        }
+        out.push_str("# HELP popgate_upstream_duration_seconds Time the national database took to answer.\n");
+        out.push_str("# TYPE popgate_upstream_duration_seconds histogram\n");
+        m.upstream
+            .render(&mut out, "popgate_upstream_duration_seconds", "");
+        let gauges: [(&str, &str, f64); 8] = [
+            (
+                "popgate_policy_version",
+                "The active policy version.",
+                g.policy_version as f64,
+            ),
+            (
+                "popgate_journal_durable_seq",
+                "Last audit event durable in the local journal.",
+                g.journal_durable_seq as f64,
+            ),
+            (
+                "popgate_journal_delivered_seq",
+                "Last audit event delivered to the warehouse.",
+                g.journal_delivered_seq as f64,
+            ),
+            (
+                "popgate_journal_backlog",
+                "Audit events awaiting delivery to the warehouse.",
+                g.journal_backlog as f64,
+            ),
+            (
+                "popgate_shipper_lag_seconds",
+                "Seconds the warehouse has made no progress on the backlog.",
+                g.shipper_lag_seconds as f64,
+            ),
+            (
+                "popgate_journal_degraded",
+                "1 while the audit journal cannot be written.",
+                f64::from(u8::from(g.journal_degraded)),
+            ),
+            (
+                "popgate_upstream_circuit_open",
+                "1 while calls to the national database are suspended.",
+                f64::from(u8::from(g.upstream_circuit_open)),
+            ),
+            (
+                "popgate_limiter_keys",
+                "Keys held by the rate limiters.",
+                g.limiter_keys as f64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_gauges() {
+        let m = Metrics::default();
+        m.observe_request("mot-cua", "lookup", 200, Duration::from_millis(3));
+        m.observe_request("mot-cua", "lookup", 200, Duration::from_millis(30));
+        m.observe_request("079203001234 Nguyễn", "lookup", 403, Duration::from_millis(1));
+        let text = m.render(&Gauges {
+            journal_backlog: 7,
+            ..Gauges::default()
+        });
+        assert!(
+            text.contains("popgate_requests_total{app=\"mot-cua\",operation=\"lookup\",status=\"200\"} 2")
+        );
+        assert!(text.contains("popgate_requests_total{app=\"other\",operation=\"lookup\",status=\"403\"} 1"));
+        assert!(text.contains("popgate_request_duration_seconds_bucket{operation=\"lookup\",le=\"0.005\"} 2"));
+        assert!(text.contains("popgate_request_duration_seconds_count{operation=\"lookup\"} 3"));
+        assert!(text.contains("popgate_journal_backlog 7"));
+        assert!(!text.contains("079203001234"));
+    }
+}
