@@ -27,7 +27,12 @@ fn event(i: u64) -> AuditEvent {
         decision: "granted".into(),
         reason: None,
         citizen_key: Some("9f".repeat(32)),
-        fields: vec!["full_name".into(), "date_of_birth".into(), "sex".into(), "permanent_address".into()],
+        fields: vec![
+            "full_name".into(),
+            "date_of_birth".into(),
+            "sex".into(),
+            "permanent_address".into(),
+        ],
         policy_version: Some(1),
         http_status: Some(200),
         upstream_status: Some("ok".into()),
@@ -39,7 +44,11 @@ fn event(i: u64) -> AuditEvent {
 }
 
 fn group_commit(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let journal = rt.block_on(async {
         let settings = JournalSettings {
@@ -52,7 +61,8 @@ fn group_commit(c: &mut Criterion) {
             max_backlog_age: Duration::from_secs(u64::MAX / 4),
             fail_writes: None,
         };
-        let (journal, _) = Journal::open(settings, Arc::new(Signer::generate().expect("key"))).expect("journal");
+        let (journal, _) =
+            Journal::open(settings, Arc::new(Signer::generate().expect("key"))).expect("journal");
         // Nothing ships in this benchmark: count everything as delivered.
         journal.state.mark_delivered(u64::MAX / 2);
         journal

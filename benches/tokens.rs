@@ -6,12 +6,18 @@ use popgate::auth::token::{JwksSource, TokenVerifier, VerifierSettings};
 use popgate::tls::pki::{self, DEMO_TOKEN_AUDIENCE, DEMO_TOKEN_ISSUER};
 
 fn verification(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki::init(dir.path(), &["mot-cua"], false).expect("pki");
     let l = &pki.layout;
-    let token = pki::mint_demo_token(l, "mot-cua", "canbo-01", &["officer".into()], Some(26734), 3600).expect("token");
-    let cert = popgate::tls::load_certs(&l.app_cert("mot-cua")).expect("cert").remove(0);
+    let token = pki::mint_demo_token(l, "mot-cua", "canbo-01", &["officer".into()], Some(26734), 3600)
+        .expect("token");
+    let cert = popgate::tls::load_certs(&l.app_cert("mot-cua"))
+        .expect("cert")
+        .remove(0);
     let verifier = rt
         .block_on(TokenVerifier::new(VerifierSettings {
             source: JwksSource::File(l.jwks()),
@@ -24,7 +30,10 @@ fn verification(c: &mut Criterion) {
         }))
         .expect("verifier");
     c.bench_function("token_verify_es256_bound", |b| {
-        b.iter(|| rt.block_on(verifier.verify(&token, &cert, "mot-cua")).expect("valid"))
+        b.iter(|| {
+            rt.block_on(verifier.verify(&token, &cert, "mot-cua"))
+                .expect("valid")
+        })
     });
 }
 

@@ -394,3 +394,88 @@ async fn a_postgresql_outage_under_load_loses_and_duplicates_nothing() {
     }
     drop(pg);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_warehouse_records_are_purged_and_the_purge_is_audited() {
+    let env = TestEnv::start_with(|c| c.audit.purge_interval_secs = 1).await;
+    let db = env.admin_db().await;
+    db.execute(
+        "INSERT INTO popgate.citizen_records (audit_id, citizen_key, app_id, purpose, policy_version, released_at, fields, retain_until)
+         VALUES (gen_random_uuid(), 'k', 'mot-cua', 'administrative-procedure', 1, now() - interval '6 years', '{}', now() - interval '1 day'),
+                (gen_random_uuid(), 'k', 'mot-cua', 'administrative-procedure', 1, now(), '{}', now() + interval '5 years')",
+        &[],
+    )
+    .await
+    .expect("insert");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 = db
+            .query_one("SELECT count(*) FROM popgate.citizen_records", &[])
+            .await
+            .expect("count")
+            .get(0);
+        if left == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "expired record not purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.settle().await;
+    let row = db
+        .query_one("SELECT body->'details'->>'deleted_records' FROM popgate.audit_events WHERE body->>'kind' = 'purge'", &[])
+        .await
+        .expect("purge event");
+    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("1"));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_backlog_limit_the_gateway_fails_closed_until_the_warehouse_returns() {
+    let pg_home = tempfile::tempdir().expect("tempdir");
+    let home = pg_home.path().to_owned();
+    let pg =
+        tokio::task::spawn_blocking(move || popgate::warehouse::embedded::EmbeddedPostgres::start(&home))
+            .await
+            .expect("join")
+            .expect("pg");
+    pg.provision().await.expect("provision");
+    let (url, admin) = (pg.gateway_url(), pg.admin_url());
+    let env = TestEnv::start_with(|c| {
+        c.warehouse.url = Some(url.clone());
+        c.warehouse.admin_url = Some(admin.clone());
+        c.audit.max_backlog_events = 6;
+    })
+    .await;
+    let id = env.citizen(true).personal_id().as_str().to_owned();
+    assert_eq!(env.call("mot-cua", LOOKUP, &lookup(&id)).await.status, 200);
+    env.settle().await;
+    let mut pg = tokio::task::spawn_blocking(move || {
+        let mut pg = pg;
+        pg.stop();
+        pg
+    })
+    .await
+    .expect("stop");
+    // Each lookup journals an intent and an outcome: three fit, then no more.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(env.call("mot-cua", LOOKUP, &lookup(&id)).await.status);
+    }
+    assert_eq!(
+        statuses,
+        vec![200, 200, 200, 503, 503],
+        "fail closed past the backlog limit"
+    );
+    let r = env.call("mot-cua", LOOKUP, &lookup(&id)).await;
+    assert_eq!(r.body["type"], "urn:popgate:problem:audit-unavailable");
+    pg = tokio::task::spawn_blocking(move || {
+        pg.restart().expect("restart");
+        pg
+    })
+    .await
+    .expect("restart");
+    env.settle().await;
+    assert_eq!(env.call("mot-cua", LOOKUP, &lookup(&id)).await.status, 200);
+    env.stop().await;
+    drop(pg);
+}

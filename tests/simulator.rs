@@ -1,0 +1,190 @@
+//! The simulator over real mTLS, through the gateway's own upstream client:
+//! the three operations, refusal of a client without the province's
+//! certificate, and its fault flags (errors, latency).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use popgate::personal_id::PersonalId;
+use popgate::sim::{Faults, SimSettings, Simulator};
+use popgate::tls::pki::{self, PkiLayout};
+use popgate::tls::{self, MutualServerFiles};
+use popgate::upstream::{
+    HttpNationalDb, HttpSettings, NationalDb, QueryKind, UpstreamAnswer, UpstreamError, UpstreamQuery,
+};
+
+async fn start(l: &PkiLayout, faults: Faults) -> (Arc<Simulator>, String, tokio::sync::watch::Sender<bool>) {
+    let sim = Arc::new(Simulator::new(&SimSettings {
+        seed: 3,
+        population: 5000,
+        province: 79,
+        faults,
+    }));
+    let tls = tls::mutual_server_config(&MutualServerFiles {
+        cert: &l.sim_cert(),
+        key: &l.sim_key(),
+        client_ca: &l.national_ca_cert(),
+        allow_tls12: false,
+        alpn: tls::ALPN_H2_H1,
+    })
+    .expect("tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(sim.clone().run(listener, Arc::new(tls), rx));
+    (sim, url, stop)
+}
+
+fn client(
+    l: &PkiLayout,
+    url: &str,
+    timeout: Duration,
+    cert: (&std::path::Path, &std::path::Path),
+) -> HttpNationalDb {
+    let tls = tls::mutual_client_config(&l.national_ca_cert(), cert.0, cert.1, &[]).expect("tls");
+    HttpNationalDb::new(
+        tls,
+        HttpSettings {
+            base_url: url.parse().expect("url"),
+            timeout,
+            connect_timeout: Duration::from_secs(1),
+            max_response_bytes: 1 << 20,
+            service_code: "T".into(),
+            integration_code: "T".into(),
+        },
+    )
+}
+
+fn query(id: &PersonalId, kind: QueryKind) -> UpstreamQuery {
+    UpstreamQuery {
+        request_id: "r".into(),
+        officer: "o".into(),
+        personal_id: id.clone(),
+        kind,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_the_three_operations_in_the_c06_shape() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = pki::init(dir.path(), &[], false).expect("pki");
+    let l = &p.layout;
+    let (sim, url, _stop) = start(l, Faults::default()).await;
+    let db = client(
+        l,
+        &url,
+        Duration::from_secs(2),
+        (&l.upstream_client_cert(), &l.upstream_client_key()),
+    );
+    let c = sim.population().citizen(42);
+    let answer = db
+        .query(query(c.personal_id(), QueryKind::Lookup))
+        .await
+        .expect("lookup");
+    let UpstreamAnswer::Citizen { record, as_of } = answer.answer else {
+        panic!("not a citizen")
+    };
+    assert_eq!(record["SoDinhDanh"], c.personal_id().as_str());
+    for key in [
+        "HoVaTen",
+        "NgayThangNamSinh",
+        "GioiTinh",
+        "DanToc",
+        "TonGiao",
+        "ThuongTru",
+        "NoiOHienTai",
+        "Cha",
+        "Me",
+        "ChuHo",
+        "SoSoHoKhau",
+    ] {
+        assert!(record.get(key).is_some(), "{key}");
+    }
+    assert!(as_of.is_some_and(|t| t.ends_with("+07:00")));
+    assert_eq!(answer.digest.len(), 64);
+    let verify = QueryKind::Verify {
+        full_name: c.full_name().to_uppercase(),
+        date_of_birth: c.date_of_birth(),
+    };
+    assert!(matches!(
+        db.query(query(c.personal_id(), verify))
+            .await
+            .expect("verify")
+            .answer,
+        UpstreamAnswer::Match(true)
+    ));
+    let UpstreamAnswer::Household { head, members, .. } = db
+        .query(query(c.personal_id(), QueryKind::Household))
+        .await
+        .expect("household")
+        .answer
+    else {
+        panic!("not a household")
+    };
+    assert_eq!(head["ChuHo"]["QuanHe"], "Chủ hộ");
+    assert!(members.len() <= 3);
+    let nobody = PersonalId::parse("001085999999", 2026).expect("id");
+    assert_eq!(
+        db.query(query(&nobody, QueryKind::Lookup)).await.err(),
+        Some(UpstreamError::NotFound)
+    );
+
+    // Without the province's certificate from the national CA: refused.
+    let other = tempfile::tempdir().expect("tempdir");
+    let rogue = pki::init(other.path(), &[], false).expect("pki");
+    let stranger = client(
+        l,
+        &url,
+        Duration::from_secs(2),
+        (
+            &rogue.layout.upstream_client_cert(),
+            &rogue.layout.upstream_client_key(),
+        ),
+    );
+    assert!(matches!(
+        stranger.query(query(c.personal_id(), QueryKind::Lookup)).await,
+        Err(UpstreamError::Failed(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_flags_inject_errors_and_latency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = pki::init(dir.path(), &[], false).expect("pki");
+    let l = &p.layout;
+    let cert = (l.upstream_client_cert(), l.upstream_client_key());
+    let (sim, url, _stop) = start(
+        l,
+        Faults {
+            error_rate: 1.0,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let id = sim.population().citizen(1).personal_id().clone();
+    let db = client(l, &url, Duration::from_secs(2), (&cert.0, &cert.1));
+    assert_eq!(
+        db.query(query(&id, QueryKind::Lookup)).await.err(),
+        Some(UpstreamError::Failed("HTTP 500 Internal Server Error".into()))
+    );
+
+    let (_, url, _stop2) = start(
+        l,
+        Faults {
+            latency: Duration::from_millis(400),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let impatient = client(l, &url, Duration::from_millis(150), (&cert.0, &cert.1));
+    let started = std::time::Instant::now();
+    assert_eq!(
+        impatient.query(query(&id, QueryKind::Lookup)).await.err(),
+        Some(UpstreamError::Timeout)
+    );
+    assert!(started.elapsed() < Duration::from_millis(390));
+    let patient = client(l, &url, Duration::from_secs(2), (&cert.0, &cert.1));
+    assert!(patient.query(query(&id, QueryKind::Lookup)).await.is_ok());
+}
