@@ -113,6 +113,9 @@ impl RunningGateway {
         if let Some(task) = self.shipper_task.take() {
             let _ = task.await;
         }
+        // Close pooled connections before the server goes, so that nothing
+        // reports them dying.
+        self.warehouse.pool().close();
         if let Some(mut pg) = self.embedded.take() {
             tokio::task::spawn_blocking(move || pg.stop()).await.ok();
         }
