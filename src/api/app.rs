@@ -644,7 +644,11 @@ pub(super) fn describe_json_error(e: &serde_json::Error) -> String {
     let msg = e.to_string();
     let at = format!("line {} column {}", e.line(), e.column());
     match e.classify() {
-        Category::Data if msg.starts_with("unknown field") || msg.starts_with("missing field") => {
+        Category::Data
+            if msg.starts_with("unknown field")
+                || msg.starts_with("missing field")
+                || msg.starts_with("duplicate field") =>
+        {
             // serde names the key (ours or the caller's), never a value.
             let what = msg.split(" at line").next().unwrap_or(&msg);
             format!("{what}; the body takes personal_id, purpose and case_ref (verify also full_name and date_of_birth)")

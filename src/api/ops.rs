@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::json;
 
+use super::problem::{problem_response, ApiError};
 use super::status::GatewayStatus;
 use crate::audit::journal::JournalState;
 use crate::policy::PolicySet;
@@ -29,14 +30,15 @@ pub struct OpsApi {
 
 impl OpsApi {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: Arc<Peer>) -> Response<Body> {
+        let request_id = uuid::Uuid::new_v4().to_string();
         if req.method() != Method::GET {
-            return json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({ "error": "GET only" }));
+            return problem_response(&ApiError::MethodNotAllowed("GET"), &request_id, None);
         }
         match req.uri().path() {
             "/healthz" => json_response(StatusCode::OK, &json!({ "status": "alive" })),
             "/readyz" => self.readyz().await,
             "/metrics" => self.metrics(),
-            _ => json_response(StatusCode::NOT_FOUND, &json!({ "error": "no such endpoint" })),
+            _ => problem_response(&ApiError::NoRoute, &request_id, None),
         }
     }
 

@@ -1,0 +1,176 @@
+//! Hostile input and orderly stops: JSON bombs are refused with a clear 400
+//! (or 413) and release nothing; a gateway stopped under load finishes every
+//! request it accepted.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestEnv;
+use serde_json::json;
+
+const LOOKUP: &str = "/v1/citizens/lookup";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_bombs_are_refused_without_releasing_anything() {
+    let env = TestEnv::start().await;
+    let id = env.citizen(true).personal_id().as_str().to_owned();
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let huge_number = format!(r#"{{"personal_id": {}, "purpose": "x"}}"#, "9".repeat(10_000));
+    let cases: Vec<(String, u16, &str)> = vec![
+        (deep, 413, "limited"),
+        (
+            format!(
+                r#"{{"personal_id": "{id}", "purpose": {}"x"{}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            ),
+            400,
+            "wrong type",
+        ),
+        (huge_number, 400, "not valid JSON"),
+        (
+            format!(
+                r#"{{"personal_id": "{id}", "purpose": "{}"}}"#,
+                "a".repeat(12_000)
+            ),
+            400,
+            "purpose",
+        ),
+        (
+            format!(
+                r#"{{"personal_id": "{id}", "personal_id": "{id}", "purpose": "administrative-procedure", "case_ref": "D"}}"#
+            ),
+            400,
+            "duplicate field",
+        ),
+        (
+            "{\"personal_id\": \"\u{0}\", \"purpose\": \"x\"}".to_owned(),
+            400,
+            "not valid JSON",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let r = env.call("mot-cua", LOOKUP, &body).await;
+        assert_eq!(r.status, status, "{}: {}", &body[..body.len().min(60)], r.body);
+        let detail = r.body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(needle), "expected '{needle}' in '{detail}'");
+        assert!(r.body.get("citizen").is_none());
+    }
+    // A 10 MB string never gets buffered: 413 from the declared length.
+    let r = env
+        .call(
+            "mot-cua",
+            LOOKUP,
+            &format!(r#"{{"personal_id": "{}"}}"#, "1".repeat(10 << 20)),
+        )
+        .await;
+    assert_eq!(r.status, 413);
+    // Invalid UTF-8.
+    let token = env.token("mot-cua", "officer-1");
+    let req = http::Request::post(env.url(LOOKUP))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"{\"personal_id\": \"\xff\xfe\", \"purpose\": \"x\"}",
+        )))
+        .expect("request");
+    let r = env.client("mot-cua").send(req).await.expect("response");
+    assert_eq!(r.status, 400, "{}", r.body);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_under_load_completes_every_accepted_request() {
+    let pg_home = tempfile::tempdir().expect("tempdir");
+    let home = pg_home.path().to_owned();
+    let pg =
+        tokio::task::spawn_blocking(move || popgate::warehouse::embedded::EmbeddedPostgres::start(&home))
+            .await
+            .expect("join")
+            .expect("pg");
+    pg.provision().await.expect("provision");
+    let (url, admin) = (pg.gateway_url(), pg.admin_url());
+    let mut env = TestEnv::start_with(|c| {
+        c.warehouse.url = Some(url.clone());
+        c.warehouse.admin_url = Some(admin.clone());
+        c.rate_limits.scale = 1000.0;
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4u32 {
+        let stop = stop.clone();
+        let client = env.client("y-te");
+        let token = env.token("y-te", &format!("doctor-{w}"));
+        let target = env.url(LOOKUP);
+        let ids: Vec<String> = (0..200u32)
+            .map(|i| {
+                env.sim
+                    .population()
+                    .citizen((i * 4 + w) * 13)
+                    .personal_id()
+                    .as_str()
+                    .to_owned()
+            })
+            .collect();
+        workers.push(tokio::spawn(async move {
+            let (mut answered, mut refused) = (Vec::new(), 0usize);
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let body =
+                    json!({"personal_id": ids[i % ids.len()], "purpose": "health-insurance"}).to_string();
+                match client.post(&target, Some(&token), &body).await {
+                    Ok(r) => {
+                        assert!(r.status == 200 || r.status == 403, "{}: {}", r.status, r.body);
+                        answered.push(r.body["audit_id"].as_str().expect("audit id").to_owned());
+                    }
+                    // Refused once the listener is closed: never accepted.
+                    Err(_) => refused += 1,
+                }
+                i += 1;
+            }
+            (answered, refused)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Stop the gateway while the load runs: it drains what it accepted,
+    // anchors its journal and delivers it.
+    env.gateway.take().expect("gateway").stop().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut answered = Vec::new();
+    let mut refused = 0;
+    for w in workers {
+        let (a, r) = w.await.expect("worker");
+        answered.extend(a);
+        refused += r;
+    }
+    assert!(
+        answered.len() > 20 && refused > 0,
+        "{} answered, {refused} refused",
+        answered.len()
+    );
+    let db = popgate::warehouse::connect(&pg.admin_url()).await.expect("db");
+    let outcomes: i64 = db
+        .query_one(
+            "SELECT count(*) FROM popgate.audit_events WHERE body->>'kind' = 'outcome'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    // Every request the gateway decided on was answered: none was dropped.
+    assert_eq!(outcomes as usize, answered.len());
+    let report = popgate::audit::verify::verify(&db, None).await.expect("verify");
+    assert!(
+        report.is_whole() && report.unanchored.is_empty(),
+        "{:?} {:?}",
+        report.findings,
+        report.unanchored
+    );
+    env.stop().await;
+    drop(pg);
+}
