@@ -292,3 +292,68 @@ fn popgate_token_refuses_an_unknown_app() {
     assert!(err.contains("no certificate for app 'nope'"), "{err}");
     assert!(!err.contains("panicked"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_can_come_from_an_https_jwks_url() {
+    use std::sync::Arc;
+    // The identity provider's JWKS served over HTTPS (any server cert the
+    // gateway is told to trust).
+    let idp_dir = tempfile::tempdir().expect("tempdir");
+    let idp = pki::init(idp_dir.path(), &[], false).expect("pki");
+    let jwks_file = idp.layout.jwks();
+    let mut server_tls = rustls::ServerConfig::builder_with_provider(popgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            popgate::tls::load_certs(&idp.layout.gateway_cert()).expect("cert"),
+            popgate::tls::load_key(&idp.layout.gateway_key()).expect("key"),
+        )
+        .expect("tls");
+    server_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!(
+        "https://127.0.0.1:{}/jwks.json",
+        listener.local_addr().expect("addr").port()
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(popgate::server::serve(
+        listener,
+        Some(Arc::new(server_tls)),
+        popgate::server::ServerLimits::default(),
+        move |_req, _peer| {
+            let file = jwks_file.clone();
+            let count = count.clone();
+            async move {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let bytes = std::fs::read(file).expect("jwks");
+                popgate::server::json_bytes_response(http::StatusCode::OK, bytes)
+            }
+        },
+        rx,
+    ));
+
+    let idp_key = std::fs::read(idp.layout.idp_key()).expect("key");
+    let ca = idp.layout.apps_ca_cert();
+    let env = TestEnv::start_with(|c| {
+        c.tokens.jwks = None;
+        c.tokens.jwks_url = Some(url.clone());
+        c.tokens.jwks_ca = Some(ca.clone());
+    })
+    .await;
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "fetched once at start"
+    );
+    // A token signed by the URL's key is accepted ...
+    let token = sign_es256(&idp_key, DEMO_TOKEN_KID, &claims(&env, "mot-cua"));
+    assert_eq!(lookup_with(&env, "mot-cua", Some(&token)).await.status, 200);
+    // ... one signed by the test PKI's own identity provider is not.
+    let other = env.token("mot-cua", "officer-1");
+    assert_eq!(lookup_with(&env, "mot-cua", Some(&other)).await.status, 401);
+    env.stop().await;
+    let _ = stop.send(true);
+}
