@@ -101,6 +101,9 @@ pub struct TlsSection {
     /// Accept TLS 1.2 (ECDHE with AEAD suites only) besides TLS 1.3.
     #[serde(default)]
     pub allow_tls12: bool,
+    /// Revocation lists (PEM) of the client CA; a stale one is refused.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -528,6 +531,11 @@ impl Config {
                 None,
                 "audit.checkpoint_every and audit.ship_batch must be positive".to_owned(),
             ));
+        }
+        for crl in config.tls.crls.iter_mut() {
+            if crl.is_relative() {
+                *crl = base.join(&*crl);
+            }
         }
         for p in [
             &mut config.audit.signing_key,

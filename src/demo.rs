@@ -68,6 +68,7 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         client_ca: &layout.national_ca_cert(),
         allow_tls12: false,
         alpn: tls::ALPN_H2_H1,
+        crls: Vec::new(),
     })?;
     let sim_listener = TcpListener::bind("127.0.0.1:0").await?;
     let sim_addr = sim_listener.local_addr()?;
@@ -90,6 +91,7 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
             key: layout.gateway_key(),
             client_ca: layout.apps_ca_cert(),
             allow_tls12: false,
+            crls: Vec::new(),
         },
         upstream: UpstreamSection {
             url: format!("https://{sim_addr}"),

@@ -720,6 +720,7 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         client_ca: &client_ca,
         allow_tls12: false,
         alpn: tls::ALPN_H2_H1,
+        crls: Vec::new(),
     })?;
     let sim = Arc::new(Simulator::new(&SimSettings {
         seed: args.seed,

@@ -100,7 +100,7 @@ pub struct Peer {
 /// Serves `listener` until `shutdown` turns true, then drains.
 pub async fn serve<H, F>(
     listener: TcpListener,
-    tls: Option<Arc<ServerConfig>>,
+    tls: Option<Arc<arc_swap::ArcSwap<ServerConfig>>>,
     limits: ServerLimits,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
@@ -108,7 +108,8 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let acceptor = tls.map(TlsAcceptor::from);
+    // The current TLS config is taken for each new connection, so a reload
+    // applies to every connection accepted after it.
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let limits = Arc::new(limits);
@@ -131,7 +132,7 @@ pub async fn serve<H, F>(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = tls.as_ref().map(|t| TlsAcceptor::from(t.load_full()));
         let handler = handler.clone();
         let limits = limits.clone();
         let watcher = graceful.watcher();

@@ -100,6 +100,7 @@ async fn sigkill_under_load_loses_no_audit_event() {
         client_ca: &l.national_ca_cert(),
         allow_tls12: false,
         alpn: tls::ALPN_H2_H1,
+        crls: Vec::new(),
     })
     .expect("tls");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -127,6 +128,7 @@ async fn sigkill_under_load_loses_no_audit_event() {
             key: l.gateway_key(),
             client_ca: l.apps_ca_cert(),
             allow_tls12: false,
+            crls: Vec::new(),
         },
         upstream: UpstreamSection {
             url: format!("https://{sim_addr}"),

@@ -28,6 +28,7 @@ async fn start(l: &PkiLayout, faults: Faults) -> (Arc<Simulator>, String, tokio:
         client_ca: &l.national_ca_cert(),
         allow_tls12: false,
         alpn: tls::ALPN_H2_H1,
+        crls: Vec::new(),
     })
     .expect("tls");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -321,7 +321,7 @@ async fn keys_can_come_from_an_https_jwks_url() {
     let count = served.clone();
     tokio::spawn(popgate::server::serve(
         listener,
-        Some(Arc::new(server_tls)),
+        Some(popgate::tls::fixed(server_tls)),
         popgate::server::ServerLimits::default(),
         move |_req, _peer| {
             let file = jwks_file.clone();

@@ -44,6 +44,7 @@ pub struct AppApi {
     pub pseudonyms: Pseudonymiser,
     pub warehouse: Warehouse,
     pub breaker: Arc<crate::upstream::breaker::CircuitBreaker>,
+    pub revocations: Arc<ArcSwap<crate::tls::revocation::Revocations>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub console: ConsoleAccess,
     pub trusted_keys: Option<crate::audit::verify::TrustedKeys>,
@@ -264,6 +265,7 @@ impl AppApi {
         trail.policy_version = Some(policy.version);
         let app = identify_app(&policy, peer)?;
         trail.app_id = Some(app.id.clone());
+        self.check_revocation(peer)?;
         let caller = self.authenticate_officer(&req, peer, app).await?;
         trail.officer_id = Some(caller.officer_id.clone());
         trail.officer_unit = caller.unit.map(|u| format!("{u:05}"));
@@ -331,6 +333,16 @@ impl AppApi {
                 }
             }
         }
+    }
+
+    /// Step: the certificate is not revoked by the current CRLs (checked on
+    /// every request, so a revocation reaches keep-alive connections too).
+    fn check_revocation(&self, peer: &Peer) -> Result<(), ApiError> {
+        let cert = peer.client_cert.as_ref().ok_or(ApiError::UnknownApp)?;
+        self.revocations.load().check(cert).map_err(|e| match e {
+            crate::tls::revocation::RevocationError::Revoked => ApiError::Forbidden(e.to_string()),
+            crate::tls::revocation::RevocationError::Stale => ApiError::RevocationUnknown,
+        })
     }
 
     /// The head and (for POST) the JSON body of a console request.

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::limits::RateLimits;
 use crate::policy::{self, PolicySet};
 use crate::server;
-use crate::tls::{self, MutualServerFiles};
+use crate::tls;
 use crate::upstream::{HttpNationalDb, HttpSettings, NationalDb};
 use crate::warehouse::embedded::EmbeddedPostgres;
 use crate::warehouse::{self, Warehouse};
@@ -47,6 +47,7 @@ pub struct RunningGateway {
     /// The login that migrated the schema (the embedded cluster's superuser).
     pub warehouse_admin_url: String,
     warehouse: Warehouse,
+    server_tls: Arc<tls::ReloadableServerTls>,
     policy_dir: std::path::PathBuf,
     province: u16,
     shutdown: watch::Sender<bool>,
@@ -66,12 +67,25 @@ impl RunningGateway {
         loop {
             tokio::select! {
                 _ = &mut stop => return Ok(()),
-                _ = hangups.recv() => match self.reload_policy().await {
-                    Ok(version) => tracing::info!(version, "SIGHUP: policy version {version} active"),
-                    Err(error) => tracing::error!(%error, "SIGHUP: policy reload failed"),
-                },
+                _ = hangups.recv() => {
+                    match self.reload_policy().await {
+                        Ok(version) => tracing::info!(version, "SIGHUP: policy version {version} active"),
+                        Err(error) => tracing::error!(%error, "SIGHUP: policy reload failed"),
+                    }
+                    match self.reload_tls() {
+                        Ok(()) => tracing::info!("SIGHUP: certificates and revocation lists reloaded"),
+                        Err(error) => tracing::error!(%error, "SIGHUP: TLS reload failed; the active certificates stay"),
+                    }
+                }
             }
         }
+    }
+
+    /// Re-reads the server certificate, key, client CA and CRLs (on SIGHUP;
+    /// file changes are noticed by themselves). New connections use them at
+    /// once; revocations apply to the next request of every connection.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        self.server_tls.reload()
     }
 
     /// Re-reads the policy directory (on SIGHUP). A valid set that differs
@@ -199,6 +213,23 @@ async fn prune_limits(limits: Arc<RateLimits>, mut shutdown: watch::Receiver<boo
 pub struct StartOptions {
     /// While set, every journal write fails as on a full disk.
     pub journal_fail_writes: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// How often certificate and CRL files are checked for changes.
+const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+async fn watch_tls_files(tls: Arc<tls::ReloadableServerTls>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TLS_WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => match tls.reload_if_changed() {
+                Ok(true) => tracing::info!("certificate or CRL files changed: reloaded"),
+                Ok(false) => {}
+                Err(error) => tracing::error!(%error, "certificate or CRL files changed but cannot be loaded; the active ones stay"),
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// How often the active version is re-checked besides notifications.
@@ -337,13 +368,13 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
     tracing::info!(version = set.version, apps = set.apps.len(), "policy active");
     let policy = Arc::new(ArcSwap::from_pointee(set));
 
-    let server_tls = tls::mutual_server_config(&MutualServerFiles {
-        cert: &config.tls.cert,
-        key: &config.tls.key,
-        client_ca: &config.tls.client_ca,
-        allow_tls12: config.tls.allow_tls12,
-        alpn: tls::ALPN_H2_H1,
-    })?;
+    let server_tls = Arc::new(tls::ReloadableServerTls::load(
+        &config.tls.cert,
+        &config.tls.key,
+        &config.tls.client_ca,
+        &config.tls.crls,
+        config.tls.allow_tls12,
+    )?);
     // hyper-rustls sets ALPN itself from the enabled HTTP versions.
     let client_tls = tls::mutual_client_config(
         &config.upstream.ca,
@@ -429,6 +460,7 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
         warehouse: warehouse.clone(),
         breaker: breaker.clone(),
         metrics: metrics.clone(),
+        revocations: server_tls.revocations.clone(),
         console: app::ConsoleAccess {
             admin_apps: config.gateway.admin_apps.clone(),
             audit_apps: config.gateway.audit_apps.clone(),
@@ -455,7 +487,7 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
     let limits = config.limits.server_limits();
     let gateway_task = tokio::spawn(server::serve(
         gateway_listener,
-        Some(Arc::new(server_tls)),
+        Some(server_tls.config.clone()),
         limits.clone(),
         move |req, peer| app_api.clone().handle(req, peer),
         shutdown_rx.clone(),
@@ -468,6 +500,7 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
         shutdown_rx.clone(),
     ));
     let prune_task = tokio::spawn(prune_limits(rate_limits, shutdown_rx.clone()));
+    let tls_watch_task = tokio::spawn(watch_tls_files(server_tls.clone(), shutdown_rx.clone()));
     let follow_task = tokio::spawn(follow_policy(
         warehouse.clone(),
         policy.clone(),
@@ -492,7 +525,15 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
         policy_dir: config.gateway.policies.clone(),
         province: config.gateway.province,
         shutdown,
-        tasks: vec![gateway_task, ops_task, prune_task, purge_task, follow_task],
+        tasks: vec![
+            gateway_task,
+            ops_task,
+            prune_task,
+            purge_task,
+            follow_task,
+            tls_watch_task,
+        ],
+        server_tls,
         journal,
         ship_stop,
         shipper_task: Some(shipper_task),

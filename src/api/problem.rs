@@ -57,6 +57,8 @@ pub enum ApiError {
     NotAcceptable(&'static str),
     #[error("upstream circuit open")]
     CircuitOpen(std::time::Duration),
+    #[error("revocation status unknown")]
+    RevocationUnknown,
 }
 
 impl ApiError {
@@ -101,6 +103,8 @@ impl ApiError {
                 format!("{} problem(s) in the policy set this proposal would make; see 'problems' (FILE:LINE:COL: message).", problems.len())),
             CircuitOpen(wait) => (StatusCode::SERVICE_UNAVAILABLE, "upstream-circuit-open", "National database suspended",
                 format!("The national population database has been failing; calls resume in about {} seconds.", wait.as_secs().max(1))),
+            RevocationUnknown => (StatusCode::SERVICE_UNAVAILABLE, "revocation-unknown", "Certificate status unknown",
+                "The gateway's certificate revocation list is out of date, so it trusts no certificate until a fresh one is loaded; retry later.".into()),
             WarehouseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "warehouse-unavailable", "Warehouse unavailable",
                 "The provincial warehouse cannot be reached right now; retry later.".into()),
             NotAcceptable(offer) => (StatusCode::NOT_ACCEPTABLE, "not-acceptable", "Not acceptable",

@@ -95,6 +95,7 @@ impl Simulator {
             let sim = self.clone();
             async move { sim.handle(req).await }
         };
+        let tls = Arc::new(arc_swap::ArcSwap::new(tls));
         server::serve(listener, Some(tls), ServerLimits::default(), handler, shutdown).await;
     }
 

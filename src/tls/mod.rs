@@ -7,6 +7,7 @@
 //! depends on which one is compiled in.
 
 pub mod pki;
+pub mod revocation;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -87,6 +88,8 @@ pub struct MutualServerFiles<'a> {
     /// Also accept TLS 1.2 (ECDHE + AEAD suites only); TLS 1.3 otherwise.
     pub allow_tls12: bool,
     pub alpn: &'a [&'a [u8]],
+    /// Revocation lists of the client CA, enforced at the handshake.
+    pub crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
 }
 
 /// A server config that refuses any client without a certificate chaining
@@ -94,9 +97,13 @@ pub struct MutualServerFiles<'a> {
 pub fn mutual_server_config(files: &MutualServerFiles<'_>) -> Result<ServerConfig, TlsError> {
     let provider = provider();
     let roots = Arc::new(load_roots(files.client_ca)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    if !files.crls.is_empty() {
+        builder = builder
+            .with_crls(files.crls.clone())
+            .enforce_revocation_expiration();
+    }
+    let verifier = builder.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
     let versions: &[&rustls::SupportedProtocolVersion] = if files.allow_tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
@@ -127,3 +134,101 @@ pub fn mutual_client_config(
 
 /// ALPN identifiers offered by our HTTP servers, preferred first.
 pub const ALPN_H2_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// The gateway's server TLS: the config the listener uses for each new
+/// connection and the revocation lists checked on each request, both
+/// swapped atomically on reload (SIGHUP or a file change). A reload that
+/// fails (unreadable file, stale CRL) keeps what is active.
+pub struct ReloadableServerTls {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    client_ca: std::path::PathBuf,
+    crl_files: Vec<std::path::PathBuf>,
+    allow_tls12: bool,
+    pub config: Arc<arc_swap::ArcSwap<ServerConfig>>,
+    pub revocations: Arc<arc_swap::ArcSwap<revocation::Revocations>>,
+    seen: std::sync::Mutex<Vec<Option<std::time::SystemTime>>>,
+}
+
+impl ReloadableServerTls {
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        client_ca: &Path,
+        crl_files: &[std::path::PathBuf],
+        allow_tls12: bool,
+    ) -> anyhow::Result<ReloadableServerTls> {
+        let mut files = vec![cert, key, client_ca];
+        files.extend(crl_files.iter().map(|p| p.as_path()));
+        let stamp = revocation::mtimes(&files);
+        let (config, revocations) = build_server_tls(cert, key, client_ca, crl_files, allow_tls12)?;
+        Ok(ReloadableServerTls {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            client_ca: client_ca.to_owned(),
+            crl_files: crl_files.to_vec(),
+            allow_tls12,
+            config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
+            revocations: Arc::new(arc_swap::ArcSwap::from_pointee(revocations)),
+            seen: std::sync::Mutex::new(stamp),
+        })
+    }
+
+    fn files(&self) -> Vec<&Path> {
+        let mut files = vec![self.cert.as_path(), self.key.as_path(), self.client_ca.as_path()];
+        files.extend(self.crl_files.iter().map(|p| p.as_path()));
+        files
+    }
+
+    /// Rebuilds everything from the files and swaps it in.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let stamp = revocation::mtimes(&self.files());
+        let (config, revocations) = build_server_tls(
+            &self.cert,
+            &self.key,
+            &self.client_ca,
+            &self.crl_files,
+            self.allow_tls12,
+        )?;
+        self.config.store(Arc::new(config));
+        self.revocations.store(Arc::new(revocations));
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = stamp;
+        }
+        Ok(())
+    }
+
+    /// Reloads when any file changed since the last load; returns whether it did.
+    pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
+        let now = revocation::mtimes(&self.files());
+        let changed = self.seen.lock().map(|seen| *seen != now).unwrap_or(true);
+        if changed {
+            self.reload()?;
+        }
+        Ok(changed)
+    }
+}
+
+fn build_server_tls(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+    crl_files: &[std::path::PathBuf],
+    allow_tls12: bool,
+) -> anyhow::Result<(ServerConfig, revocation::Revocations)> {
+    let (crls, revocations) = revocation::load_crls(crl_files)?;
+    let config = mutual_server_config(&MutualServerFiles {
+        cert,
+        key,
+        client_ca,
+        allow_tls12,
+        alpn: ALPN_H2_H1,
+        crls,
+    })?;
+    Ok((config, revocations))
+}
+
+/// A TLS config that never changes, in the form listeners take.
+pub fn fixed(config: ServerConfig) -> Arc<arc_swap::ArcSwap<ServerConfig>> {
+    Arc::new(arc_swap::ArcSwap::from_pointee(config))
+}

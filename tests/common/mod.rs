@@ -69,6 +69,7 @@ impl TestEnv {
             client_ca: &l.national_ca_cert(),
             allow_tls12: false,
             alpn: tls::ALPN_H2_H1,
+            crls: Vec::new(),
         })
         .expect("sim tls");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -91,6 +92,7 @@ impl TestEnv {
                 key: l.gateway_key(),
                 client_ca: l.apps_ca_cert(),
                 allow_tls12: false,
+                crls: Vec::new(),
             },
             upstream: UpstreamSection {
                 url: format!("https://{sim_addr}"),
