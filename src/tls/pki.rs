@@ -161,6 +161,43 @@ impl Authority {
         self.issue(params)
     }
 
+    /// Signs `params` exactly as given (validity, usages and all): for tests
+    /// of certificates that must be refused.
+    pub fn issue_as_is(&self, params: CertificateParams) -> Result<Issued, PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A CRL (PEM) revoking the certificates with these serial numbers.
+    pub fn crl(
+        &self,
+        revoked_serials: &[Vec<u8>],
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<String, PkiError> {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked_serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(s),
+                    revocation_time: this_update,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.cert, &self.key)?.pem()?)
+    }
+
     fn issue(&self, mut params: CertificateParams) -> Result<Issued, PkiError> {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut params, LEAF_VALIDITY_DAYS);

@@ -54,6 +54,15 @@ impl TestEnv {
         adjust: impl FnOnce(&mut Config),
         options: popgate::api::StartOptions,
     ) -> TestEnv {
+        Self::start_prepared(|_, c| adjust(c), options).await
+    }
+
+    /// Starts after `prepare` has seen the fresh PKI and changed the config
+    /// (for files that must be signed by the test CAs before start).
+    pub async fn start_prepared(
+        prepare: impl FnOnce(&DevPki, &mut Config),
+        options: popgate::api::StartOptions,
+    ) -> TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = pki::init(&dir.path().join("certs"), SAMPLE_APPS, false).expect("pki");
         let sim = Arc::new(Simulator::new(&SimSettings {
@@ -124,7 +133,7 @@ impl TestEnv {
             limits: LimitsSection::default(),
         };
         let mut config = config;
-        adjust(&mut config);
+        prepare(&pki, &mut config);
         let gateway = popgate::api::start_with(&config, options)
             .await
             .expect("gateway starts");
