@@ -95,7 +95,7 @@ async fn smuggling_attempts_get_400_and_a_closed_connection() {
         ),
         (
             "bare CR",
-            format!("POST /v1/citizens/lookup HTTP/1.1\rhost: 127.0.0.1\r\n\r\n"),
+            "POST /v1/citizens/lookup HTTP/1.1\rhost: 127.0.0.1\r\n\r\n".to_owned(),
         ),
         (
             "space before colon",
