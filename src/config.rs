@@ -18,6 +18,7 @@ pub const DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_CIRCUIT_FAILURES: u32 = 5;
 pub const DEFAULT_CIRCUIT_OPEN_SECS: u64 = 10;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS_PER_CERTIFICATE: usize = 1_000;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
@@ -308,6 +309,7 @@ pub struct WarehouseSection {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     pub max_connections: usize,
+    pub max_connections_per_certificate: usize,
     pub handshake_timeout_ms: u64,
     pub header_read_timeout_ms: u64,
     pub max_header_bytes: usize,
@@ -321,6 +323,7 @@ impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_certificate: DEFAULT_MAX_CONNECTIONS_PER_CERTIFICATE,
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
@@ -336,6 +339,7 @@ impl LimitsSection {
     pub fn server_limits(&self) -> crate::server::ServerLimits {
         crate::server::ServerLimits {
             max_connections: self.max_connections,
+            max_connections_per_certificate: self.max_connections_per_certificate,
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             max_header_bytes: self.max_header_bytes,

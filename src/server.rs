@@ -61,6 +61,8 @@ impl http_body::Body for ChannelBody {
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     pub max_connections: usize,
+    /// Connections one client certificate may hold at once.
+    pub max_connections_per_certificate: usize,
     pub handshake_timeout: Duration,
     pub header_read_timeout: Duration,
     /// HTTP/1.1 read buffer, which bounds the request head (431 beyond it).
@@ -77,6 +79,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_connections: 10_000,
+            max_connections_per_certificate: 1_000,
             handshake_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
@@ -111,6 +114,7 @@ pub async fn serve<H, F>(
     // The current TLS config is taken for each new connection, so a reload
     // applies to every connection accepted after it.
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_certificate = Arc::new(CertificateSlots::default());
     let graceful = GracefulShutdown::new();
     let limits = Arc::new(limits);
     loop {
@@ -135,6 +139,7 @@ pub async fn serve<H, F>(
         let acceptor = tls.as_ref().map(|t| TlsAcceptor::from(t.load_full()));
         let handler = handler.clone();
         let limits = limits.clone();
+        let per_certificate = per_certificate.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
@@ -158,6 +163,19 @@ pub async fn serve<H, F>(
                         .peer_certificates()
                         .and_then(|chain| chain.first())
                         .map(|c| c.clone().into_owned());
+                    // One compromised app must not take every connection.
+                    let _slot = match client_cert.as_ref() {
+                        Some(cert) => {
+                            match per_certificate.take(cert, limits.max_connections_per_certificate) {
+                                Some(slot) => Some(slot),
+                                None => {
+                                    tracing::warn!(%addr, "per-certificate connection cap reached; refusing");
+                                    return;
+                                }
+                            }
+                        }
+                        None => None,
+                    };
                     let peer = Arc::new(Peer { addr, client_cert });
                     let conn = serve_connection(TokioIo::new(stream), peer, handler, &limits, watcher);
                     if let Err(error) = conn.await {
@@ -183,6 +201,47 @@ pub async fn serve<H, F>(
         .is_err()
     {
         tracing::warn!("drain deadline passed with connections still open");
+    }
+}
+
+/// Open connections per client certificate (by SHA-256 of its DER).
+#[derive(Default)]
+struct CertificateSlots {
+    open: std::sync::Mutex<std::collections::HashMap<[u8; 32], usize>>,
+}
+
+/// Holds one of a certificate's connection slots until dropped.
+struct CertificateSlot {
+    slots: Arc<CertificateSlots>,
+    key: [u8; 32],
+}
+
+impl CertificateSlots {
+    fn take(self: &Arc<Self>, cert: &CertificateDer<'_>, cap: usize) -> Option<CertificateSlot> {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(cert.as_ref()).into();
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key).or_default();
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(CertificateSlot {
+            slots: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for CertificateSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
     }
 }
 

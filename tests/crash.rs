@@ -61,6 +61,7 @@ fn spawn_gateway(config: &std::path::Path, log: &std::path::Path) -> Child {
             "POPGATE_LOG",
             "debug,tokio_postgres=info,hyper=info,h2=info,rustls=info",
         )
+        .env("POPGATE_LOG_FORMAT", "json")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -284,6 +285,16 @@ async fn sigkill_under_load_loses_no_audit_event() {
     // The logs of all those runs never name a citizen.
     let log = std::fs::read_to_string(&log_path).expect("log");
     assert!(log.contains("request"), "the gateway logged its requests");
+    for line in log.lines().filter(|l| l.starts_with('{')) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{line}");
+    }
+    let structured = log.lines().filter(|l| l.contains("\"request_id\"")).count();
+    assert!(
+        structured * 2 > received.len(),
+        "structured request logs: {structured} of {}",
+        received.len()
+    );
     for index in asked.lock().expect("lock").iter() {
         let c = sim.population().citizen(*index);
         assert!(

@@ -203,3 +203,42 @@ async fn slowloris_neither_starves_others_nor_holds_connections() {
         Err(_) => panic!("environment still shared"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_certificate_cannot_take_every_connection() {
+    let env = TestEnv::start_with(|c| c.limits.max_connections_per_certificate = 3).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&env, "mot-cua").await);
+    }
+    // Give the server a moment to register the three.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fourth = connect(&env, "mot-cua").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(2), fourth.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the fourth connection must be closed: {read:?}"
+    );
+    // Another app is not affected.
+    let id = env.citizen(true).personal_id().as_str().to_owned();
+    let r = env
+        .call(
+            "y-te",
+            "/v1/citizens/lookup",
+            &json!({"personal_id": id, "purpose": "health-insurance"}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // Once one closes, the app may connect again.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = connect(&env, "mot-cua").await;
+    let answer = exchange(
+        &mut again,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    env.stop().await;
+}
