@@ -443,6 +443,67 @@ impl TokensSection {
 }
 
 impl Config {
+    /// A complete config on the defaults for the development PKI in `layout`:
+    /// the demo identity provider's tokens, the simulator at `upstream_url`,
+    /// an embedded warehouse in `data_dir`, listeners on free loopback ports
+    /// chosen by the caller (`127.0.0.1:0` here).
+    pub fn development(
+        layout: &crate::tls::pki::PkiLayout,
+        upstream_url: String,
+        policies: PathBuf,
+        data_dir: PathBuf,
+    ) -> Config {
+        use crate::tls::pki::{DEMO_TOKEN_AUDIENCE, DEMO_TOKEN_ISSUER};
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Config {
+            gateway: GatewaySection {
+                listen: loopback,
+                ops_listen: loopback,
+                instance_id: default_instance_id(),
+                province: DEFAULT_PROVINCE,
+                policies,
+                data_dir,
+                admin_apps: default_admin_apps(),
+                audit_apps: default_audit_apps(),
+            },
+            tls: TlsSection {
+                cert: layout.gateway_cert(),
+                key: layout.gateway_key(),
+                client_ca: layout.apps_ca_cert(),
+                allow_tls12: false,
+                crls: Vec::new(),
+            },
+            upstream: UpstreamSection {
+                url: upstream_url,
+                ca: layout.national_ca_cert(),
+                cert: layout.upstream_client_cert(),
+                key: layout.upstream_client_key(),
+                timeout_ms: DEFAULT_UPSTREAM_TIMEOUT_MS,
+                connect_timeout_ms: DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
+                max_response_bytes: DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES,
+                service_code: default_service_code(),
+                integration_code: default_integration_code(),
+                circuit_failures: DEFAULT_CIRCUIT_FAILURES,
+                circuit_open_secs: DEFAULT_CIRCUIT_OPEN_SECS,
+            },
+            tokens: TokensSection {
+                jwks: Some(layout.jwks()),
+                jwks_url: None,
+                jwks_ca: None,
+                issuer: DEMO_TOKEN_ISSUER.to_owned(),
+                audience: DEMO_TOKEN_AUDIENCE.to_owned(),
+                algorithms: default_token_algorithms(),
+                leeway_secs: DEFAULT_TOKEN_LEEWAY_SECS,
+                max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+                jwks_refetch_secs: DEFAULT_JWKS_REFETCH_SECS,
+            },
+            audit: AuditSection::with_keys(layout.audit_signing_key(), layout.pseudonym_key()),
+            rate_limits: RateLimitsSection::default(),
+            warehouse: WarehouseSection::default(),
+            limits: LimitsSection::default(),
+        }
+    }
+
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -12,13 +12,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{
-    AuditSection, Config, GatewaySection, LimitsSection, RateLimitsSection, TlsSection, TokensSection,
-    UpstreamSection, WarehouseSection,
-};
+use crate::config::Config;
 use crate::sim::{Faults, SimSettings, Simulator};
 use crate::tls::pki::{self, PkiLayout, DEMO_TOKEN_AUDIENCE, DEMO_TOKEN_ISSUER, SAMPLE_APPS};
-use crate::tls::{self, MutualServerFiles};
 use crate::warehouse::embedded::free_port;
 
 /// Options of `popgate demo`.
@@ -62,69 +58,20 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         province: opts.province,
         faults: Faults::default(),
     }));
-    let sim_tls = tls::mutual_server_config(&MutualServerFiles {
-        cert: &layout.sim_cert(),
-        key: &layout.sim_key(),
-        client_ca: &layout.national_ca_cert(),
-        allow_tls12: false,
-        alpn: tls::ALPN_H2_H1,
-        crls: Vec::new(),
-    })?;
+    let sim_tls = crate::sim::server_tls(&layout)?;
     let sim_listener = TcpListener::bind("127.0.0.1:0").await?;
     let sim_addr = sim_listener.local_addr()?;
     let (sim_stop, sim_stop_rx) = watch::channel(false);
     let sim_task = tokio::spawn(sim.clone().run(sim_listener, Arc::new(sim_tls), sim_stop_rx));
 
-    let config = Config {
-        gateway: GatewaySection {
-            listen: ([127, 0, 0, 1], free_port()?).into(),
-            ops_listen: ([127, 0, 0, 1], free_port()?).into(),
-            instance_id: "demo-1".to_owned(),
-            province: opts.province,
-            policies,
-            data_dir: dir.clone(),
-            admin_apps: vec!["admin-cli".into()],
-            audit_apps: vec!["audit-cli".into()],
-        },
-        tls: TlsSection {
-            cert: layout.gateway_cert(),
-            key: layout.gateway_key(),
-            client_ca: layout.apps_ca_cert(),
-            allow_tls12: false,
-            crls: Vec::new(),
-        },
-        upstream: UpstreamSection {
-            url: format!("https://{sim_addr}"),
-            ca: layout.national_ca_cert(),
-            cert: layout.upstream_client_cert(),
-            key: layout.upstream_client_key(),
-            timeout_ms: crate::config::DEFAULT_UPSTREAM_TIMEOUT_MS,
-            connect_timeout_ms: crate::config::DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
-            max_response_bytes: crate::config::DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES,
-            service_code: "POPGATE-DEMO".to_owned(),
-            integration_code: format!("POPGATE-{:02}", opts.province),
-            circuit_failures: crate::config::DEFAULT_CIRCUIT_FAILURES,
-            circuit_open_secs: crate::config::DEFAULT_CIRCUIT_OPEN_SECS,
-        },
-        tokens: TokensSection {
-            jwks: Some(layout.jwks()),
-            jwks_url: None,
-            jwks_ca: None,
-            issuer: DEMO_TOKEN_ISSUER.to_owned(),
-            audience: DEMO_TOKEN_AUDIENCE.to_owned(),
-            algorithms: vec!["ES256".to_owned(), "EdDSA".to_owned()],
-            leeway_secs: crate::config::DEFAULT_TOKEN_LEEWAY_SECS,
-            max_token_bytes: crate::config::DEFAULT_MAX_TOKEN_BYTES,
-            jwks_refetch_secs: crate::config::DEFAULT_JWKS_REFETCH_SECS,
-        },
-        audit: AuditSection::with_keys(layout.audit_signing_key(), layout.pseudonym_key()),
-        rate_limits: RateLimitsSection {
-            scale: opts.limit_scale,
-            ..RateLimitsSection::default()
-        },
-        warehouse: WarehouseSection::default(),
-        limits: LimitsSection::default(),
-    };
+    let mut config = Config::development(&layout, format!("https://{sim_addr}"), policies, dir.clone());
+    config.gateway.listen = ([127, 0, 0, 1], free_port()?).into();
+    config.gateway.ops_listen = ([127, 0, 0, 1], free_port()?).into();
+    config.gateway.instance_id = "demo-1".to_owned();
+    config.gateway.province = opts.province;
+    config.upstream.service_code = "POPGATE-DEMO".to_owned();
+    config.upstream.integration_code = format!("POPGATE-{:02}", opts.province);
+    config.rate_limits.scale = opts.limit_scale;
     pki::write_file(&dir.join("gateway.toml"), config.to_toml().as_bytes(), 0o600)?;
     let gateway = match crate::api::start(&config).await {
         Ok(g) => g,

@@ -12,13 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use popgate::config::{
-    AuditSection, Config, GatewaySection, LimitsSection, RateLimitsSection, TlsSection, TokensSection,
-    UpstreamSection, WarehouseSection,
-};
+use popgate::config::Config;
 use popgate::sim::{Faults, SimSettings, Simulator};
 use popgate::tls::pki::{self, SAMPLE_APPS};
-use popgate::tls::{self, MutualServerFiles};
 use popgate::warehouse::embedded::{free_port, EmbeddedPostgres};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -95,15 +91,7 @@ async fn sigkill_under_load_loses_no_audit_event() {
         province: 79,
         faults: Faults::default(),
     }));
-    let sim_tls = tls::mutual_server_config(&MutualServerFiles {
-        cert: &l.sim_cert(),
-        key: &l.sim_key(),
-        client_ca: &l.national_ca_cert(),
-        allow_tls12: false,
-        alpn: tls::ALPN_H2_H1,
-        crls: Vec::new(),
-    })
-    .expect("tls");
+    let sim_tls = popgate::sim::server_tls(&l).expect("tls");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let sim_addr = listener.local_addr().expect("addr");
     let (sim_stop, rx) = tokio::sync::watch::channel(false);
@@ -111,61 +99,19 @@ async fn sigkill_under_load_loses_no_audit_event() {
 
     let gateway_port = free_port().expect("port");
     let ops_port = free_port().expect("port");
-    let mut audit = AuditSection::with_keys(l.audit_signing_key(), l.pseudonym_key());
-    audit.checkpoint_every = 50;
-    let config = Config {
-        gateway: GatewaySection {
-            listen: ([127, 0, 0, 1], gateway_port).into(),
-            ops_listen: ([127, 0, 0, 1], ops_port).into(),
-            instance_id: "crash-1".into(),
-            province: 79,
-            policies: common::policies_dir(),
-            data_dir: dir.path().join("data"),
-            admin_apps: vec!["admin-cli".into()],
-            audit_apps: vec!["audit-cli".into()],
-        },
-        tls: TlsSection {
-            cert: l.gateway_cert(),
-            key: l.gateway_key(),
-            client_ca: l.apps_ca_cert(),
-            allow_tls12: false,
-            crls: Vec::new(),
-        },
-        upstream: UpstreamSection {
-            url: format!("https://{sim_addr}"),
-            ca: l.national_ca_cert(),
-            cert: l.upstream_client_cert(),
-            key: l.upstream_client_key(),
-            timeout_ms: 3000,
-            connect_timeout_ms: 1000,
-            max_response_bytes: 1 << 20,
-            service_code: "T".into(),
-            integration_code: "T".into(),
-            circuit_failures: popgate::config::DEFAULT_CIRCUIT_FAILURES,
-            circuit_open_secs: 10,
-        },
-        tokens: TokensSection {
-            jwks: Some(l.jwks()),
-            jwks_url: None,
-            jwks_ca: None,
-            issuer: pki::DEMO_TOKEN_ISSUER.into(),
-            audience: pki::DEMO_TOKEN_AUDIENCE.into(),
-            algorithms: vec!["ES256".into()],
-            leeway_secs: 30,
-            max_token_bytes: 8192,
-            jwks_refetch_secs: 30,
-        },
-        audit,
-        rate_limits: RateLimitsSection {
-            scale: 1000.0,
-            ..RateLimitsSection::default()
-        },
-        warehouse: WarehouseSection {
-            url: Some(pg.gateway_url()),
-            admin_url: Some(pg.admin_url()),
-        },
-        limits: LimitsSection::default(),
-    };
+    let mut config = Config::development(
+        &l,
+        format!("https://{sim_addr}"),
+        common::policies_dir(),
+        dir.path().join("data"),
+    );
+    config.gateway.listen = ([127, 0, 0, 1], gateway_port).into();
+    config.gateway.ops_listen = ([127, 0, 0, 1], ops_port).into();
+    config.gateway.instance_id = "crash-1".into();
+    config.audit.checkpoint_every = 50;
+    config.rate_limits.scale = 1000.0;
+    config.warehouse.url = Some(pg.gateway_url());
+    config.warehouse.admin_url = Some(pg.admin_url());
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config.to_toml()).expect("config");
     let log_path = dir.path().join("gateway.log");

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use popgate::personal_id::PersonalId;
 use popgate::sim::{Faults, SimSettings, Simulator};
+use popgate::tls;
 use popgate::tls::pki::{self, PkiLayout};
-use popgate::tls::{self, MutualServerFiles};
 use popgate::upstream::{
     HttpNationalDb, HttpSettings, NationalDb, QueryKind, UpstreamAnswer, UpstreamError, UpstreamQuery,
 };
@@ -22,15 +22,7 @@ async fn start(l: &PkiLayout, faults: Faults) -> (Arc<Simulator>, String, tokio:
         province: 79,
         faults,
     }));
-    let tls = tls::mutual_server_config(&MutualServerFiles {
-        cert: &l.sim_cert(),
-        key: &l.sim_key(),
-        client_ca: &l.national_ca_cert(),
-        allow_tls12: false,
-        alpn: tls::ALPN_H2_H1,
-        crls: Vec::new(),
-    })
-    .expect("tls");
+    let tls = popgate::sim::server_tls(l).expect("tls");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("https://{}", listener.local_addr().expect("addr"));
     let (stop, rx) = tokio::sync::watch::channel(false);

@@ -291,12 +291,7 @@ impl AppApi {
         match op {
             Operation::Lookup | Operation::Household => {
                 let b: LookupBody = parse_json(&body)?;
-                let pid = validate_personal_id(&b.personal_id)?;
-                trail.citizen_key = Some(self.pseudonyms.citizen_key(&pid));
-                validate_purpose(&b.purpose)?;
-                trail.purpose = Some(b.purpose.clone());
-                validate_case_ref(b.case_ref.as_deref())?;
-                trail.case_ref = b.case_ref.clone();
+                let pid = self.validate_subject(&b.personal_id, &b.purpose, &b.case_ref, trail)?;
                 let grant = authorize(&policy, &caller, op, &b.purpose, b.case_ref.as_deref())?;
                 self.check_grant_limits(&caller, grant, &pid)?;
                 let kind = if op == Operation::Lookup {
@@ -310,12 +305,7 @@ impl AppApi {
             }
             Operation::Verify => {
                 let b: VerifyBody = parse_json(&body)?;
-                let pid = validate_personal_id(&b.personal_id)?;
-                trail.citizen_key = Some(self.pseudonyms.citizen_key(&pid));
-                validate_purpose(&b.purpose)?;
-                trail.purpose = Some(b.purpose.clone());
-                validate_case_ref(b.case_ref.as_deref())?;
-                trail.case_ref = b.case_ref.clone();
+                let pid = self.validate_subject(&b.personal_id, &b.purpose, &b.case_ref, trail)?;
                 let full_name = validate_full_name(&b.full_name)?;
                 let date_of_birth = validate_date(&b.date_of_birth)?;
                 let grant = authorize(&policy, &caller, op, &b.purpose, b.case_ref.as_deref())?;
@@ -333,6 +323,24 @@ impl AppApi {
                 }
             }
         }
+    }
+
+    /// Step: who the question is about and why — the personal ID, purpose
+    /// and case reference every operation carries, recorded as validated.
+    fn validate_subject(
+        &self,
+        personal_id: &str,
+        purpose: &str,
+        case_ref: &Option<String>,
+        trail: &mut Trail,
+    ) -> Result<PersonalId, ApiError> {
+        let pid = validate_personal_id(personal_id)?;
+        trail.citizen_key = Some(self.pseudonyms.citizen_key(&pid));
+        validate_purpose(purpose)?;
+        trail.purpose = Some(purpose.to_owned());
+        validate_case_ref(case_ref.as_deref())?;
+        trail.case_ref.clone_from(case_ref);
+        Ok(pid)
     }
 
     /// Step: the certificate is not revoked by the current CRLs (checked on

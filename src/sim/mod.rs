@@ -59,6 +59,19 @@ pub struct SimSettings {
     pub faults: Faults,
 }
 
+/// The simulator's TLS from a development PKI: its server certificate, and
+/// only client certificates from the national CA.
+pub fn server_tls(layout: &crate::tls::pki::PkiLayout) -> Result<rustls::ServerConfig, crate::tls::TlsError> {
+    crate::tls::mutual_server_config(&crate::tls::MutualServerFiles {
+        cert: &layout.sim_cert(),
+        key: &layout.sim_key(),
+        client_ca: &layout.national_ca_cert(),
+        allow_tls12: false,
+        alpn: crate::tls::ALPN_H2_H1,
+        crls: Vec::new(),
+    })
+}
+
 /// The simulator's state, shared by its connections.
 pub struct Simulator {
     population: Population,

@@ -52,6 +52,20 @@ WHERE ($1::text IS NULL OR citizen_key = $1)
 ORDER BY ts DESC, instance_id DESC, seq DESC
 LIMIT $12";
 
+/// A row of `ts, instance_id, seq, body, prev_hash, hash`.
+fn stored_event(r: &tokio_postgres::Row) -> StoredEvent {
+    StoredEvent {
+        key: EventKey {
+            ts: r.get(0),
+            instance_id: r.get(1),
+            seq: r.get(2),
+        },
+        body: r.get(3),
+        prev_hash: r.get(4),
+        hash: r.get(5),
+    }
+}
+
 impl Warehouse {
     /// One page of events matching `filter`, after `cursor`.
     pub async fn search_events(
@@ -80,19 +94,7 @@ impl Warehouse {
                 ],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| StoredEvent {
-                key: EventKey {
-                    ts: r.get(0),
-                    instance_id: r.get(1),
-                    seq: r.get(2),
-                },
-                body: r.get(3),
-                prev_hash: r.get(4),
-                hash: r.get(5),
-            })
-            .collect())
+        Ok(rows.iter().map(stored_event).collect())
     }
 
     /// One event by its audit id.
@@ -104,16 +106,7 @@ impl Warehouse {
                 &[audit_id],
             )
             .await?;
-        Ok(row.map(|r| StoredEvent {
-            key: EventKey {
-                ts: r.get(0),
-                instance_id: r.get(1),
-                seq: r.get(2),
-            },
-            body: r.get(3),
-            prev_hash: r.get(4),
-            hash: r.get(5),
-        }))
+        Ok(row.as_ref().map(stored_event))
     }
 
     /// A connection for the verifier.

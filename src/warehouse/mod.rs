@@ -195,13 +195,7 @@ impl Warehouse {
             }
         }
         let based_on: Option<i64> = active.as_ref().map(|r| r.get(0));
-        let next: i64 = tx
-            .query_one(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM popgate.policy_versions",
-                &[],
-            )
-            .await?
-            .get(0);
+        let next = policies::next_version(&tx).await?;
         tx.execute(
             "UPDATE popgate.policy_versions SET state = 'superseded' WHERE state = 'active'",
             &[],

@@ -39,6 +39,17 @@ pub enum StoreRefusal {
     Stale(u64, u64, u64),
 }
 
+/// The number the next version gets; call with the table locked.
+pub(super) async fn next_version(tx: &tokio_postgres::Transaction<'_>) -> anyhow::Result<i64> {
+    Ok(tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM popgate.policy_versions",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -101,13 +112,7 @@ impl Warehouse {
         let tx = client.transaction().await?;
         tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
             .await?;
-        let next: i64 = tx
-            .query_one(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM popgate.policy_versions",
-                &[],
-            )
-            .await?
-            .get(0);
+        let next = next_version(&tx).await?;
         tx.execute(
             "INSERT INTO popgate.policy_versions (version, state, files, author, reason, based_on)
              VALUES ($1, 'proposed', $2, $3, $4, $5)",

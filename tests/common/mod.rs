@@ -15,13 +15,10 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use popgate::config::{
-    AuditSection, Config, GatewaySection, LimitsSection, RateLimitsSection, TlsSection, TokensSection,
-    UpstreamSection, WarehouseSection,
-};
+use popgate::config::Config;
 use popgate::sim::{Faults, SimSettings, Simulator};
+use popgate::tls;
 use popgate::tls::pki::{self, DevPki, SAMPLE_APPS};
-use popgate::tls::{self, MutualServerFiles};
 
 pub const POPULATION: u32 = 20_000;
 
@@ -72,67 +69,21 @@ impl TestEnv {
             faults: Faults::default(),
         }));
         let l = &pki.layout;
-        let sim_tls = tls::mutual_server_config(&MutualServerFiles {
-            cert: &l.sim_cert(),
-            key: &l.sim_key(),
-            client_ca: &l.national_ca_cert(),
-            allow_tls12: false,
-            alpn: tls::ALPN_H2_H1,
-            crls: Vec::new(),
-        })
-        .expect("sim tls");
+        let sim_tls = popgate::sim::server_tls(l).expect("sim tls");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let sim_addr = listener.local_addr().expect("addr");
         let (sim_stop, rx) = watch::channel(false);
         let sim_task = tokio::spawn(sim.clone().run(listener, Arc::new(sim_tls), rx));
-        let config = Config {
-            gateway: GatewaySection {
-                listen: "127.0.0.1:0".parse().expect("addr"),
-                ops_listen: "127.0.0.1:0".parse().expect("addr"),
-                instance_id: "test-1".into(),
-                province: 79,
-                policies: policies_dir(),
-                data_dir: dir.path().join("data"),
-                admin_apps: vec!["admin-cli".into()],
-                audit_apps: vec!["audit-cli".into()],
-            },
-            tls: TlsSection {
-                cert: l.gateway_cert(),
-                key: l.gateway_key(),
-                client_ca: l.apps_ca_cert(),
-                allow_tls12: false,
-                crls: Vec::new(),
-            },
-            upstream: UpstreamSection {
-                url: format!("https://{sim_addr}"),
-                ca: l.national_ca_cert(),
-                cert: l.upstream_client_cert(),
-                key: l.upstream_client_key(),
-                timeout_ms: 3_000,
-                connect_timeout_ms: 1_000,
-                max_response_bytes: 1 << 20,
-                service_code: "TEST".into(),
-                integration_code: "TEST-79".into(),
-                circuit_failures: popgate::config::DEFAULT_CIRCUIT_FAILURES,
-                circuit_open_secs: 10,
-            },
-            tokens: TokensSection {
-                jwks: Some(l.jwks()),
-                jwks_url: None,
-                jwks_ca: None,
-                issuer: pki::DEMO_TOKEN_ISSUER.into(),
-                audience: pki::DEMO_TOKEN_AUDIENCE.into(),
-                algorithms: vec!["ES256".into(), "EdDSA".into()],
-                leeway_secs: 30,
-                max_token_bytes: 8192,
-                jwks_refetch_secs: 0,
-            },
-            audit: AuditSection::with_keys(l.audit_signing_key(), l.pseudonym_key()),
-            rate_limits: RateLimitsSection::default(),
-            warehouse: WarehouseSection::default(),
-            limits: LimitsSection::default(),
-        };
-        let mut config = config;
+        let mut config = Config::development(
+            l,
+            format!("https://{sim_addr}"),
+            policies_dir(),
+            dir.path().join("data"),
+        );
+        config.gateway.instance_id = "test-1".into();
+        config.upstream.timeout_ms = 3_000;
+        config.upstream.connect_timeout_ms = 1_000;
+        config.tokens.jwks_refetch_secs = 0;
         prepare(&pki, &mut config);
         let gateway = popgate::api::start_with(&config, options)
             .await
