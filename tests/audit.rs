@@ -302,19 +302,10 @@ async fn reqwest_like_get(url: &str) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgresql_outage_under_load_loses_and_duplicates_nothing() {
-    let pg_home = tempfile::tempdir().expect("tempdir");
-    let home = pg_home.path().to_owned();
-    let pg =
-        tokio::task::spawn_blocking(move || popgate::warehouse::embedded::EmbeddedPostgres::start(&home))
-            .await
-            .expect("join")
-            .expect("pg");
-    pg.provision().await.expect("provision");
-    let (url, admin) = (pg.gateway_url(), pg.admin_url());
+    let (pg, _pg_home) = common::external_pg().await;
     let env = Arc::new(
         TestEnv::start_with(|c| {
-            c.warehouse.url = Some(url.clone());
-            c.warehouse.admin_url = Some(admin.clone());
+            common::use_warehouse(c, &pg);
             c.rate_limits.scale = 1000.0;
         })
         .await,
@@ -431,18 +422,9 @@ async fn expired_warehouse_records_are_purged_and_the_purge_is_audited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_its_backlog_limit_the_gateway_fails_closed_until_the_warehouse_returns() {
-    let pg_home = tempfile::tempdir().expect("tempdir");
-    let home = pg_home.path().to_owned();
-    let pg =
-        tokio::task::spawn_blocking(move || popgate::warehouse::embedded::EmbeddedPostgres::start(&home))
-            .await
-            .expect("join")
-            .expect("pg");
-    pg.provision().await.expect("provision");
-    let (url, admin) = (pg.gateway_url(), pg.admin_url());
+    let (pg, _pg_home) = common::external_pg().await;
     let env = TestEnv::start_with(|c| {
-        c.warehouse.url = Some(url.clone());
-        c.warehouse.admin_url = Some(admin.clone());
+        common::use_warehouse(c, &pg);
         c.audit.max_backlog_events = 6;
     })
     .await;

@@ -84,18 +84,9 @@ async fn json_bombs_are_refused_without_releasing_anything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_under_load_completes_every_accepted_request() {
-    let pg_home = tempfile::tempdir().expect("tempdir");
-    let home = pg_home.path().to_owned();
-    let pg =
-        tokio::task::spawn_blocking(move || popgate::warehouse::embedded::EmbeddedPostgres::start(&home))
-            .await
-            .expect("join")
-            .expect("pg");
-    pg.provision().await.expect("provision");
-    let (url, admin) = (pg.gateway_url(), pg.admin_url());
+    let (pg, _pg_home) = common::external_pg().await;
     let mut env = TestEnv::start_with(|c| {
-        c.warehouse.url = Some(url.clone());
-        c.warehouse.admin_url = Some(admin.clone());
+        common::use_warehouse(c, &pg);
         c.rate_limits.scale = 1000.0;
     })
     .await;

@@ -22,6 +22,26 @@ use popgate::tls::pki::{self, DevPki, SAMPLE_APPS};
 
 pub const POPULATION: u32 = 20_000;
 
+/// A PostgreSQL cluster of the test's own, outside any gateway (for tests
+/// that stop and restart it), provisioned; keep the directory alive with it.
+pub async fn external_pg() -> (popgate::warehouse::embedded::EmbeddedPostgres, tempfile::TempDir) {
+    let home = tempfile::tempdir().expect("tempdir");
+    let path = home.path().to_owned();
+    let pg =
+        tokio::task::spawn_blocking(move || popgate::warehouse::embedded::EmbeddedPostgres::start(&path))
+            .await
+            .expect("join")
+            .expect("pg");
+    pg.provision().await.expect("provision");
+    (pg, home)
+}
+
+/// Points a config at an external cluster.
+pub fn use_warehouse(config: &mut Config, pg: &popgate::warehouse::embedded::EmbeddedPostgres) {
+    config.warehouse.url = Some(pg.gateway_url());
+    config.warehouse.admin_url = Some(pg.admin_url());
+}
+
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub pki: DevPki,
