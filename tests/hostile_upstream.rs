@@ -1,0 +1,165 @@
+//! A misbehaving national database — dripping, stalling, resetting, lying
+//! about its length, answering huge or deeply nested JSON — gives apps a
+//! clean, audited 502/504, and leaves no file descriptors behind.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestEnv;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LOOKUP: &str = "/v1/citizens/lookup";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Drip,
+    Stall,
+    Reset,
+    WrongLength,
+    Huge,
+    Deep,
+}
+
+/// Reads one request head and body, then misbehaves as `mode` says.
+async fn misbehave(mut s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, mode: Mode) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Ok(n) = s.read(&mut chunk).await else { return };
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                break;
+            }
+        }
+    }
+    let ok = |body_len: usize| {
+        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\n\r\n")
+    };
+    match mode {
+        Mode::Drip => {
+            let body = "{\"MaYeuCau\": \"x\"}";
+            let _ = s.write_all(ok(body.len()).as_bytes()).await;
+            for b in body.bytes() {
+                if s.write_all(&[b]).await.is_err() {
+                    return;
+                }
+                let _ = s.flush().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        Mode::Stall => tokio::time::sleep(Duration::from_secs(30)).await,
+        Mode::Reset => {}
+        Mode::WrongLength => {
+            let _ = s.write_all(ok(1000).as_bytes()).await;
+            let _ = s.write_all(b"{\"CongdanCollection\"").await;
+        }
+        Mode::Huge => {
+            let body = format!("{{\"x\": \"{}\"}}", "a".repeat(2 << 20));
+            let _ = s.write_all(ok(body.len()).as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+        }
+        Mode::Deep => {
+            let body = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
+            let _ = s.write_all(ok(body.len()).as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+        }
+    }
+    let _ = s.shutdown().await;
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_upstream_gets_clean_audited_errors() {
+    let mode = Arc::new(std::sync::Mutex::new(Mode::Reset));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let env = TestEnv::start_prepared(
+        |pki, c| {
+            c.upstream.url = url.clone();
+            c.upstream.timeout_ms = 1_000;
+            // The circuit must stay closed for this test to see each failure.
+            c.upstream.circuit_failures = 1_000;
+            let mut tls = popgate::sim::server_tls(&pki.layout).expect("tls");
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+            let mode = mode.clone();
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    let mode = *mode.lock().expect("mode");
+                    tokio::spawn(async move {
+                        if let Ok(s) = acceptor.accept(tcp).await {
+                            misbehave(s, mode).await;
+                        }
+                    });
+                }
+            });
+        },
+        popgate::api::StartOptions::default(),
+    )
+    .await;
+    let id = env.citizen(true).personal_id().as_str().to_owned();
+    let body = json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "U"}).to_string();
+    // Warm up the client pool and the allocator before counting descriptors.
+    env.call("mot-cua", LOOKUP, &body).await;
+    let fds_before = open_fds();
+    let expectations = [
+        (Mode::Drip, 504),
+        (Mode::Stall, 504),
+        (Mode::Reset, 502),
+        (Mode::WrongLength, 502),
+        (Mode::Huge, 502),
+        (Mode::Deep, 502),
+    ];
+    for round in 0..3 {
+        for (m, status) in expectations {
+            *mode.lock().expect("mode") = m;
+            let started = std::time::Instant::now();
+            let r = env.call("mot-cua", LOOKUP, &body).await;
+            assert_eq!(r.status, status, "{m:?} (round {round}): {}", r.body);
+            assert!(r.body["audit_id"].is_string(), "{m:?} is audited");
+            assert!(r.body.get("citizen").is_none());
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{m:?} took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+    // Nothing piles up: connections to the bad upstream are closed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fds_after = open_fds();
+    assert!(
+        fds_after <= fds_before + 8,
+        "file descriptors grew from {fds_before} to {fds_after}"
+    );
+    env.settle().await;
+    let db = env.admin_db().await;
+    let failures: i64 = db
+        .query_one(
+            "SELECT count(*) FROM popgate.audit_events WHERE body->>'kind' = 'outcome' AND decision = 'error'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    // Eighteen failures and the warm-up call (which met a resetting upstream).
+    assert_eq!(failures, 19, "every failure is an audit event");
+    env.stop().await;
+}
