@@ -21,6 +21,8 @@ enum Mode {
     WrongLength,
     Huge,
     Deep,
+    /// A proper answer: a minimal citizen living in province 79.
+    Good,
 }
 
 /// Reads one request head and body, then misbehaves as `mode` says.
@@ -68,6 +70,15 @@ async fn misbehave(mut s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>
         }
         Mode::Huge => {
             let body = format!("{{\"x\": \"{}\"}}", "a".repeat(2 << 20));
+            let _ = s.write_all(ok(body.len()).as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+        }
+        Mode::Good => {
+            let body = json!({"MaYeuCau": "x", "CongdanCollection": {"CongDan": [{
+                "SoDinhDanh": "079203001234", "HoVaTen": {"Ho": "Trần", "ChuDem": "Thị", "Ten": "Mai"},
+                "ThuongTru": {"MaTinhThanh": "79", "MaPhuongXa": "25747", "ChiTiet": "Số 1"}
+            }]}})
+            .to_string();
             let _ = s.write_all(ok(body.len()).as_bytes()).await;
             let _ = s.write_all(body.as_bytes()).await;
         }
@@ -161,5 +172,60 @@ async fn a_misbehaving_upstream_gets_clean_audited_errors() {
         .get(0);
     // Eighteen failures and the warm-up call (which met a resetting upstream).
     assert_eq!(failures, 19, "every failure is an audit event");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_reads_are_retried_once_within_a_budget() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let connections = Arc::new(AtomicUsize::new(0));
+    let always_reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let (count, reset) = (connections.clone(), always_reset.clone());
+    let env = TestEnv::start_prepared(
+        move |pki, c| {
+            c.upstream.url = url.clone();
+            c.upstream.circuit_failures = 1_000;
+            let mut tls = popgate::sim::server_tls(&pki.layout).expect("tls");
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    // Every other connection resets; with `reset` set, all do.
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    let mode = if reset.load(Ordering::SeqCst) || n % 2 == 0 {
+                        Mode::Reset
+                    } else {
+                        Mode::Good
+                    };
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        if let Ok(s) = acceptor.accept(tcp).await {
+                            misbehave(s, mode).await;
+                        }
+                    });
+                }
+            });
+        },
+        popgate::api::StartOptions::default(),
+    )
+    .await;
+    let body = json!({"personal_id": "079203001234", "purpose": "administrative-procedure", "case_ref": "R"})
+        .to_string();
+    // The first connection resets; the retry's connection answers.
+    let r = env.call("mot-cua", LOOKUP, &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["citizen"]["full_name"], "Trần Thị Mai");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+
+    // A national database that always fails gets about one retry in ten.
+    always_reset.store(true, Ordering::SeqCst);
+    let before = connections.load(Ordering::SeqCst);
+    for _ in 0..30 {
+        assert_eq!(env.call("mot-cua", LOOKUP, &body).await.status, 502);
+    }
+    let made = connections.load(Ordering::SeqCst) - before;
+    assert!((30..=34).contains(&made), "30 requests made {made} connections");
     env.stop().await;
 }

@@ -101,6 +101,44 @@ pub struct HttpSettings {
 pub struct HttpNationalDb {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     settings: HttpSettings,
+    budget: RetryBudget,
+}
+
+/// Retries allowed as a share of requests: each request earns a tenth of a
+/// retry, up to ten saved, so retries stay near 10 % of traffic and never
+/// multiply the load on a national database that is struggling.
+#[derive(Debug)]
+pub struct RetryBudget {
+    tokens: std::sync::Mutex<f64>,
+}
+
+const RETRY_SHARE: f64 = 0.1;
+const RETRY_RESERVE: f64 = 10.0;
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            tokens: std::sync::Mutex::new(1.0),
+        }
+    }
+}
+
+impl RetryBudget {
+    pub fn deposit(&self) {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        *t = (*t + RETRY_SHARE).min(RETRY_RESERVE);
+    }
+
+    /// Takes one retry if the budget has it.
+    pub fn withdraw(&self) -> bool {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if *t >= 1.0 {
+            *t -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl HttpNationalDb {
@@ -121,7 +159,11 @@ impl HttpNationalDb {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
             .build(https);
-        HttpNationalDb { client, settings }
+        HttpNationalDb {
+            client,
+            settings,
+            budget: RetryBudget::default(),
+        }
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<(StatusCode, Value, String), UpstreamError> {
@@ -188,7 +230,22 @@ impl NationalDb for HttpNationalDb {
                     PATH_VERIFY
                 }
             };
-            let (status, answer, digest) = self.post(path, body).await?;
+            self.budget.deposit();
+            let mut attempt = self.post(path, body.clone()).await;
+            // The three operations are reads, so a failed connection or a
+            // gateway error upstream may be retried once, within the budget.
+            let retryable = match &attempt {
+                Err(UpstreamError::Failed(_)) => true,
+                Ok((status, _, _)) => {
+                    *status == StatusCode::BAD_GATEWAY || *status == StatusCode::SERVICE_UNAVAILABLE
+                }
+                _ => false,
+            };
+            if retryable && self.budget.withdraw() {
+                tracing::debug!("retrying a failed national-database read");
+                attempt = self.post(path, body).await;
+            }
+            let (status, answer, digest) = attempt?;
             match status {
                 StatusCode::OK => {}
                 StatusCode::NOT_FOUND => return Err(UpstreamError::NotFound),
@@ -221,5 +278,29 @@ impl NationalDb for HttpNationalDb {
             }?;
             Ok(Answered { answer, digest })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_budget_allows_about_one_retry_in_ten() {
+        let b = RetryBudget::default();
+        let mut retries = 0;
+        for _ in 0..1000 {
+            b.deposit();
+            if b.withdraw() {
+                retries += 1;
+            }
+        }
+        assert!((100..=102).contains(&retries), "{retries}");
+        let idle = RetryBudget::default();
+        for _ in 0..1000 {
+            idle.deposit();
+        }
+        let burst = (0..100).filter(|_| idle.withdraw()).count();
+        assert_eq!(burst, 10, "the reserve caps a burst of retries");
     }
 }
