@@ -242,3 +242,68 @@ async fn one_certificate_cannot_take_every_connection() {
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_is_cut_off_while_others_are_served() {
+    let env = TestEnv::start().await;
+    let l = &env.pki.layout;
+    let mut tls = popgate::tls::mutual_client_config(
+        &l.apps_ca_cert(),
+        &l.app_cert("mot-cua"),
+        &l.app_key("mot-cua"),
+        &[],
+    )
+    .expect("tls");
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(env.gateway().gateway_addr)
+        .await
+        .expect("tcp");
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(
+            rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake");
+    let (mut sender, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    let driver = tokio::spawn(connection);
+    let token = env.token("mot-cua", "officer-1");
+    let mut sent = 0;
+    let started = Instant::now();
+    // Open streams and reset them at once, as fast as the connection allows.
+    for _ in 0..10_000 {
+        let ready = match tokio::time::timeout(Duration::from_secs(2), sender.clone().ready()).await {
+            Ok(Ok(s)) => s,
+            _ => break,
+        };
+        sender = ready;
+        let req = http::Request::post(env.url("/v1/citizens/lookup"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(())
+            .expect("request");
+        match sender.send_request(req, false) {
+            Ok((_response, mut body)) => {
+                body.send_reset(h2::Reason::CANCEL);
+                sent += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    // The server ends the abusive connection long before the loop would.
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    assert!(ended.is_ok(), "the connection survived {sent} resets");
+    assert!(sent < 10_000, "all {sent} resets were accepted");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Everyone else is served.
+    let id = env.citizen(true).personal_id().as_str().to_owned();
+    let r = env
+        .call(
+            "y-te",
+            "/v1/citizens/lookup",
+            &json!({"personal_id": id, "purpose": "health-insurance"}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    env.stop().await;
+}
