@@ -498,6 +498,27 @@ impl Route {
     }
 }
 
+/// Parses and validates an app request body as the pipeline does, without
+/// the rest of the pipeline. Peer-controlled input: fuzzed
+/// (`fuzz/fuzz_targets/request_body.rs`).
+pub fn check_request_body(op: Operation, body: &[u8]) -> Result<(), ApiError> {
+    let (personal_id, purpose, case_ref) = match op {
+        Operation::Lookup | Operation::Household => {
+            let b: LookupBody = parse_json(body)?;
+            (b.personal_id, b.purpose, b.case_ref)
+        }
+        Operation::Verify => {
+            let b: VerifyBody = parse_json(body)?;
+            validate_full_name(&b.full_name)?;
+            validate_date(&b.date_of_birth)?;
+            (b.personal_id, b.purpose, b.case_ref)
+        }
+    };
+    validate_personal_id(&personal_id)?;
+    validate_purpose(&purpose)?;
+    validate_case_ref(case_ref.as_deref())
+}
+
 /// Every endpoint of the mTLS listener: method and path template. The
 /// router matches against this table, so it is the route inventory
 /// (`docs/openapi.yaml` must list exactly these).
