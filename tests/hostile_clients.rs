@@ -139,6 +139,19 @@ async fn smuggling_attempts_get_400_and_a_closed_connection() {
     let answer = exchange(&mut stream, ok.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(env.sim.served(), served_before + 1);
+    // The national database saw exactly the questions the journal recorded.
+    env.settle().await;
+    let intents: i64 = env
+        .admin_db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM popgate.audit_events WHERE body->>'kind' = 'intent'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(intents as u64, env.sim.served());
     env.stop().await;
 }
 

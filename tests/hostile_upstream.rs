@@ -91,6 +91,14 @@ async fn misbehave(mut s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>
     let _ = s.shutdown().await;
 }
 
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
@@ -130,6 +138,7 @@ async fn a_misbehaving_upstream_gets_clean_audited_errors() {
     // Warm up the client pool and the allocator before counting descriptors.
     env.call("mot-cua", LOOKUP, &body).await;
     let fds_before = open_fds();
+    let rss_before = resident_kib();
     let expectations = [
         (Mode::Drip, 504),
         (Mode::Stall, 504),
@@ -159,6 +168,13 @@ async fn a_misbehaving_upstream_gets_clean_audited_errors() {
     assert!(
         fds_after <= fds_before + 8,
         "file descriptors grew from {fds_before} to {fds_after}"
+    );
+    // Huge answers are refused at the cap, not buffered: 18 hostile answers
+    // (some of them 2 MiB, or 50,000 levels deep) leave the process about as big.
+    let rss_after = resident_kib();
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "resident memory grew from {rss_before} KiB to {rss_after} KiB"
     );
     env.settle().await;
     let db = env.admin_db().await;
