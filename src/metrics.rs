@@ -74,6 +74,7 @@ pub struct Gauges {
     pub journal_degraded: bool,
     pub upstream_circuit_open: bool,
     pub limiter_keys: usize,
+    pub token_cache_entries: usize,
 }
 
 /// Only ids that are safe as label values pass; anything else is "other".
@@ -134,7 +135,7 @@ impl Metrics {
         out.push_str("# TYPE popgate_upstream_duration_seconds histogram\n");
         m.upstream
             .render(&mut out, "popgate_upstream_duration_seconds", "");
-        let gauges: [(&str, &str, f64); 8] = [
+        let gauges: [(&str, &str, f64); 9] = [
             (
                 "popgate_policy_version",
                 "The active policy version.",
@@ -174,6 +175,11 @@ impl Metrics {
                 "popgate_limiter_keys",
                 "Keys held by the rate limiters.",
                 g.limiter_keys as f64,
+            ),
+            (
+                "popgate_token_cache_entries",
+                "Verified officer tokens cached.",
+                g.token_cache_entries as f64,
             ),
         ];
         for (name, help, value) in gauges {

@@ -133,8 +133,10 @@ async fn every_kind_of_bad_token_is_refused_with_401() {
         }
     }
 
-    // App A's token presented with app B's certificate: not bound, and azp differs.
+    // App A's token presented with app B's certificate: not bound, and azp
+    // differs — even after it was verified (and cached) for app A.
     let a_token = env.token("mot-cua", "officer-1");
+    assert_eq!(lookup_with(&env, "mot-cua", Some(&a_token)).await.status, 200);
     let r = lookup_with(&env, "y-te", Some(&a_token)).await;
     assert_401(&r, "not bound", Some(&a_token));
     // Bound to B's certificate but issued to A: refused by azp.

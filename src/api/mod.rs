@@ -453,7 +453,7 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
     let app_api = Arc::new(app::AppApi {
         policy: policy.clone(),
         upstream,
-        tokens,
+        tokens: tokens.clone(),
         limits: rate_limits.clone(),
         journal: journal.clone(),
         pseudonyms,
@@ -478,6 +478,7 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
         metrics,
         breaker,
         limits: rate_limits.clone(),
+        tokens: tokens.clone(),
         status: status.clone(),
         journal: journal.state.clone(),
         policy: policy.clone(),

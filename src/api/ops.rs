@@ -21,6 +21,7 @@ pub struct OpsApi {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub breaker: Arc<crate::upstream::breaker::CircuitBreaker>,
     pub limits: Arc<crate::limits::RateLimits>,
+    pub tokens: Arc<crate::auth::token::TokenVerifier>,
     pub status: Arc<GatewayStatus>,
     pub journal: Arc<JournalState>,
     pub policy: Arc<ArcSwap<PolicySet>>,
@@ -54,6 +55,7 @@ impl OpsApi {
             journal_degraded: j.degraded.load(Ordering::Acquire),
             upstream_circuit_open: self.breaker.is_open(),
             limiter_keys: self.limits.tracked_keys(),
+            token_cache_entries: self.tokens.cached(),
         });
         let mut resp = Response::new(http_body_util::BodyExt::boxed(http_body_util::Full::new(
             bytes::Bytes::from(text),

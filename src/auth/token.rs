@@ -116,10 +116,55 @@ pub struct TokenVerifier {
     settings: VerifierSettings,
     keys: ArcSwap<JwkSet>,
     last_fetch: tokio::sync::Mutex<Instant>,
+    cache: std::sync::Mutex<TokenCache>,
+}
+
+/// Most verified tokens kept; a full cache is cleared of expired entries,
+/// then of everything (verification is only slower, never wrong).
+const TOKEN_CACHE_CAPACITY: usize = 10_000;
+
+/// Tokens already verified, keyed by the SHA-256 of the token *and* of the
+/// presenting certificate and app, so that a cached token is still useless
+/// from any other app; an entry lives until the token's `exp`.
+#[derive(Default)]
+struct TokenCache {
+    entries: std::collections::HashMap<[u8; 32], (Officer, u64)>,
+}
+
+impl TokenCache {
+    fn key(token: &str, cert: &CertificateDer<'_>, app: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(Sha256::digest(token.as_bytes()));
+        h.update(Sha256::digest(cert.as_ref()));
+        h.update(app.as_bytes());
+        h.finalize().into()
+    }
+
+    fn get(&mut self, key: &[u8; 32], now: u64) -> Option<Officer> {
+        match self.entries.get(key) {
+            Some((officer, exp)) if *exp > now => Some(officer.clone()),
+            Some(_) => {
+                self.entries.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&mut self, key: [u8; 32], officer: Officer, exp: u64, now: u64) {
+        if self.entries.len() >= TOKEN_CACHE_CAPACITY {
+            self.entries.retain(|_, (_, e)| *e > now);
+            if self.entries.len() >= TOKEN_CACHE_CAPACITY {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(key, (officer, exp));
+    }
 }
 
 #[derive(Debug, Deserialize)]
 struct Claims {
+    exp: u64,
     sub: Option<String>,
     azp: Option<String>,
     iat: Option<u64>,
@@ -152,6 +197,7 @@ impl TokenVerifier {
             settings,
             keys: ArcSwap::from_pointee(keys),
             last_fetch: tokio::sync::Mutex::new(Instant::now()),
+            cache: std::sync::Mutex::new(TokenCache::default()),
         })
     }
 
@@ -160,7 +206,14 @@ impl TokenVerifier {
         self.keys.load().keys.len()
     }
 
-    /// Verifies `token` as presented by `app` with certificate `cert`.
+    /// Tokens held in the verified-token cache (a metric).
+    pub fn cached(&self) -> usize {
+        self.cache.lock().map(|c| c.entries.len()).unwrap_or(0)
+    }
+
+    /// Verifies `token` as presented by `app` with certificate `cert`; a
+    /// token verified before for the same certificate and app is taken from
+    /// the cache until its expiry.
     pub async fn verify(
         &self,
         token: &str,
@@ -170,6 +223,26 @@ impl TokenVerifier {
         if token.len() > self.settings.max_token_bytes {
             return Err(TokenError::TooLarge(self.settings.max_token_bytes));
         }
+        let now = jsonwebtoken::get_current_timestamp();
+        let key = TokenCache::key(token, cert, app);
+        if let Some(officer) = self.cache.lock().ok().and_then(|mut c| c.get(&key, now)) {
+            return Ok(officer);
+        }
+        let (officer, exp) = self.verify_uncached(token, cert, app).await?;
+        if let Ok(mut c) = self.cache.lock() {
+            c.put(key, officer.clone(), exp, now);
+        }
+        Ok(officer)
+    }
+
+    /// The full verification, bypassing the cache (the benchmark's "cold"
+    /// case); returns the officer and the token's `exp`.
+    pub async fn verify_uncached(
+        &self,
+        token: &str,
+        cert: &CertificateDer<'_>,
+        app: &str,
+    ) -> Result<(Officer, u64), TokenError> {
         let header = parse_token_header(token)?;
         if !self.settings.algorithms.contains(&header.alg) {
             return Err(TokenError::AlgorithmNotAllowed);
@@ -192,6 +265,7 @@ impl TokenVerifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(map_jwt_error)?;
         let claims = data.claims;
+        let exp = claims.exp;
 
         let now = jsonwebtoken::get_current_timestamp();
         let iat = claims.iat.ok_or(TokenError::MissingClaim("iat"))?;
@@ -218,7 +292,7 @@ impl TokenVerifier {
             None => None,
             Some(u) => Some(u.parse::<u32>().map_err(|_| TokenError::BadUnit)?),
         };
-        Ok(Officer { id: sub, unit, roles })
+        Ok((Officer { id: sub, unit, roles }, exp))
     }
 
     /// Reloads the key set if the last load is older than the refetch
