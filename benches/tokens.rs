@@ -29,7 +29,13 @@ fn verification(c: &mut Criterion) {
             refetch_interval: std::time::Duration::from_secs(30),
         }))
         .expect("verifier");
-    c.bench_function("token_verify_es256_bound", |b| {
+    c.bench_function("token_verify_es256_bound_cold", |b| {
+        b.iter(|| {
+            rt.block_on(verifier.verify_uncached(&token, &cert, "mot-cua"))
+                .expect("valid")
+        })
+    });
+    c.bench_function("token_verify_es256_bound_cached", |b| {
         b.iter(|| {
             rt.block_on(verifier.verify(&token, &cert, "mot-cua"))
                 .expect("valid")
