@@ -21,7 +21,7 @@ pub struct ConsoleArgs {
     #[arg(long, global = true)]
     pub dir: Option<PathBuf>,
     /// Your identity in the token minted from --dir (the token's `sub`).
-    #[arg(long = "as", id = "as_officer", global = true)]
+    #[arg(long = "as", id = "as_officer", value_name = "NAME", global = true)]
     pub as_officer: Option<String>,
     /// Gateway URL (without --dir).
     #[arg(long, global = true)]

@@ -18,6 +18,7 @@
 //! - [`sim`]: the national population DB simulator.
 //! - [`units`]: Vietnam's administrative units (2025).
 //! - [`client`]: the HTTPS client of the `admin` and `audit` commands.
+//! - [`console`]: the `popgate admin` and `popgate audit` commands.
 //! - [`demo`]: `popgate demo`, everything on embedded defaults.
 
 pub mod api;
@@ -25,6 +26,7 @@ pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod limits;
 pub mod metrics;

@@ -102,6 +102,61 @@ async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
     assert!(statuses.contains(&403), "{statuses:?}");
     assert!(statuses.iter().all(|s| *s == 200 || *s == 403), "{statuses:?}");
 
+    // Admins and auditors work from the command line against the demo.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_popgate"))
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    };
+    let d = demo_dir.to_str().expect("path");
+    let listed = cli(&["admin", "--dir", d, "--as", "admin-an", "list"]);
+    assert!(listed.starts_with("active version: 1"), "{listed}");
+    // The shipper delivers within moments.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = cli(&[
+            "audit",
+            "--dir",
+            d,
+            "--as",
+            "thanh-tra",
+            "--json",
+            "search",
+            "--app",
+            "mot-cua",
+            "--kind",
+            "outcome",
+        ]);
+        let v: Value = serde_json::from_str(&found).expect("json");
+        if v["events"].as_array().is_some_and(|e| e.len() == ids.len()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "search never showed the lookups: {found}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let report = cli(&[
+        "audit",
+        "--dir",
+        d,
+        "--as",
+        "thanh-tra",
+        "accesses",
+        "--personal-id",
+        &ids[0],
+        "--vi",
+    ]);
+    assert!(report.contains("Giải quyết thủ tục hành chính"), "{report}");
+
     // The demo directory is under the system temp dir, so the cluster lives
     // inside it.
     let pg_pid_file = demo_dir.join("pg/data/postmaster.pid");

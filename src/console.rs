@@ -1,0 +1,425 @@
+//! The people's side of the consoles: the `popgate admin` and `popgate
+//! audit` commands, which call the gateway's `/admin/v1` and `/audit/v1`
+//! surfaces (through [`crate::client`]) and print tables for people or the
+//! gateway's JSON with `--json`; and `popgate audit verify`, which reads the
+//! warehouse directly.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use crate::client::{cell, print_table, ConsoleArgs, ConsoleClient};
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// The active version's files and every version.
+    List,
+    /// Proposes a change: the files of a policy directory, or single files.
+    Propose {
+        #[arg(long)]
+        reason: String,
+        /// A policy directory: its files replace the active ones; active files it lacks are deleted.
+        #[arg(long, conflicts_with_all = ["file", "delete"])]
+        from_dir: Option<PathBuf>,
+        /// POLICY_PATH=LOCAL_FILE, e.g. apps/y-te.toml=./y-te.toml (repeatable).
+        #[arg(long)]
+        file: Vec<String>,
+        /// A policy file to delete, e.g. apps/old.toml (repeatable).
+        #[arg(long)]
+        delete: Vec<String>,
+    },
+    /// Approves another admin's proposal, making it active everywhere.
+    Approve { version: u64 },
+    /// Rejects a proposal.
+    Reject {
+        version: u64,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Activates a copy of an earlier version.
+    Rollback {
+        version: u64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// What changed, grant by grant.
+    Diff {
+        version: u64,
+        #[arg(long)]
+        against: Option<u64>,
+    },
+    /// What a grant would release from a national-database record (a JSON file).
+    Simulate {
+        #[arg(long)]
+        app: String,
+        #[arg(long, default_value = "officer")]
+        role: String,
+        #[arg(long, default_value = "lookup")]
+        operation: String,
+        #[arg(long)]
+        purpose: String,
+        #[arg(long)]
+        record: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Default)]
+pub struct EventFilterArgs {
+    /// A citizen's personal ID (pseudonymised by the gateway before the search).
+    #[arg(long)]
+    pub personal_id: Option<String>,
+    #[arg(long)]
+    pub app: Option<String>,
+    #[arg(long)]
+    pub officer: Option<String>,
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// granted, denied, error, pending, done
+    #[arg(long)]
+    pub decision: Option<String>,
+    /// intent, outcome, admin, purge
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// RFC 3339, inclusive.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// RFC 3339, exclusive.
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+impl EventFilterArgs {
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (k, v) in [
+            ("personal_id", &self.personal_id),
+            ("app", &self.app),
+            ("officer", &self.officer),
+            ("purpose", &self.purpose),
+            ("decision", &self.decision),
+            ("kind", &self.kind),
+            ("from", &self.from),
+            ("to", &self.to),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.to_owned(), serde_json::Value::from(v.as_str()));
+            }
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Searches events, newest first.
+    Search {
+        #[command(flatten)]
+        filter: EventFilterArgs,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// The next_cursor of a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One event.
+    Show { audit_id: String },
+    /// Every matching event, as JSON Lines or CSV, to stdout.
+    Export {
+        #[command(flatten)]
+        filter: EventFilterArgs,
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Who accessed a citizen's data: when, through which app, for which purpose, which fields.
+    Accesses {
+        #[arg(long)]
+        personal_id: String,
+        /// Vietnamese labels.
+        #[arg(long)]
+        vi: bool,
+    },
+    /// Recomputes every instance's hash chain and checks the signed checkpoints; exit 0 when whole, else 1 and one line per broken event.
+    Verify {
+        /// PostgreSQL URL of the warehouse.
+        #[arg(long)]
+        warehouse: String,
+        /// JSON file {"INSTANCE": ["BASE64 PUBLIC KEY", ...]} of the checkpoint keys to trust; without it the keys recorded in the database are used.
+        #[arg(long)]
+        trusted_keys: Option<PathBuf>,
+    },
+}
+
+pub async fn run_admin(console: &ConsoleArgs, command: AdminCommand) -> anyhow::Result<ExitCode> {
+    use serde_json::json;
+    let client = ConsoleClient::new(console, "admin-cli", "policy-admin")?;
+    let answer = match command {
+        AdminCommand::List => {
+            let a = client.get("/admin/v1/policies").await?.ok()?;
+            if !console.json {
+                let v = a.json();
+                println!("active version: {}", cell(&v["active_version"]));
+                let rows: Vec<Vec<String>> = v["versions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        ["version", "state", "author", "approver", "created_at", "reason"]
+                            .iter()
+                            .map(|k| cell(&r[*k]))
+                            .collect()
+                    })
+                    .collect();
+                print_table(
+                    &["VERSION", "STATE", "AUTHOR", "APPROVER", "CREATED", "REASON"],
+                    &rows,
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            a
+        }
+        AdminCommand::Propose {
+            reason,
+            from_dir,
+            file,
+            delete,
+        } => {
+            let (files, delete) = match from_dir {
+                Some(dir) => {
+                    let active = client.get("/admin/v1/policies").await?.ok()?.json();
+                    let empty = serde_json::Map::new();
+                    crate::client::proposal_from_dir(&dir, active["files"].as_object().unwrap_or(&empty))?
+                }
+                None => {
+                    let mut files = serde_json::Map::new();
+                    for spec in file {
+                        let (path, local) = spec
+                            .split_once('=')
+                            .context("--file takes POLICY_PATH=LOCAL_FILE")?;
+                        let text =
+                            std::fs::read_to_string(local).with_context(|| format!("cannot read {local}"))?;
+                        files.insert(path.to_owned(), text.into());
+                    }
+                    (serde_json::Value::Object(files), delete)
+                }
+            };
+            let body = json!({ "reason": reason, "files": files, "delete": delete });
+            client
+                .post("/admin/v1/policies/proposals", &body, &[])
+                .await?
+                .ok()?
+        }
+        AdminCommand::Approve { version } => client
+            .post(
+                &format!("/admin/v1/policies/proposals/{version}/approve"),
+                &json!({}),
+                &[],
+            )
+            .await?
+            .ok()?,
+        AdminCommand::Reject { version, reason } => {
+            let body = json!({ "reason": reason });
+            client
+                .post(
+                    &format!("/admin/v1/policies/proposals/{version}/reject"),
+                    &body,
+                    &[],
+                )
+                .await?
+                .ok()?
+        }
+        AdminCommand::Rollback { version, reason } => {
+            let body = json!({ "version": version, "reason": reason });
+            client
+                .post("/admin/v1/policies/rollback", &body, &[])
+                .await?
+                .ok()?
+        }
+        AdminCommand::Diff { version, against } => {
+            let query = against.map(|a| format!("?against={a}")).unwrap_or_default();
+            client
+                .get(&format!("/admin/v1/policies/versions/{version}/diff{query}"))
+                .await?
+                .ok()?
+        }
+        AdminCommand::Simulate {
+            app,
+            role,
+            operation,
+            purpose,
+            record,
+        } => {
+            let record: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(&record)
+                    .with_context(|| format!("cannot read {}", record.display()))?,
+            )
+            .context("the record file is not JSON")?;
+            let body = json!({ "app": app, "role": role, "operation": operation, "purpose": purpose, "record": record });
+            client
+                .post("/admin/v1/policies/simulate", &body, &[])
+                .await?
+                .ok()?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&answer.json())?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::Result<ExitCode> {
+    use serde_json::json;
+    let connect = || ConsoleClient::new(console, "audit-cli", "auditor");
+    let event_rows = |events: &serde_json::Value| -> Vec<Vec<String>> {
+        events
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                [
+                    "ts",
+                    "kind",
+                    "app_id",
+                    "officer_id",
+                    "operation",
+                    "purpose",
+                    "decision",
+                    "fields",
+                    "audit_id",
+                ]
+                .iter()
+                .map(|k| cell(&e[*k]))
+                .collect()
+            })
+            .collect()
+    };
+    let headers = [
+        "TIME",
+        "KIND",
+        "APP",
+        "OFFICER",
+        "OPERATION",
+        "PURPOSE",
+        "DECISION",
+        "FIELDS",
+        "AUDIT ID",
+    ];
+    match command {
+        AuditCommand::Search {
+            filter,
+            limit,
+            cursor,
+        } => {
+            let mut body = filter.to_json();
+            body["limit"] = json!(limit);
+            if let Some(c) = cursor {
+                body["cursor"] = json!(c);
+            }
+            let v = connect()?
+                .post("/audit/v1/events/search", &body, &[])
+                .await?
+                .ok()?
+                .json();
+            if console.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_table(&headers, &event_rows(&v["events"]));
+                if let Some(next) = v["next_cursor"].as_str() {
+                    println!("more: --cursor {next}");
+                }
+            }
+        }
+        AuditCommand::Show { audit_id } => {
+            let v = connect()?
+                .get(&format!("/audit/v1/events/{audit_id}"))
+                .await?
+                .ok()?
+                .json();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        AuditCommand::Export { filter, csv } => {
+            let accept = if csv { "text/csv" } else { "application/x-ndjson" };
+            let a = connect()?
+                .post(
+                    "/audit/v1/events/export",
+                    &filter.to_json(),
+                    &[("accept", accept)],
+                )
+                .await?
+                .ok()?;
+            print!("{}", a.text);
+        }
+        AuditCommand::Accesses { personal_id, vi } => {
+            let lang: &[(&str, &str)] = if vi { &[("accept-language", "vi")] } else { &[] };
+            let v = connect()?
+                .post(
+                    "/audit/v1/citizens/accesses",
+                    &json!({ "personal_id": personal_id }),
+                    lang,
+                )
+                .await?
+                .ok()?
+                .json();
+            if console.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let rows: Vec<Vec<String>> = v["accesses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| {
+                        let fields: Vec<String> = a["fields"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|f| {
+                                f["label"]
+                                    .as_str()
+                                    .or(f["id"].as_str())
+                                    .unwrap_or_default()
+                                    .to_owned()
+                            })
+                            .collect();
+                        let app = if vi { cell(&a["app_name"]) } else { cell(&a["app"]) };
+                        let purpose = if vi {
+                            cell(&a["purpose_label"])
+                        } else {
+                            cell(&a["purpose"])
+                        };
+                        vec![
+                            cell(&a["time"]),
+                            app,
+                            purpose,
+                            cell(&a["case_ref"]),
+                            fields.join(", "),
+                        ]
+                    })
+                    .collect();
+                let headers = if vi {
+                    ["THỜI GIAN", "HỆ THỐNG", "MỤC ĐÍCH", "HỒ SƠ", "TRƯỜNG DỮ LIỆU"]
+                } else {
+                    ["TIME", "APP", "PURPOSE", "CASE", "FIELDS"]
+                };
+                print_table(&headers, &rows);
+            }
+        }
+        AuditCommand::Verify {
+            warehouse,
+            trusted_keys,
+        } => {
+            let trusted = trusted_keys
+                .as_deref()
+                .map(crate::audit::verify::load_trusted_keys)
+                .transpose()?;
+            let client = crate::warehouse::connect(&warehouse).await?;
+            let report = crate::audit::verify::verify(&client, trusted.as_ref()).await?;
+            for finding in &report.findings {
+                println!("{finding}");
+            }
+            println!("{}", report.summary());
+            if !report.is_whole() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
