@@ -71,25 +71,7 @@ async fn connections_beyond_the_cap_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_get_431_and_no_banner_is_sent() {
     let env = TestEnv::start().await;
-    let l = &env.pki.layout;
-    let mut tls = popgate::tls::mutual_client_config(
-        &l.apps_ca_cert(),
-        &l.app_cert("mot-cua"),
-        &l.app_key("mot-cua"),
-        &[],
-    )
-    .expect("tls");
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(env.gateway().gateway_addr)
-        .await
-        .expect("tcp");
-    let mut s = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(
-            rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("handshake");
+    let mut s = env.raw_tls("mot-cua", b"http/1.1").await;
     let big = "a".repeat(40 * 1024);
     let req =
         format!("POST /v1/citizens/lookup HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\ncontent-length: 0\r\n\r\n");

@@ -12,25 +12,10 @@ use common::TestEnv;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+type Tls = common::RawTls;
 
 async fn connect(env: &TestEnv, app: &str) -> Tls {
-    let l = &env.pki.layout;
-    let mut tls =
-        popgate::tls::mutual_client_config(&l.apps_ca_cert(), &l.app_cert(app), &l.app_key(app), &[])
-            .expect("tls");
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-    let tcp = tokio::net::TcpStream::connect(env.gateway().gateway_addr)
-        .await
-        .expect("tcp");
-    connector
-        .connect(
-            rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("handshake")
+    env.raw_tls(app, b"http/1.1").await
 }
 
 /// Sends raw bytes; returns everything read until the server closes (or 5 s).
@@ -259,25 +244,7 @@ async fn one_certificate_cannot_take_every_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_is_cut_off_while_others_are_served() {
     let env = TestEnv::start().await;
-    let l = &env.pki.layout;
-    let mut tls = popgate::tls::mutual_client_config(
-        &l.apps_ca_cert(),
-        &l.app_cert("mot-cua"),
-        &l.app_key("mot-cua"),
-        &[],
-    )
-    .expect("tls");
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(env.gateway().gateway_addr)
-        .await
-        .expect("tcp");
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(
-            rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("handshake");
+    let stream = env.raw_tls("mot-cua", b"h2").await;
     let (mut sender, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
     let driver = tokio::spawn(connection);
     let token = env.token("mot-cua", "officer-1");

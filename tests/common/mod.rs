@@ -42,6 +42,8 @@ pub fn use_warehouse(config: &mut Config, pg: &popgate::warehouse::embedded::Emb
     config.warehouse.admin_url = Some(pg.admin_url());
 }
 
+pub type RawTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub pki: DevPki,
@@ -131,6 +133,25 @@ impl TestEnv {
     pub fn client(&self, app: &str) -> TestClient {
         let l = &self.pki.layout;
         TestClient::new(&l.apps_ca_cert(), Some((&l.app_cert(app), &l.app_key(app))))
+    }
+
+    /// A raw TLS connection to the gateway with `app`'s certificate,
+    /// offering `alpn` (for tests that speak HTTP by hand).
+    pub async fn raw_tls(&self, app: &str, alpn: &[u8]) -> RawTls {
+        let l = &self.pki.layout;
+        let mut config = tls::mutual_client_config(&l.apps_ca_cert(), &l.app_cert(app), &l.app_key(app), &[])
+            .expect("tls");
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = tokio::net::TcpStream::connect(self.gateway().gateway_addr)
+            .await
+            .expect("tcp");
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(
+                rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name"),
+                tcp,
+            )
+            .await
+            .expect("handshake")
     }
 
     /// A demo-IdP token for `officer` of `app` with role `officer`.
