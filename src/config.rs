@@ -517,12 +517,11 @@ impl Config {
     /// Parses config text; `base` anchors relative paths.
     pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError> {
         let invalid = |span: Option<std::ops::Range<usize>>, message: String| {
-            let offset = span.map_or(0, |s| s.start).min(text.len());
-            let before = text.get(..offset).unwrap_or("");
+            let (line, col) = crate::policy::line_col(text, span.map_or(0, |s| s.start));
             ConfigError::Invalid {
                 path: name.to_owned(),
-                line: before.matches('\n').count() + 1,
-                col: before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1,
+                line,
+                col,
                 message,
             }
         };

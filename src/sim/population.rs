@@ -229,7 +229,11 @@ impl Population {
             Role::Head => (head_sex, head_year),
             Role::Spouse => (opposite(head_sex), (head_year + (r % 9) as i32 - 4).min(2005)),
             Role::Child => (
-                if r % 2 == 0 { Sex::Male } else { Sex::Female },
+                if r.is_multiple_of(2) {
+                    Sex::Male
+                } else {
+                    Sex::Female
+                },
                 (head_year + 20 + ((r >> 8) % 16) as i32).min(2024),
             ),
         };
@@ -373,7 +377,7 @@ impl Population {
         let province = self.residence_province(hh);
         let home_ward = self.ward_in(province, hr);
         let permanent = self.address(home_ward, hr >> 12);
-        let current = if r % 10 == 0 {
+        let current = if r.is_multiple_of(10) {
             self.address(self.ward_in(province, r >> 4), r >> 20)
         } else {
             permanent.clone()
@@ -413,9 +417,9 @@ impl Population {
         let age = 2026 - core.birth.0;
         let marital = match (core.role, &partner) {
             (_, Some(_)) => "Đã kết hôn",
-            (Role::Head, None) if age > 70 && r % 3 == 0 => "Góa",
-            (Role::Head, None) if age > 35 && r % 5 == 0 => "Ly hôn",
-            (Role::Head, None) if age > 30 && r % 2 == 0 => "Đã kết hôn",
+            (Role::Head, None) if age > 70 && r.is_multiple_of(3) => "Góa",
+            (Role::Head, None) if age > 35 && r.is_multiple_of(5) => "Ly hôn",
+            (Role::Head, None) if age > 30 && r.is_multiple_of(2) => "Đã kết hôn",
             _ => "Độc thân",
         };
         let old_id = (core.birth.0 < 1998 && r % 10 < 8)
