@@ -7,8 +7,12 @@
 //!
 //! `cargo bench --bench e2e` prints req/s and latency percentiles at
 //! saturation and at 25/50/75 % of it, the gateway's CPU time per request
-//! and its peak RSS. The nginx comparison of the performance issue is not
-//! part of it yet.
+//! and its peak RSS. When nginx is installed, the same load (same client
+//! certificate, connections and residents) runs against nginx configured as
+//! an mTLS reverse proxy to the same simulator, pinned the same way, and the
+//! ratio popgate / nginx is printed. The simulator is also called directly
+//! at 50 % of nginx's saturation, so that the latency each proxy adds can be
+//! read off.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,29 +36,47 @@ const OFFICERS: usize = 100;
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// One server under load: where to send, as whom, and what.
 struct Target {
     client: HttpsClient,
     url: String,
+    /// Officer tokens (empty for servers that take none).
     tokens: Vec<String>,
     bodies: Vec<Bytes>,
+    /// Keep the `audit_id` of every answer, for the completeness check.
+    audit_ids: Option<Mutex<Vec<String>>>,
 }
 
 impl Target {
-    async fn one(&self, i: usize) -> Option<Duration> {
-        let req = http::Request::post(&self.url)
-            .header("content-type", "application/json")
-            .header(
+    async fn one(&self, i: usize) -> Option<()> {
+        let mut req = http::Request::post(&self.url).header("content-type", "application/json");
+        if !self.tokens.is_empty() {
+            req = req.header(
                 "authorization",
                 format!("Bearer {}", self.tokens[i % self.tokens.len()]),
-            )
+            );
+        }
+        let req = req
             .body(Full::new(self.bodies[i % self.bodies.len()].clone()))
             .ok()?;
-        let started = Instant::now();
         let resp = self.client.request(req).await.ok()?;
         let ok = resp.status() == http::StatusCode::OK;
-        resp.into_body().collect().await.ok()?;
-        ok.then(|| started.elapsed())
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        if let (true, Some(ids)) = (ok, &self.audit_ids) {
+            if let Some(id) = audit_id_of(&body) {
+                ids.lock().expect("lock").push(id);
+            }
+        }
+        ok.then_some(())
     }
+}
+
+/// The `audit_id` of a popgate answer, without parsing the whole record.
+fn audit_id_of(body: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"\"audit_id\":\"";
+    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let len = body[at..].iter().position(|&b| b == b'"')?;
+    String::from_utf8(body[at..at + len].to_vec()).ok()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -72,10 +94,10 @@ fn cpu_ticks(pid: u32) -> u64 {
         + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
+fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(str::to_owned))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
         .unwrap_or(0)
 }
@@ -88,18 +110,26 @@ struct Run {
 }
 
 impl Run {
-    fn report(&mut self, name: &str, cpu_us_per_req: Option<f64>) {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn p(&mut self, q: f64) -> Duration {
         self.latencies.sort_unstable();
-        let l = &self.latencies;
+        percentile(&self.latencies, q)
+    }
+
+    fn report(&mut self, name: &str, cpu_us_per_req: Option<f64>) {
+        let (p50, p99, p999) = (self.p(0.50), self.p(0.99), self.p(0.999));
         println!(
-            "{name:<22} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  failed {}{}",
-            self.ok as f64 / self.elapsed.as_secs_f64(),
-            percentile(l, 0.50).as_secs_f64() * 1e3,
-            percentile(l, 0.99).as_secs_f64() * 1e3,
-            percentile(l, 0.999).as_secs_f64() * 1e3,
+            "{name:<30} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  failed {}{}",
+            self.rate(),
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            p999.as_secs_f64() * 1e3,
             self.failed,
             cpu_us_per_req
-                .map(|c| format!("  gateway CPU {c:.0} µs/req"))
+                .map(|c| format!("  CPU {c:.0} µs/req"))
                 .unwrap_or_default()
         );
     }
@@ -115,8 +145,9 @@ async fn saturate(target: Arc<Target>, secs: u64) -> Run {
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut failed, mut i) = (Vec::new(), 0, w);
             while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
                 match target.one(i).await {
-                    Some(d) => lat.push(d),
+                    Some(()) => lat.push(sent.elapsed()),
                     None => failed += 1,
                 }
                 i += CONCURRENCY;
@@ -141,50 +172,200 @@ async fn saturate(target: Arc<Target>, secs: u64) -> Run {
     run
 }
 
-/// Open loop: requests started at a fixed rate, whatever the latency.
+/// Open loop at a fixed rate over the same `CONCURRENCY` connections (as
+/// wrk2 does): each worker owns every `CONCURRENCY`-th slot of the
+/// schedule, and a request is timed from the moment it was due, so a
+/// worker that falls behind shows as latency instead of a lower rate.
 async fn offered(target: Arc<Target>, rate: f64, secs: u64) -> Run {
-    let results = Arc::new(Mutex::new((Vec::new(), 0usize)));
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let started = Instant::now();
-    let mut i = 0;
+    let started = tokio::time::Instant::now();
+    let total = (rate * secs as f64) as usize;
     let mut tasks = Vec::new();
-    while started.elapsed() < Duration::from_secs(secs) {
-        tick.tick().await;
-        let (target, results) = (target.clone(), results.clone());
+    for w in 0..CONCURRENCY {
+        let target = target.clone();
         tasks.push(tokio::spawn(async move {
-            let r = target.one(i).await;
-            let mut g = results.lock().expect("lock");
-            match r {
-                Some(d) => g.0.push(d),
-                None => g.1 += 1,
+            let (mut lat, mut failed) = (Vec::new(), 0);
+            for i in (w..total).step_by(CONCURRENCY) {
+                let due = started + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due).await;
+                match target.one(i).await {
+                    Some(()) => lat.push(due.elapsed()),
+                    None => failed += 1,
+                }
             }
+            (lat, failed)
         }));
-        i += 1;
     }
+    let mut run = Run {
+        ok: 0,
+        failed: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
     for t in tasks {
-        let _ = t.await;
+        let (lat, failed) = t.await.expect("worker");
+        run.ok += lat.len();
+        run.failed += failed;
+        run.latencies.extend(lat);
     }
-    let elapsed = started.elapsed();
-    let (latencies, failed) = std::mem::take(&mut *results.lock().expect("lock"));
-    Run {
-        ok: latencies.len(),
-        failed,
-        elapsed,
-        latencies,
-    }
+    run.elapsed = started.elapsed();
+    run
 }
 
 fn main() {
+    // The load generator, the simulator and PostgreSQL share core 1; the
+    // proxy under test gets core 0 to itself.
+    let pinned = pin(std::process::id(), "1");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(bench());
+    rt.block_on(bench(pinned));
 }
 
-async fn bench() {
+fn pin(pid: u32, cores: &str) -> bool {
+    Command::new("taskset")
+        .args(["-a", "-p", "-c", cores, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn mtls_client(ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> HttpsClient {
+    let tls = popgate::tls::mutual_client_config(ca, cert, key, &[]).expect("tls");
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build(https)
+}
+
+/// A proxy's figures at saturation.
+struct Measured {
+    saturation: f64,
+    cpu_us: f64,
+}
+
+async fn measure(name: &str, target: Arc<Target>, pid: u32) -> Measured {
+    let _ = saturate(target.clone(), 2).await; // warm-up: tokens cached, pools filled
+    let ticks_before = cpu_ticks(pid);
+    let mut sat = saturate(target.clone(), SATURATION_SECS).await;
+    let ticks = cpu_ticks(pid) - ticks_before;
+    let clk_tck = 100.0; // Linux USER_HZ
+    let cpu_us = ticks as f64 / clk_tck * 1e6 / sat.ok.max(1) as f64;
+    sat.report(&format!("{name}: saturation"), Some(cpu_us));
+    Measured {
+        saturation: sat.rate(),
+        cpu_us,
+    }
+}
+
+fn nginx_binary() -> Option<std::path::PathBuf> {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// nginx as the province would otherwise deploy it: mTLS from the apps,
+/// mTLS with the province's certificate to the national database, a
+/// keep-alive pool upstream, no access log.
+fn nginx_config(dir: &std::path::Path, l: &pki::PkiLayout, port: u16, sim: std::net::SocketAddr) -> String {
+    let d = dir.display();
+    format!(
+        r#"worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  upstream national {{ server {sim}; keepalive 64; keepalive_requests 1000000; }}
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    keepalive_requests 1000000;
+    ssl_protocols TLSv1.3;
+    ssl_certificate {gc};
+    ssl_certificate_key {gk};
+    ssl_client_certificate {ca};
+    ssl_verify_client on;
+    location / {{
+      proxy_pass https://national;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_protocols TLSv1.3;
+      proxy_ssl_certificate {uc};
+      proxy_ssl_certificate_key {uk};
+      proxy_ssl_trusted_certificate {nca};
+      proxy_ssl_verify on;
+      proxy_ssl_name localhost;
+      proxy_ssl_session_reuse on;
+    }}
+  }}
+}}
+"#,
+        gc = l.gateway_cert().display(),
+        gk = l.gateway_key().display(),
+        ca = l.apps_ca_cert().display(),
+        uc = l.upstream_client_cert().display(),
+        uk = l.upstream_client_key().display(),
+        nca = l.national_ca_cert().display(),
+    )
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn spawn_pinned(pinned: bool, program: &std::path::Path) -> Command {
+    if pinned {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Waits for the shipper to bring every acknowledged answer's audit event
+/// into the warehouse, then counts the missing ones.
+async fn audit_completeness(admin_url: &str, ids: Vec<String>) -> (usize, usize) {
+    let (db, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .expect("warehouse");
+    tokio::spawn(conn);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let found: i64 = db
+            .query_one(
+                "SELECT count(*) FROM popgate.audit_events WHERE audit_id::text = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        let missing = ids.len() - found as usize;
+        if missing == 0 || Instant::now() > deadline {
+            return (ids.len(), missing);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn bench(pinned: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki::init(&dir.path().join("certs"), SAMPLE_APPS, false).expect("pki");
     let l = pki.layout.clone();
@@ -209,6 +390,76 @@ async fn bench() {
             .run(listener, Arc::new(popgate::sim::server_tls(&l).expect("tls")), rx),
     );
 
+    let population = sim.population();
+    let residents: Vec<String> = (0..20_000u32)
+        .map(|i| population.citizen((i * 7919) % 1_000_000))
+        .filter(|c| c.residence_province() == 79)
+        .map(|c| c.personal_id().as_str().to_owned())
+        .collect();
+    let gateway_bodies: Vec<Bytes> = residents
+        .iter()
+        .map(|id| {
+            Bytes::from(
+                serde_json::json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "BENCH"})
+                    .to_string(),
+            )
+        })
+        .collect();
+    // What a proxy that adds nothing would forward: the C06 question itself.
+    let c06_bodies: Vec<Bytes> = residents
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            Bytes::from(
+                serde_json::json!({"MaYeuCau": format!("bench-{i}"), "MaDVC": "BENCH", "MaTichHop": "BENCH",
+                    "MaCanBo": format!("canbo-{}", i % OFFICERS), "SoDinhDanh": id})
+                .to_string(),
+            )
+        })
+        .collect();
+    let app_client = || mtls_client(&l.apps_ca_cert(), &l.app_cert("mot-cua"), &l.app_key("mot-cua"));
+
+    println!(
+        "popgate e2e ({CONCURRENCY} keep-alive mTLS connections; proxies with 1 worker{}; {} residents, {OFFICERS} officers)",
+        if pinned { ", pinned to core 0, load generator and simulator on core 1" } else { ", not pinned" },
+        residents.len()
+    );
+
+    // nginx first, when installed: its saturation sets the common rate at
+    // which the latency each proxy adds is compared.
+    let nginx = match nginx_binary() {
+        None => {
+            println!("nginx: not installed, no comparison (apt-get install nginx)");
+            None
+        }
+        Some(bin) => {
+            let ndir = dir.path().join("nginx");
+            std::fs::create_dir_all(&ndir).expect("nginx dir");
+            let port = free_port().expect("port");
+            std::fs::write(ndir.join("nginx.conf"), nginx_config(&ndir, &l, port, sim_addr)).expect("nginx.conf");
+            let child = spawn_pinned(pinned, &bin)
+                .arg("-p")
+                .arg(&ndir)
+                .arg("-c")
+                .arg(ndir.join("nginx.conf"))
+                .args(["-g", "daemon off; master_process off;"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("nginx");
+            wait_for_port(port);
+            let target = Arc::new(Target {
+                client: app_client(),
+                url: format!("https://127.0.0.1:{port}{}", popgate::sim::PATH_LOOKUP),
+                tokens: Vec::new(),
+                bodies: c06_bodies.clone(),
+                audit_ids: None,
+            });
+            let m = measure("nginx", target.clone(), child.id()).await;
+            Some((child_guard(child), target, m))
+        }
+    };
+
     let port = free_port().expect("port");
     let ops = free_port().expect("port");
     let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
@@ -226,20 +477,7 @@ async fn bench() {
     config.warehouse.admin_url = Some(pg.admin_url());
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config.to_toml()).expect("config");
-
-    let pinned = Command::new("taskset")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    let mut cmd = if pinned {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(env!("CARGO_BIN_EXE_popgate"));
-        c
-    } else {
-        Command::new(env!("CARGO_BIN_EXE_popgate"))
-    };
-    let mut gateway = cmd
+    let gateway = spawn_pinned(pinned, std::path::Path::new(env!("CARGO_BIN_EXE_popgate")))
         .args(["serve", "--config"])
         .arg(&config_path)
         .env("POPGATE_WORKER_THREADS", "1")
@@ -249,78 +487,96 @@ async fn bench() {
         .spawn()
         .expect("gateway");
     let pid = gateway.id();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let gateway = child_guard(gateway);
+    wait_for_port(port);
 
-    let tls = popgate::tls::mutual_client_config(
-        &l.apps_ca_cert(),
-        &l.app_cert("mot-cua"),
-        &l.app_key("mot-cua"),
-        &[],
-    )
-    .expect("tls");
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .wrap_connector(http);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(CONCURRENCY * 2)
-        .build(https);
     let tokens: Vec<String> = (0..OFFICERS)
         .map(|o| {
-            pki::mint_demo_token(
-                &l,
-                "mot-cua",
-                &format!("canbo-{o}"),
-                &["officer".into()],
-                None,
-                3600,
-            )
-            .expect("token")
-        })
-        .collect();
-    let population = sim.population();
-    let bodies: Vec<Bytes> = (0..20_000u32)
-        .map(|i| population.citizen((i * 7919) % 1_000_000))
-        .filter(|c| c.residence_province() == 79)
-        .map(|c| {
-            Bytes::from(
-                serde_json::json!({"personal_id": c.personal_id().as_str(), "purpose": "administrative-procedure", "case_ref": "BENCH"})
-                    .to_string(),
-            )
+            pki::mint_demo_token(&l, "mot-cua", &format!("canbo-{o}"), &["officer".into()], None, 3600)
+                .expect("token")
         })
         .collect();
     let target = Arc::new(Target {
-        client,
+        client: app_client(),
         url: format!("https://127.0.0.1:{port}/v1/citizens/lookup"),
         tokens,
-        bodies,
+        bodies: gateway_bodies,
+        audit_ids: Some(Mutex::new(Vec::new())),
     });
-
+    let popgate = measure("popgate", target.clone(), pid).await;
+    let rss_busy = rss_kib(pid, "VmHWM:");
+    // Let the shipper catch up before the latency runs, and count what
+    // saturation lost on the way.
+    let drained = Instant::now();
+    let ids = target.audit_ids.as_ref().expect("ids").lock().expect("lock").clone();
+    let (acknowledged, missing) = audit_completeness(&pg.admin_url(), ids).await;
     println!(
-        "popgate e2e (gateway: 1 worker thread{}; {CONCURRENCY} connections)",
-        if pinned { ", pinned to core 0" } else { "" }
+        "popgate: audit after saturation: {acknowledged} answers acknowledged, {missing} of their events missing from the warehouse (shipped {:.1} s after the load stopped)",
+        drained.elapsed().as_secs_f64()
     );
-    let _ = saturate(target.clone(), 2).await; // warm-up: tokens cached, pools filled
-    let ticks_before = cpu_ticks(pid);
-    let mut sat = saturate(target.clone(), SATURATION_SECS).await;
-    let ticks = cpu_ticks(pid) - ticks_before;
-    let clk_tck = 100.0; // Linux USER_HZ
-    let cpu_us = ticks as f64 / clk_tck * 1e6 / sat.ok.max(1) as f64;
-    let rate = sat.ok as f64 / sat.elapsed.as_secs_f64();
-    sat.report("saturation", Some(cpu_us));
-    for share in [0.25, 0.50, 0.75] {
-        let mut run = offered(target.clone(), rate * share, FIXED_SECS).await;
-        run.report(&format!("{:.0} % of saturation", share * 100.0), None);
+
+    // The same offered loads for each: 25/50/75 % of nginx's saturation
+    // (popgate's when nginx is absent), and the simulator called directly
+    // at 50 %, for the latency each proxy adds.
+    let direct = Arc::new(Target {
+        client: mtls_client(&l.national_ca_cert(), &l.upstream_client_cert(), &l.upstream_client_key()),
+        url: format!("https://{sim_addr}{}", popgate::sim::PATH_LOOKUP),
+        tokens: Vec::new(),
+        bodies: c06_bodies,
+        audit_ids: None,
+    });
+    let mut proxies = Vec::new();
+    if let Some((_, t, _)) = &nginx {
+        proxies.push(("nginx", t.clone()));
     }
-    println!("gateway peak RSS {} MiB", peak_rss_kib(pid) / 1024);
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    let _ = gateway.wait();
+    proxies.push(("popgate", target.clone()));
+    let base = nginx.as_ref().map_or(popgate.saturation, |n| n.2.saturation);
+    let _ = saturate(direct.clone(), 1).await;
+    let mut direct_half = offered(direct, base * 0.5, FIXED_SECS).await;
+    direct_half.report("simulator direct: 50 %", None);
+    let direct_p99 = direct_half.p(0.99);
+    for (name, t) in proxies {
+        for share in [0.25, 0.50, 0.75] {
+            let mut run = offered(t.clone(), base * share, FIXED_SECS).await;
+            run.report(&format!("{name}: {:.0} % ({:.0} req/s)", share * 100.0, base * share), None);
+            if share == 0.50 {
+                let added = run.p(0.99).as_secs_f64() - direct_p99.as_secs_f64();
+                println!("{name}: added p99 at 50 % = {:.2} ms", added * 1e3);
+            }
+        }
+    }
+
+    println!("popgate: peak RSS under load {} MiB", rss_busy / 1024);
+    if let Some((_, _, n)) = &nginx {
+        println!(
+            "popgate / nginx: {:.2}× throughput ({:.0} vs {:.0} req/s); CPU per request {:.0} vs {:.0} µs",
+            popgate.saturation / n.saturation,
+            popgate.saturation,
+            n.saturation,
+            popgate.cpu_us,
+            n.cpu_us
+        );
+    }
+    let ids = std::mem::take(&mut *target.audit_ids.as_ref().expect("ids").lock().expect("lock"));
+    let (acknowledged, missing) = audit_completeness(&pg.admin_url(), ids).await;
+    println!("popgate: audit in all: {acknowledged} answers acknowledged, {missing} of their events missing from the warehouse");
+    drop(gateway);
+    drop(nginx);
     drop(pg);
+}
+
+/// Stops a child process (SIGTERM, then wait) when dropped.
+struct ChildGuard(std::process::Child);
+
+fn child_guard(c: std::process::Child) -> ChildGuard {
+    ChildGuard(c)
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
 }
