@@ -427,7 +427,7 @@ async fn bench(pinned: bool) {
 
     // nginx first, when installed: its saturation sets the common rate at
     // which the latency each proxy adds is compared.
-    let nginx = match nginx_binary() {
+    let nginx = match nginx_binary().filter(|_| std::env::var_os("E2E_NO_NGINX").is_none()) {
         None => {
             println!("nginx: not installed, no comparison (apt-get install nginx)");
             None

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,6 +34,9 @@ use super::WarehouseRecord;
 const MAX_FRAME_BYTES: u32 = 4 * 1024 * 1024;
 const QUEUE_DEPTH: usize = 8192;
 const MAX_BATCH: usize = 1024;
+/// Bytes of durable frames held in memory for the shipper; beyond this it
+/// reads them back from the segment files instead.
+const HANDOFF_BYTES: usize = 16 * 1024 * 1024;
 
 /// One journal frame. (Frames live only while being encoded or read, so
 /// the size difference between variants costs nothing worth a box.)
@@ -94,6 +98,25 @@ pub struct JournalState {
     /// The last write failed and no write has succeeded since.
     pub degraded: AtomicBool,
     epoch: Instant,
+    /// Frames made durable and not yet taken by the shipper, in order.
+    handoff: Mutex<Handoff>,
+}
+
+/// A durable frame's payload, handed to the shipper from memory so that it
+/// need not read it back from disk. Events and checkpoints are shipped as
+/// these exact JSON bytes (the warehouse's INSERTs read the members they
+/// need and ignore the rest).
+#[derive(Debug, Clone)]
+pub struct Shippable {
+    pub seq: u64,
+    pub checkpoint: bool,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct Handoff {
+    frames: std::collections::VecDeque<Shippable>,
+    bytes: usize,
 }
 
 impl JournalState {
@@ -108,6 +131,74 @@ impl JournalState {
         self.delivered_seq.fetch_max(seq, Ordering::AcqRel);
         self.last_delivery_ms
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
+    }
+
+    /// Gives the shipper frames just made durable; drops them (the shipper
+    /// then reads the segment files) when the shipper is too far behind.
+    fn hand_off(&self, frames: Vec<Shippable>) {
+        let mut h = self.handoff.lock().unwrap_or_else(|p| p.into_inner());
+        let size: usize = frames.iter().map(|f| f.payload.len()).sum();
+        if h.bytes + size > HANDOFF_BYTES {
+            return;
+        }
+        h.bytes += size;
+        h.frames.extend(frames);
+    }
+
+    /// Takes from memory the frames that follow `delivered`: up to `limit`
+    /// consecutive events, with the checkpoints anchoring them that are newer
+    /// than `after_checkpoint`. `None` when memory does not hold the next
+    /// frame (after a restart, or when the shipper fell behind), and the
+    /// caller must read the segment files.
+    pub fn take_handoff(
+        &self,
+        delivered: u64,
+        limit: usize,
+        after_checkpoint: u64,
+    ) -> Option<(Vec<Shippable>, Vec<Shippable>)> {
+        let mut h = self.handoff.lock().unwrap_or_else(|p| p.into_inner());
+        let stale = |f: &Shippable| {
+            if f.checkpoint {
+                f.seq < delivered || f.seq <= after_checkpoint
+            } else {
+                f.seq <= delivered
+            }
+        };
+        while h.frames.front().is_some_and(stale) {
+            let f = h.frames.pop_front()?;
+            h.bytes -= f.payload.len();
+        }
+        let front = h.frames.front()?;
+        let next = if front.checkpoint {
+            front.seq == delivered
+        } else {
+            front.seq == delivered + 1
+        };
+        if !next {
+            return None;
+        }
+        let (mut events, mut checkpoints, mut last) = (Vec::new(), Vec::new(), delivered);
+        while let Some(f) = h.frames.front() {
+            let take = if f.checkpoint {
+                f.seq == last
+            } else {
+                f.seq == last + 1 && events.len() < limit
+            };
+            if !take {
+                break;
+            }
+            let f = h.frames.pop_front()?;
+            h.bytes -= f.payload.len();
+            if f.checkpoint {
+                if f.seq > after_checkpoint {
+                    checkpoints.push(f);
+                }
+            } else {
+                last = f.seq;
+                events.push(f);
+            }
+        }
+        Some((events, checkpoints))
     }
 
     /// How long the shipper has made no progress while a backlog exists.
@@ -182,9 +273,32 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 pub fn encode_frame(frame: &Frame) -> Vec<u8> {
     let payload = serde_json::to_vec(frame).unwrap_or_default();
     let mut out = Vec::with_capacity(payload.len() + 8);
+    push_frame(&mut out, &payload);
+    out
+}
+
+/// Appends the frame of `payload` (header and payload) to `out`.
+fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The payload of an event frame, written around the event's canonical
+/// bytes so that the event is serialised once: what serde writes for
+/// [`Frame::Event`], member for member.
+fn event_payload(canonical: &[u8], prev_hash: &str, hash: &str, warehouse: Option<&WarehouseRecord>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(canonical.len() + 200 + if warehouse.is_some() { 1024 } else { 0 });
+    out.extend_from_slice(b"{\"t\":\"event\",\"event\":");
+    out.extend_from_slice(canonical);
+    out.extend_from_slice(b",\"prev_hash\":\"");
+    out.extend_from_slice(prev_hash.as_bytes());
+    out.extend_from_slice(b"\",\"hash\":\"");
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\",\"warehouse\":");
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &warehouse);
+    out.push(b'}');
     out
 }
 
@@ -239,6 +353,11 @@ impl FrameReader {
     /// The next whole frame; `Ok(None)` at a clean end, a torn tail or a
     /// corrupt frame (the caller decides whether that is the end).
     pub fn next_frame(&mut self) -> io::Result<Option<(Frame, u64)>> {
+        Ok(self.next_with_payload()?.map(|(frame, _, at)| (frame, at)))
+    }
+
+    /// [`FrameReader::next_frame`] with the frame's payload bytes as read.
+    pub fn next_with_payload(&mut self) -> io::Result<Option<(Frame, Bytes, u64)>> {
         let mut head = [0u8; 8];
         match read_full(&mut self.reader, &mut head)? {
             0 => return Ok(None),
@@ -258,7 +377,8 @@ impl FrameReader {
             Ok((frame, n)) => {
                 let at = self.offset;
                 self.offset += n as u64;
-                Ok(Some((frame, at)))
+                let payload = Bytes::from(buf).slice(8..);
+                Ok(Some((frame, payload, at)))
             }
             Err(_) => Ok(None),
         }
@@ -377,6 +497,7 @@ impl Journal {
             last_delivery_ms: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
             epoch,
+            handoff: Mutex::new(Handoff::default()),
         });
         let checkpoint_log = OpenOptions::new()
             .create(true)
@@ -493,10 +614,11 @@ impl Writer {
             }
             return Err(());
         }
-        let mut buf = Vec::with_capacity(batch.len() * 1024);
+        let mut buf = Vec::with_capacity(batch.len() * 2048);
         let mut seq = self.head_seq;
         let mut hash = self.head_hash;
         let mut replies = Vec::with_capacity(batch.len());
+        let mut shippable = Vec::with_capacity(batch.len() + 1);
         let now = time::OffsetDateTime::now_utc();
         let ts = now
             .format(time::macros::format_description!(
@@ -510,20 +632,17 @@ impl Writer {
             event.instance_id.clone_from(&self.settings.instance_id);
             event.ts.clone_from(&ts);
             let prev = hash;
-            hash = chain_hash(&prev, &event.canonical());
-            buf.extend(encode_frame(&Frame::Event {
-                event,
-                prev_hash: hex(&prev),
-                hash: hex(&hash),
-                warehouse: job.warehouse,
-            }));
-            replies.push((
-                job.reply,
-                Appended {
-                    seq,
-                    hash: hex(&hash),
-                },
-            ));
+            let canonical = event.canonical();
+            hash = chain_hash(&prev, &canonical);
+            let hash_hex = hex(&hash);
+            let payload = event_payload(&canonical, &hex(&prev), &hash_hex, job.warehouse.as_ref());
+            push_frame(&mut buf, &payload);
+            shippable.push(Shippable {
+                seq,
+                checkpoint: false,
+                payload: Bytes::from(payload),
+            });
+            replies.push((job.reply, Appended { seq, hash: hash_hex }));
         }
         let events = replies.len() as u64;
         let checkpoint = (checkpoint_due && (self.since_checkpoint + events) > 0).then(|| {
@@ -531,7 +650,13 @@ impl Writer {
                 .sign(&self.settings.instance_id, seq, &hex(&hash), &ts)
         });
         if let Some(cp) = &checkpoint {
-            buf.extend(encode_frame(&Frame::Checkpoint(cp.clone())));
+            let payload = serde_json::to_vec(&Frame::Checkpoint(cp.clone())).unwrap_or_default();
+            push_frame(&mut buf, &payload);
+            shippable.push(Shippable {
+                seq,
+                checkpoint: true,
+                payload: Bytes::from(payload),
+            });
         }
         if buf.is_empty() {
             return Ok(());
@@ -541,6 +666,7 @@ impl Writer {
                 self.head_seq = seq;
                 self.head_hash = hash;
                 self.state.durable_seq.store(seq, Ordering::Release);
+                self.state.hand_off(shippable);
                 if self.state.degraded.swap(false, Ordering::AcqRel) {
                     tracing::info!("audit journal writable again");
                 }

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde_json::{json, Value};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::watch;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::journal::{list_segments, Frame, FrameReader, JournalState};
 use crate::warehouse::Warehouse;
@@ -45,13 +46,44 @@ pub struct Shipper {
     shipped_checkpoint: u64,
 }
 
-/// One batch read from the journal.
+/// One batch read from the journal: frame payloads, as written.
 #[derive(Default)]
 struct Batch {
-    events: Vec<Value>,
-    checkpoints: Vec<Value>,
+    events: Vec<Bytes>,
+    checkpoints: Vec<Bytes>,
+    /// The newest checkpoint in the batch.
+    checkpoint_seq: u64,
     last_seq: u64,
+    /// Where a disk read stopped (`None` for a batch taken from memory).
     end: Option<Position>,
+}
+
+/// JSON payloads sent as one `json`/`jsonb` array parameter, written as they
+/// are: the shipper never parses or re-serialises an event.
+#[derive(Debug)]
+struct JsonArray<'a>(&'a [Bytes]);
+
+impl ToSql for JsonArray<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            out.put_u8(1); // jsonb's binary format: a version byte, then the text
+        }
+        out.put_u8(b'[');
+        for (i, item) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.put_u8(b',');
+            }
+            out.put_slice(item);
+        }
+        out.put_u8(b']');
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
+
+    to_sql_checked!();
 }
 
 impl Shipper {
@@ -66,16 +98,19 @@ impl Shipper {
         }
     }
 
-    /// Ships until `shutdown`, then makes one last attempt.
+    /// Ships until `shutdown`, then makes one last attempt. A full batch is
+    /// followed at once by the next; a partial one waits for `IDLE_POLL`, so
+    /// that under load the warehouse gets few large transactions rather than
+    /// many small ones.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = IDLE_POLL;
         loop {
             match self.ship_once().await {
-                Ok(0) => backoff = IDLE_POLL,
-                Ok(_) => {
+                Ok(n) if n >= self.settings.batch => {
                     backoff = IDLE_POLL;
                     continue;
                 }
+                Ok(_) => backoff = IDLE_POLL,
                 Err(error) => {
                     tracing::warn!(%error, backlog = self.state.backlog(), "audit shipping failed; will retry");
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -115,24 +150,35 @@ impl Shipper {
         if durable <= delivered && anchored <= self.shipped_checkpoint {
             return Ok(0);
         }
-        let dir = self.settings.dir.clone();
-        let position = self.position;
         let limit = self.settings.batch;
         let after_checkpoint = self.shipped_checkpoint;
-        let batch = tokio::task::spawn_blocking(move || {
-            read_batch(&dir, delivered, durable, limit, position, after_checkpoint)
-        })
-        .await??;
+        let batch = match self.state.take_handoff(delivered, limit, after_checkpoint) {
+            Some((events, checkpoints)) => Batch {
+                last_seq: events.last().map_or(delivered, |e| e.seq),
+                checkpoint_seq: checkpoints.iter().map(|c| c.seq).max().unwrap_or(0),
+                events: events.into_iter().map(|e| e.payload).collect(),
+                checkpoints: checkpoints.into_iter().map(|c| c.payload).collect(),
+                end: None,
+            },
+            None => {
+                let dir = self.settings.dir.clone();
+                let position = self.position;
+                tokio::task::spawn_blocking(move || {
+                    read_batch(&dir, delivered, durable, limit, position, after_checkpoint)
+                })
+                .await??
+            }
+        };
         if batch.events.is_empty() && batch.checkpoints.is_empty() {
             return Ok(0);
         }
         let n = batch.events.len();
         self.deliver(&batch).await?;
         self.state.mark_delivered(batch.last_seq);
-        if let Some(seq) = batch.checkpoints.iter().filter_map(|c| c["seq"].as_u64()).max() {
-            self.shipped_checkpoint = self.shipped_checkpoint.max(seq);
+        self.shipped_checkpoint = self.shipped_checkpoint.max(batch.checkpoint_seq);
+        if batch.end.is_some() {
+            self.position = batch.end;
         }
-        self.position = batch.end;
         self.cleanup(batch.last_seq);
         Ok(n.max(batch.checkpoints.len()))
     }
@@ -170,11 +216,11 @@ impl Shipper {
     async fn deliver(&self, batch: &Batch) -> anyhow::Result<()> {
         let mut client = self.warehouse.pool().get().await?;
         let tx = client.transaction().await?;
-        let events = Value::Array(batch.events.clone());
+        let events = JsonArray(&batch.events);
         tx.execute(INSERT_EVENTS, &[&events]).await?;
         tx.execute(INSERT_RECORDS, &[&events]).await?;
         if !batch.checkpoints.is_empty() {
-            tx.execute(INSERT_CHECKPOINTS, &[&Value::Array(batch.checkpoints.clone())])
+            tx.execute(INSERT_CHECKPOINTS, &[&JsonArray(&batch.checkpoints)])
                 .await?;
         }
         let last = batch.last_seq as i64;
@@ -235,14 +281,9 @@ fn read_batch(
         if let Some(p) = position.filter(|p| p.segment_first == *first && p.last_seq == batch.last_seq) {
             reader.seek(p.offset)?;
         }
-        while let Some((frame, _)) = reader.next_frame()? {
+        while let Some((frame, payload, _)) = reader.next_with_payload()? {
             match frame {
-                Frame::Event {
-                    event,
-                    prev_hash,
-                    hash,
-                    warehouse,
-                } => {
+                Frame::Event { event, .. } => {
                     if event.seq <= batch.last_seq {
                         continue;
                     }
@@ -250,7 +291,7 @@ fn read_batch(
                         return Ok(batch);
                     }
                     batch.last_seq = event.seq;
-                    batch.events.push(json!({ "event": event, "prev_hash": prev_hash, "hash": hash, "warehouse": warehouse }));
+                    batch.events.push(payload);
                     batch.end = Some(Position {
                         segment_first: *first,
                         offset: reader.offset,
@@ -259,7 +300,8 @@ fn read_batch(
                 }
                 Frame::Checkpoint(cp) => {
                     if cp.seq == batch.last_seq && cp.seq > after_checkpoint {
-                        batch.checkpoints.push(serde_json::to_value(&cp)?);
+                        batch.checkpoint_seq = batch.checkpoint_seq.max(cp.seq);
+                        batch.checkpoints.push(payload);
                         batch.end = Some(Position {
                             segment_first: *first,
                             offset: reader.offset,
