@@ -98,6 +98,22 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The leaf client certificate, already verified by rustls.
     pub client_cert: Option<CertificateDer<'static>>,
+    /// The certificate's URI SANs, parsed once for the connection's life.
+    pub client_uris: Vec<String>,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, client_cert: Option<CertificateDer<'static>>) -> Peer {
+        let client_uris = client_cert
+            .as_ref()
+            .map(crate::auth::certificate_uris)
+            .unwrap_or_default();
+        Peer {
+            addr,
+            client_cert,
+            client_uris,
+        }
+    }
 }
 
 /// Serves `listener` until `shutdown` turns true, then drains.
@@ -176,17 +192,14 @@ pub async fn serve<H, F>(
                         }
                         None => None,
                     };
-                    let peer = Arc::new(Peer { addr, client_cert });
+                    let peer = Arc::new(Peer::new(addr, client_cert));
                     let conn = serve_connection(TokioIo::new(stream), peer, handler, &limits, watcher);
                     if let Err(error) = conn.await {
                         tracing::debug!(%addr, %error, "connection ended with an error");
                     }
                 }
                 None => {
-                    let peer = Arc::new(Peer {
-                        addr,
-                        client_cert: None,
-                    });
+                    let peer = Arc::new(Peer::new(addr, None));
                     let conn = serve_connection(TokioIo::new(tcp), peer, handler, &limits, watcher);
                     if let Err(error) = conn.await {
                         tracing::debug!(%addr, %error, "connection ended with an error");

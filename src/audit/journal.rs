@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -102,15 +101,57 @@ pub struct JournalState {
     handoff: Mutex<Handoff>,
 }
 
-/// A durable frame's payload, handed to the shipper from memory so that it
-/// need not read it back from disk. Events and checkpoints are shipped as
-/// these exact JSON bytes (the warehouse's INSERTs read the members they
-/// need and ignore the rest).
+/// A durable frame, handed to the shipper from memory so that it need not
+/// read it back from disk.
 #[derive(Debug, Clone)]
-pub struct Shippable {
-    pub seq: u64,
-    pub checkpoint: bool,
-    pub payload: Bytes,
+pub enum Shippable {
+    Event(Box<DurableEvent>),
+    Checkpoint(Checkpoint),
+}
+
+/// An event as written: the event, its canonical bytes (the `body` stored
+/// in the warehouse) and its place in the chain.
+#[derive(Debug, Clone)]
+pub struct DurableEvent {
+    pub event: AuditEvent,
+    pub canonical: Vec<u8>,
+    pub prev_hash: String,
+    pub hash: String,
+    pub warehouse: Option<WarehouseRecord>,
+}
+
+impl DurableEvent {
+    /// The event of a frame read from disk.
+    pub fn from_frame(event: AuditEvent, prev_hash: String, hash: String, warehouse: Option<WarehouseRecord>) -> Self {
+        DurableEvent {
+            canonical: event.canonical(),
+            event,
+            prev_hash,
+            hash,
+            warehouse,
+        }
+    }
+}
+
+impl Shippable {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Shippable::Event(e) => e.event.seq,
+            Shippable::Checkpoint(c) => c.seq,
+        }
+    }
+
+    fn is_checkpoint(&self) -> bool {
+        matches!(self, Shippable::Checkpoint(_))
+    }
+
+    /// Roughly the memory it holds.
+    fn size(&self) -> usize {
+        match self {
+            Shippable::Event(e) => e.canonical.len() + if e.warehouse.is_some() { 1024 } else { 256 },
+            Shippable::Checkpoint(_) => 256,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -137,7 +178,7 @@ impl JournalState {
     /// then reads the segment files) when the shipper is too far behind.
     fn hand_off(&self, frames: Vec<Shippable>) {
         let mut h = self.handoff.lock().unwrap_or_else(|p| p.into_inner());
-        let size: usize = frames.iter().map(|f| f.payload.len()).sum();
+        let size: usize = frames.iter().map(Shippable::size).sum();
         if h.bytes + size > HANDOFF_BYTES {
             return;
         }
@@ -155,47 +196,50 @@ impl JournalState {
         delivered: u64,
         limit: usize,
         after_checkpoint: u64,
-    ) -> Option<(Vec<Shippable>, Vec<Shippable>)> {
+    ) -> Option<(Vec<DurableEvent>, Vec<Checkpoint>)> {
         let mut h = self.handoff.lock().unwrap_or_else(|p| p.into_inner());
         let stale = |f: &Shippable| {
-            if f.checkpoint {
-                f.seq < delivered || f.seq <= after_checkpoint
+            if f.is_checkpoint() {
+                f.seq() < delivered || f.seq() <= after_checkpoint
             } else {
-                f.seq <= delivered
+                f.seq() <= delivered
             }
         };
         while h.frames.front().is_some_and(stale) {
             let f = h.frames.pop_front()?;
-            h.bytes -= f.payload.len();
+            h.bytes -= f.size();
         }
         let front = h.frames.front()?;
-        let next = if front.checkpoint {
-            front.seq == delivered
+        let next = if front.is_checkpoint() {
+            front.seq() == delivered
         } else {
-            front.seq == delivered + 1
+            front.seq() == delivered + 1
         };
         if !next {
             return None;
         }
         let (mut events, mut checkpoints, mut last) = (Vec::new(), Vec::new(), delivered);
         while let Some(f) = h.frames.front() {
-            let take = if f.checkpoint {
-                f.seq == last
+            let take = if f.is_checkpoint() {
+                f.seq() == last
             } else {
-                f.seq == last + 1 && events.len() < limit
+                f.seq() == last + 1 && events.len() < limit
             };
             if !take {
                 break;
             }
             let f = h.frames.pop_front()?;
-            h.bytes -= f.payload.len();
-            if f.checkpoint {
-                if f.seq > after_checkpoint {
-                    checkpoints.push(f);
+            h.bytes -= f.size();
+            match f {
+                Shippable::Checkpoint(cp) => {
+                    if cp.seq > after_checkpoint {
+                        checkpoints.push(cp);
+                    }
                 }
-            } else {
-                last = f.seq;
-                events.push(f);
+                Shippable::Event(e) => {
+                    last = e.event.seq;
+                    events.push(*e);
+                }
             }
         }
         Some((events, checkpoints))
@@ -353,11 +397,6 @@ impl FrameReader {
     /// The next whole frame; `Ok(None)` at a clean end, a torn tail or a
     /// corrupt frame (the caller decides whether that is the end).
     pub fn next_frame(&mut self) -> io::Result<Option<(Frame, u64)>> {
-        Ok(self.next_with_payload()?.map(|(frame, _, at)| (frame, at)))
-    }
-
-    /// [`FrameReader::next_frame`] with the frame's payload bytes as read.
-    pub fn next_with_payload(&mut self) -> io::Result<Option<(Frame, Bytes, u64)>> {
         let mut head = [0u8; 8];
         match read_full(&mut self.reader, &mut head)? {
             0 => return Ok(None),
@@ -377,8 +416,7 @@ impl FrameReader {
             Ok((frame, n)) => {
                 let at = self.offset;
                 self.offset += n as u64;
-                let payload = Bytes::from(buf).slice(8..);
-                Ok(Some((frame, payload, at)))
+                Ok(Some((frame, at)))
             }
             Err(_) => Ok(None),
         }
@@ -635,14 +673,23 @@ impl Writer {
             let canonical = event.canonical();
             hash = chain_hash(&prev, &canonical);
             let hash_hex = hex(&hash);
-            let payload = event_payload(&canonical, &hex(&prev), &hash_hex, job.warehouse.as_ref());
+            let prev_hash = hex(&prev);
+            let payload = event_payload(&canonical, &prev_hash, &hash_hex, job.warehouse.as_ref());
             push_frame(&mut buf, &payload);
-            shippable.push(Shippable {
-                seq,
-                checkpoint: false,
-                payload: Bytes::from(payload),
-            });
-            replies.push((job.reply, Appended { seq, hash: hash_hex }));
+            replies.push((
+                job.reply,
+                Appended {
+                    seq,
+                    hash: hash_hex.clone(),
+                },
+            ));
+            shippable.push(Shippable::Event(Box::new(DurableEvent {
+                event,
+                canonical,
+                prev_hash,
+                hash: hash_hex,
+                warehouse: job.warehouse,
+            })));
         }
         let events = replies.len() as u64;
         let checkpoint = (checkpoint_due && (self.since_checkpoint + events) > 0).then(|| {
@@ -652,11 +699,7 @@ impl Writer {
         if let Some(cp) = &checkpoint {
             let payload = serde_json::to_vec(&Frame::Checkpoint(cp.clone())).unwrap_or_default();
             push_frame(&mut buf, &payload);
-            shippable.push(Shippable {
-                seq,
-                checkpoint: true,
-                payload: Bytes::from(payload),
-            });
+            shippable.push(Shippable::Checkpoint(cp.clone()));
         }
         if buf.is_empty() {
             return Ok(());
