@@ -33,6 +33,8 @@ const CONCURRENCY: usize = 64;
 const SATURATION_SECS: u64 = 10;
 const FIXED_SECS: u64 = 6;
 const OFFICERS: usize = 100;
+const IDLE_CONNECTIONS: usize = 10_000;
+const MANY_OFFICERS: usize = 10_000;
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -429,14 +431,15 @@ async fn bench(pinned: bool) {
     // which the latency each proxy adds is compared.
     let nginx = match nginx_binary().filter(|_| std::env::var_os("E2E_NO_NGINX").is_none()) {
         None => {
-            println!("nginx: not installed, no comparison (apt-get install nginx)");
+            println!("nginx: not installed or E2E_NO_NGINX set: no comparison (apt-get install nginx)");
             None
         }
         Some(bin) => {
             let ndir = dir.path().join("nginx");
             std::fs::create_dir_all(&ndir).expect("nginx dir");
             let port = free_port().expect("port");
-            std::fs::write(ndir.join("nginx.conf"), nginx_config(&ndir, &l, port, sim_addr)).expect("nginx.conf");
+            std::fs::write(ndir.join("nginx.conf"), nginx_config(&ndir, &l, port, sim_addr))
+                .expect("nginx.conf");
             let child = spawn_pinned(pinned, &bin)
                 .arg("-p")
                 .arg(&ndir)
@@ -473,6 +476,9 @@ async fn bench(pinned: bool) {
     config.gateway.ops_listen = ([127, 0, 0, 1], ops).into();
     config.gateway.instance_id = "bench-1".into();
     config.rate_limits.scale = 1_000_000.0;
+    // Room for the scale check's 10,000 idle connections of one app.
+    config.limits.max_connections = IDLE_CONNECTIONS + 1_000;
+    config.limits.max_connections_per_certificate = IDLE_CONNECTIONS + 1_000;
     config.warehouse.url = Some(pg.gateway_url());
     config.warehouse.admin_url = Some(pg.admin_url());
     let config_path = dir.path().join("gateway.toml");
@@ -492,8 +498,15 @@ async fn bench(pinned: bool) {
 
     let tokens: Vec<String> = (0..OFFICERS)
         .map(|o| {
-            pki::mint_demo_token(&l, "mot-cua", &format!("canbo-{o}"), &["officer".into()], None, 3600)
-                .expect("token")
+            pki::mint_demo_token(
+                &l,
+                "mot-cua",
+                &format!("canbo-{o}"),
+                &["officer".into()],
+                None,
+                3600,
+            )
+            .expect("token")
         })
         .collect();
     let target = Arc::new(Target {
@@ -508,7 +521,13 @@ async fn bench(pinned: bool) {
     // Let the shipper catch up before the latency runs, and count what
     // saturation lost on the way.
     let drained = Instant::now();
-    let ids = target.audit_ids.as_ref().expect("ids").lock().expect("lock").clone();
+    let ids = target
+        .audit_ids
+        .as_ref()
+        .expect("ids")
+        .lock()
+        .expect("lock")
+        .clone();
     let (acknowledged, missing) = audit_completeness(&pg.admin_url(), ids).await;
     println!(
         "popgate: audit after saturation: {acknowledged} answers acknowledged, {missing} of their events missing from the warehouse (shipped {:.1} s after the load stopped)",
@@ -519,7 +538,11 @@ async fn bench(pinned: bool) {
     // (popgate's when nginx is absent), and the simulator called directly
     // at 50 %, for the latency each proxy adds.
     let direct = Arc::new(Target {
-        client: mtls_client(&l.national_ca_cert(), &l.upstream_client_cert(), &l.upstream_client_key()),
+        client: mtls_client(
+            &l.national_ca_cert(),
+            &l.upstream_client_cert(),
+            &l.upstream_client_key(),
+        ),
         url: format!("https://{sim_addr}{}", popgate::sim::PATH_LOOKUP),
         tokens: Vec::new(),
         bodies: c06_bodies,
@@ -538,7 +561,10 @@ async fn bench(pinned: bool) {
     for (name, t) in proxies {
         for share in [0.25, 0.50, 0.75] {
             let mut run = offered(t.clone(), base * share, FIXED_SECS).await;
-            run.report(&format!("{name}: {:.0} % ({:.0} req/s)", share * 100.0, base * share), None);
+            run.report(
+                &format!("{name}: {:.0} % ({:.0} req/s)", share * 100.0, base * share),
+                None,
+            );
             if share == 0.50 {
                 let added = run.p(0.99).as_secs_f64() - direct_p99.as_secs_f64();
                 println!("{name}: added p99 at 50 % = {:.2} ms", added * 1e3);
@@ -557,12 +583,106 @@ async fn bench(pinned: bool) {
             n.cpu_us
         );
     }
+    scale_checks(&l, port, pid, &target).await;
+
     let ids = std::mem::take(&mut *target.audit_ids.as_ref().expect("ids").lock().expect("lock"));
     let (acknowledged, missing) = audit_completeness(&pg.admin_url(), ids).await;
     println!("popgate: audit in all: {acknowledged} answers acknowledged, {missing} of their events missing from the warehouse");
     drop(gateway);
     drop(nginx);
     drop(pg);
+}
+
+/// Memory at scale: many idle mTLS connections held open, then many
+/// distinct officers (each a new token to verify and new limiter keys).
+async fn scale_checks(l: &pki::PkiLayout, port: u16, pid: u32, target: &Arc<Target>) {
+    let tls = Arc::new(
+        popgate::tls::mutual_client_config(
+            &l.apps_ca_cert(),
+            &l.app_cert("mot-cua"),
+            &l.app_key("mot-cua"),
+            &[],
+        )
+        .expect("tls"),
+    );
+    let before = rss_kib(pid, "VmRSS:");
+    let open = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut handshakes = Vec::new();
+    for _ in 0..IDLE_CONNECTIONS {
+        let (tls, open) = (tls.clone(), open.clone());
+        handshakes.push(tokio::spawn(async move {
+            let _slot = open.acquire_owned().await.ok()?;
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            let name = rustls_pki_types::ServerName::try_from("localhost").ok()?;
+            tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await
+                .ok()
+        }));
+    }
+    let mut held = Vec::new();
+    for h in handshakes {
+        if let Ok(Some(conn)) = h.await {
+            held.push(conn);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let with_idle = rss_kib(pid, "VmRSS:");
+    println!(
+        "popgate: {} idle mTLS connections held: RSS {} MiB (was {} MiB; {:.1} KiB per connection)",
+        held.len(),
+        with_idle / 1024,
+        before / 1024,
+        (with_idle.saturating_sub(before)) as f64 / held.len().max(1) as f64
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let tokens: Vec<String> = (0..MANY_OFFICERS)
+        .map(|o| {
+            pki::mint_demo_token(
+                l,
+                "mot-cua",
+                &format!("scale-{o}"),
+                &["officer".into()],
+                None,
+                3600,
+            )
+            .expect("token")
+        })
+        .collect();
+    let many = Arc::new(Target {
+        client: target.client.clone(),
+        url: target.url.clone(),
+        tokens,
+        bodies: target.bodies.clone(),
+        audit_ids: None,
+    });
+    let before = rss_kib(pid, "VmRSS:");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..CONCURRENCY {
+        let many = many.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for i in (w..MANY_OFFICERS).step_by(CONCURRENCY) {
+                ok += usize::from(many.one(i).await.is_some());
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap_or(0);
+    }
+    let after = rss_kib(pid, "VmRSS:");
+    println!(
+        "popgate: {MANY_OFFICERS} distinct officers, one request each ({ok} answered in {:.1} s): RSS {} MiB (was {} MiB; {:.2} KiB per officer)",
+        started.elapsed().as_secs_f64(),
+        after / 1024,
+        before / 1024,
+        after.saturating_sub(before) as f64 / MANY_OFFICERS as f64
+    );
 }
 
 /// Stops a child process (SIGTERM, then wait) when dropped.

@@ -122,7 +122,12 @@ pub struct DurableEvent {
 
 impl DurableEvent {
     /// The event of a frame read from disk.
-    pub fn from_frame(event: AuditEvent, prev_hash: String, hash: String, warehouse: Option<WarehouseRecord>) -> Self {
+    pub fn from_frame(
+        event: AuditEvent,
+        prev_hash: String,
+        hash: String,
+        warehouse: Option<WarehouseRecord>,
+    ) -> Self {
         DurableEvent {
             canonical: event.canonical(),
             event,
@@ -331,7 +336,12 @@ fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
 /// The payload of an event frame, written around the event's canonical
 /// bytes so that the event is serialised once: what serde writes for
 /// [`Frame::Event`], member for member.
-fn event_payload(canonical: &[u8], prev_hash: &str, hash: &str, warehouse: Option<&WarehouseRecord>) -> Vec<u8> {
+fn event_payload(
+    canonical: &[u8],
+    prev_hash: &str,
+    hash: &str,
+    warehouse: Option<&WarehouseRecord>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(canonical.len() + 200 + if warehouse.is_some() { 1024 } else { 0 });
     out.extend_from_slice(b"{\"t\":\"event\",\"event\":");
     out.extend_from_slice(canonical);

@@ -74,7 +74,11 @@ struct Batch {
 struct RawJson<B>(B);
 
 impl<B: AsRef<[u8]> + std::fmt::Debug> ToSql for RawJson<B> {
-    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         if *ty == Type::JSONB {
             out.put_u8(1); // jsonb's binary format: a version byte, then the text
         }
@@ -382,7 +386,11 @@ impl Shipper {
     }
 
     async fn deliver(&self, batch: &Batch) -> anyhow::Result<()> {
-        let events = batch.events.iter().map(EventRow::new).collect::<anyhow::Result<Vec<_>>>()?;
+        let events = batch
+            .events
+            .iter()
+            .map(EventRow::new)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut records = Vec::new();
         for row in &events {
             records.extend(RecordRow::new(row)?);
@@ -395,7 +403,8 @@ impl Shipper {
                     last = batch.last_seq,
                     "some audit events of this batch are already in the warehouse; shipping it row by row"
                 );
-                self.deliver_in(&mut client, batch, &events, &records, false).await
+                self.deliver_in(&mut client, batch, &events, &records, false)
+                    .await
             }
             other => other,
         }
@@ -414,7 +423,9 @@ impl Shipper {
         let tx = client.transaction().await?;
         if copy {
             let sink = tx
-                .copy_in(&format!("COPY popgate.audit_events ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)"))
+                .copy_in(&format!(
+                    "COPY popgate.audit_events ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)"
+                ))
                 .await?;
             let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &EVENT_TYPES));
             for row in events {
@@ -423,7 +434,9 @@ impl Shipper {
             writer.finish().await?;
             if !records.is_empty() {
                 let sink = tx
-                    .copy_in(&format!("COPY popgate.citizen_records ({RECORD_COLUMNS}) FROM STDIN (FORMAT binary)"))
+                    .copy_in(&format!(
+                        "COPY popgate.citizen_records ({RECORD_COLUMNS}) FROM STDIN (FORMAT binary)"
+                    ))
                     .await?;
                 let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &RECORD_TYPES));
                 for row in records {
@@ -459,8 +472,18 @@ impl Shipper {
         }
         for cp in &batch.checkpoints {
             let seq = cp.seq as i64;
-            tx.execute(INSERT_CHECKPOINT, &[&cp.instance_id, &seq, &cp.head_hash, &cp.ts, &cp.public_key, &cp.signature])
-                .await?;
+            tx.execute(
+                INSERT_CHECKPOINT,
+                &[
+                    &cp.instance_id,
+                    &seq,
+                    &cp.head_hash,
+                    &cp.ts,
+                    &cp.public_key,
+                    &cp.signature,
+                ],
+            )
+            .await?;
         }
         let last = batch.last_seq as i64;
         tx.execute(
