@@ -806,3 +806,111 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::event::EventKind;
+
+    fn state() -> JournalState {
+        JournalState {
+            durable_seq: AtomicU64::new(0),
+            delivered_seq: AtomicU64::new(0),
+            checkpoint_seq: AtomicU64::new(0),
+            last_delivery_ms: AtomicU64::new(0),
+            degraded: AtomicBool::new(false),
+            epoch: Instant::now(),
+            handoff: Mutex::new(Handoff::default()),
+        }
+    }
+
+    fn event(seq: u64) -> Shippable {
+        let event = AuditEvent {
+            app_id: None,
+            audit_id: format!("a{seq}"),
+            case_ref: None,
+            citizen_key: None,
+            decision: "pending".into(),
+            details: None,
+            fields: Vec::new(),
+            http_status: None,
+            instance_id: "gw".into(),
+            intent_id: None,
+            kind: EventKind::Intent,
+            officer_id: None,
+            officer_unit: None,
+            operation: "lookup".into(),
+            policy_version: None,
+            purpose: None,
+            reason: None,
+            released_digest: None,
+            request_id: "r".into(),
+            seq,
+            ts: String::new(),
+            upstream_digest: None,
+            upstream_ms: None,
+            upstream_status: None,
+        };
+        Shippable::Event(Box::new(DurableEvent::from_frame(
+            event,
+            String::new(),
+            String::new(),
+            None,
+        )))
+    }
+
+    fn checkpoint(seq: u64) -> Shippable {
+        Shippable::Checkpoint(Checkpoint {
+            instance_id: "gw".into(),
+            seq,
+            head_hash: String::new(),
+            ts: String::new(),
+            public_key: String::new(),
+            signature: String::new(),
+        })
+    }
+
+    fn seqs(taken: &(Vec<DurableEvent>, Vec<Checkpoint>)) -> (Vec<u64>, Vec<u64>) {
+        (
+            taken.0.iter().map(|e| e.event.seq).collect(),
+            taken.1.iter().map(|c| c.seq).collect(),
+        )
+    }
+
+    #[test]
+    fn the_shipper_takes_consecutive_frames_from_memory_with_their_checkpoints() {
+        let s = state();
+        s.hand_off(vec![event(1), event(2), checkpoint(2), event(3), event(4)]);
+        let taken = s.take_handoff(0, 3, 0).expect("in memory");
+        // The limit counts events; the checkpoint anchoring event 2 comes along.
+        assert_eq!(seqs(&taken), (vec![1, 2, 3], vec![2]));
+        let taken = s.take_handoff(3, 10, 2).expect("in memory");
+        assert_eq!(seqs(&taken), (vec![4], vec![]));
+        assert!(s.take_handoff(4, 10, 2).is_none(), "nothing left");
+        assert_eq!(s.handoff.lock().expect("lock").bytes, 0);
+    }
+
+    #[test]
+    fn a_gap_in_memory_sends_the_shipper_to_the_segment_files() {
+        let s = state();
+        s.hand_off(vec![event(5), event(6)]);
+        // The shipper has delivered up to 3: event 4 is only on disk.
+        assert!(s.take_handoff(3, 10, 0).is_none());
+        // Once the disk read has delivered 4, memory takes over again.
+        let taken = s.take_handoff(4, 10, 0).expect("in memory");
+        assert_eq!(seqs(&taken), (vec![5, 6], vec![]));
+        // Frames the disk read already delivered are dropped, not shipped twice.
+        s.hand_off(vec![event(7), event(8), checkpoint(8)]);
+        let taken = s.take_handoff(7, 10, 0).expect("in memory");
+        assert_eq!(seqs(&taken), (vec![8], vec![8]));
+    }
+
+    #[test]
+    fn past_its_memory_bound_the_handoff_keeps_nothing_new() {
+        let s = state();
+        let big = (1..=100_000).map(event).collect::<Vec<_>>();
+        s.hand_off(big);
+        assert!(s.handoff.lock().expect("lock").frames.is_empty());
+        assert!(s.take_handoff(0, 10, 0).is_none());
+    }
+}
