@@ -141,6 +141,59 @@ const RECORD_TYPES: [Type; 14] = [
     Type::TIMESTAMPTZ,
 ];
 
+/// A warehouse row, typed column by column.
+trait Row {
+    const TABLE: &'static str;
+    const COLUMNS: &'static str;
+    const TYPES: &'static [Type];
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)>;
+}
+
+/// Writes `rows` with one binary `COPY`.
+async fn copy_rows<R: Row>(tx: &tokio_postgres::Transaction<'_>, rows: &[R]) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sink = tx
+        .copy_in(&format!(
+            "COPY popgate.{} ({}) FROM STDIN (FORMAT binary)",
+            R::TABLE,
+            R::COLUMNS
+        ))
+        .await?;
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, R::TYPES));
+    for row in rows {
+        writer.as_mut().write(&row.params()).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// Inserts `rows` one by one, skipping those already there.
+async fn insert_rows<R: Row>(tx: &tokio_postgres::Transaction<'_>, rows: &[R]) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let placeholders = (1..=R::TYPES.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let insert = tx
+        .prepare_typed(
+            &format!(
+                "INSERT INTO popgate.{} ({}) VALUES ({placeholders}) ON CONFLICT DO NOTHING",
+                R::TABLE,
+                R::COLUMNS
+            ),
+            R::TYPES,
+        )
+        .await?;
+    for row in rows {
+        tx.execute(&insert, &row.params()).await?;
+    }
+    Ok(())
+}
+
 /// The typed columns of one `audit_events` row.
 struct EventRow<'a> {
     e: &'a DurableEvent,
@@ -169,10 +222,16 @@ impl<'a> EventRow<'a> {
             body: RawJson(&e.canonical),
         })
     }
+}
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 23] {
+impl Row for EventRow<'_> {
+    const TABLE: &'static str = "audit_events";
+    const COLUMNS: &'static str = EVENT_COLUMNS;
+    const TYPES: &'static [Type] = &EVENT_TYPES;
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         let ev = &self.e.event;
-        [
+        vec![
             &ev.instance_id,
             &self.seq,
             &self.audit_id,
@@ -236,10 +295,16 @@ impl<'a> RecordRow<'a> {
             fields: RawJson(serde_json::to_vec(&w.fields)?),
         }))
     }
+}
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 14] {
+impl Row for RecordRow<'_> {
+    const TABLE: &'static str = "citizen_records";
+    const COLUMNS: &'static str = RECORD_COLUMNS;
+    const TYPES: &'static [Type] = &RECORD_TYPES;
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         let w = self.w;
-        [
+        vec![
             &self.audit_id,
             &w.citizen_key,
             &w.app_id,
@@ -422,53 +487,11 @@ impl Shipper {
     ) -> anyhow::Result<()> {
         let tx = client.transaction().await?;
         if copy {
-            let sink = tx
-                .copy_in(&format!(
-                    "COPY popgate.audit_events ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)"
-                ))
-                .await?;
-            let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &EVENT_TYPES));
-            for row in events {
-                writer.as_mut().write(&row.params()).await?;
-            }
-            writer.finish().await?;
-            if !records.is_empty() {
-                let sink = tx
-                    .copy_in(&format!(
-                        "COPY popgate.citizen_records ({RECORD_COLUMNS}) FROM STDIN (FORMAT binary)"
-                    ))
-                    .await?;
-                let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &RECORD_TYPES));
-                for row in records {
-                    writer.as_mut().write(&row.params()).await?;
-                }
-                writer.finish().await?;
-            }
+            copy_rows(&tx, events).await?;
+            copy_rows(&tx, records).await?;
         } else {
-            let insert_event = tx
-                .prepare_typed(
-                    &format!(
-                        "INSERT INTO popgate.audit_events ({EVENT_COLUMNS}) VALUES ({}) ON CONFLICT DO NOTHING",
-                        placeholders(EVENT_TYPES.len())
-                    ),
-                    &EVENT_TYPES,
-                )
-                .await?;
-            for row in events {
-                tx.execute(&insert_event, &row.params()).await?;
-            }
-            let insert_record = tx
-                .prepare_typed(
-                    &format!(
-                        "INSERT INTO popgate.citizen_records ({RECORD_COLUMNS}) VALUES ({}) ON CONFLICT DO NOTHING",
-                        placeholders(RECORD_TYPES.len())
-                    ),
-                    &RECORD_TYPES,
-                )
-                .await?;
-            for row in records {
-                tx.execute(&insert_record, &row.params()).await?;
-            }
+            insert_rows(&tx, events).await?;
+            insert_rows(&tx, records).await?;
         }
         for cp in &batch.checkpoints {
             let seq = cp.seq as i64;
@@ -588,10 +611,6 @@ const INSERT_CHECKPOINT: &str = "
 INSERT INTO popgate.audit_checkpoints (instance_id, seq, head_hash, ts, signed_ts, public_key, signature)
 VALUES ($1, $2, $3, CAST($4::text AS timestamptz), $4, $5, $6)
 ON CONFLICT DO NOTHING";
-
-fn placeholders(n: usize) -> String {
-    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
-}
 
 fn is_unique_violation(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
