@@ -459,7 +459,7 @@ async fn bench(pinned: bool) {
                 audit_ids: None,
             });
             let m = measure("nginx", target.clone(), child.id()).await;
-            Some((child_guard(child), target, m))
+            Some((ChildGuard(child), target, m))
         }
     };
 
@@ -493,22 +493,10 @@ async fn bench(pinned: bool) {
         .spawn()
         .expect("gateway");
     let pid = gateway.id();
-    let gateway = child_guard(gateway);
+    let gateway = ChildGuard(gateway);
     wait_for_port(port);
 
-    let tokens: Vec<String> = (0..OFFICERS)
-        .map(|o| {
-            pki::mint_demo_token(
-                &l,
-                "mot-cua",
-                &format!("canbo-{o}"),
-                &["officer".into()],
-                None,
-                3600,
-            )
-            .expect("token")
-        })
-        .collect();
+    let tokens = officer_tokens(&l, "canbo", OFFICERS);
     let target = Arc::new(Target {
         client: app_client(),
         url: format!("https://127.0.0.1:{port}/v1/citizens/lookup"),
@@ -593,6 +581,23 @@ async fn bench(pinned: bool) {
     drop(pg);
 }
 
+/// Tokens of `n` officers of the `mot-cua` app, named `{prefix}-{i}`.
+fn officer_tokens(l: &pki::PkiLayout, prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|o| {
+            pki::mint_demo_token(
+                l,
+                "mot-cua",
+                &format!("{prefix}-{o}"),
+                &["officer".into()],
+                None,
+                3600,
+            )
+            .expect("token")
+        })
+        .collect()
+}
+
 /// Memory at scale: many idle mTLS connections held open, then many
 /// distinct officers (each a new token to verify and new limiter keys).
 async fn scale_checks(l: &pki::PkiLayout, port: u16, pid: u32, target: &Arc<Target>) {
@@ -638,19 +643,7 @@ async fn scale_checks(l: &pki::PkiLayout, port: u16, pid: u32, target: &Arc<Targ
     drop(held);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let tokens: Vec<String> = (0..MANY_OFFICERS)
-        .map(|o| {
-            pki::mint_demo_token(
-                l,
-                "mot-cua",
-                &format!("scale-{o}"),
-                &["officer".into()],
-                None,
-                3600,
-            )
-            .expect("token")
-        })
-        .collect();
+    let tokens = officer_tokens(l, "scale", MANY_OFFICERS);
     let many = Arc::new(Target {
         client: target.client.clone(),
         url: target.url.clone(),
@@ -687,10 +680,6 @@ async fn scale_checks(l: &pki::PkiLayout, port: u16, pid: u32, target: &Arc<Targ
 
 /// Stops a child process (SIGTERM, then wait) when dropped.
 struct ChildGuard(std::process::Child);
-
-fn child_guard(c: std::process::Child) -> ChildGuard {
-    ChildGuard(c)
-}
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {

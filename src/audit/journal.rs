@@ -906,6 +906,23 @@ mod tests {
     }
 
     #[test]
+    fn the_hand_written_event_payload_is_what_serde_writes() {
+        let Shippable::Event(e) = event(7) else {
+            unreachable!("event() builds an event")
+        };
+        let payload = event_payload(&e.canonical, "aa", "bb", None);
+        let expected = serde_json::to_vec(&Frame::Event {
+            event: e.event.clone(),
+            prev_hash: "aa".into(),
+            hash: "bb".into(),
+            warehouse: None,
+        })
+        .expect("json");
+        let reparse = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).expect("json");
+        assert_eq!(reparse(&payload), reparse(&expected));
+    }
+
+    #[test]
     fn past_its_memory_bound_the_handoff_keeps_nothing_new() {
         let s = state();
         let big = (1..=100_000).map(event).collect::<Vec<_>>();

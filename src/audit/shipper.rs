@@ -62,8 +62,6 @@ pub struct Shipper {
 struct Batch {
     events: Vec<DurableEvent>,
     checkpoints: Vec<Checkpoint>,
-    /// The newest checkpoint in the batch.
-    checkpoint_seq: u64,
     last_seq: u64,
     /// Where a disk read stopped (`None` for a batch taken from memory).
     end: Option<Position>,
@@ -392,7 +390,6 @@ impl Shipper {
         let batch = match self.state.take_handoff(delivered, limit, after_checkpoint) {
             Some((events, checkpoints)) => Batch {
                 last_seq: events.last().map_or(delivered, |e| e.event.seq),
-                checkpoint_seq: checkpoints.iter().map(|c| c.seq).max().unwrap_or(0),
                 events,
                 checkpoints,
                 end: None,
@@ -412,7 +409,9 @@ impl Shipper {
         let n = batch.events.len();
         self.deliver(&batch).await?;
         self.state.mark_delivered(batch.last_seq);
-        self.shipped_checkpoint = self.shipped_checkpoint.max(batch.checkpoint_seq);
+        if let Some(newest) = batch.checkpoints.iter().map(|c| c.seq).max() {
+            self.shipped_checkpoint = self.shipped_checkpoint.max(newest);
+        }
         if batch.end.is_some() {
             self.position = batch.end;
         }
@@ -592,7 +591,6 @@ fn read_batch(
                 }
                 Frame::Checkpoint(cp) => {
                     if cp.seq == batch.last_seq && cp.seq > after_checkpoint {
-                        batch.checkpoint_seq = batch.checkpoint_seq.max(cp.seq);
                         batch.checkpoints.push(cp);
                         batch.end = Some(Position {
                             segment_first: *first,

@@ -306,7 +306,7 @@ pub fn init(dir: &Path, apps: &[&str], force: bool) -> Result<DevPki, PkiError> 
 
     let mut pseudonym = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut pseudonym);
-    let hex: String = pseudonym.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::audit::event::hex(&pseudonym);
     write_file(&layout.pseudonym_key(), format!("{hex}\n").as_bytes(), 0o600)?;
     Ok(DevPki {
         layout,

@@ -149,7 +149,7 @@ impl EmbeddedPostgres {
             home.join("pg")
         } else {
             let digest = Sha256::digest(home.to_string_lossy().as_bytes());
-            let tag: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            let tag = crate::audit::event::hex(&digest[..8]);
             std::env::temp_dir().join(format!("popgate-pg-{tag}"))
         };
         let creds_path = home.join("warehouse-credentials.json");
