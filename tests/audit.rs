@@ -163,6 +163,48 @@ async fn findings(db: &tokio_postgres::Client, keys: &TrustedKeys) -> Vec<String
         .collect()
 }
 
+/// A warehouse of schema version 1 kept event bodies as `jsonb`; upgrading
+/// it to `json` bodies keeps every hash verifiable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_warehouse_upgrades_and_still_verifies() {
+    let env = TestEnv::start().await;
+    traffic(&env, 10).await;
+    env.settle().await;
+    let keys = trusted(&env);
+    let db = env.admin_db().await;
+    let body_type = "SELECT data_type FROM information_schema.columns
+                     WHERE table_schema = 'popgate' AND table_name = 'audit_events' AND column_name = 'body'";
+    let column: String = db.query_one(body_type, &[]).await.expect("type").get(0);
+    assert_eq!(column, "json");
+    // Back to version 1: bodies re-encoded by jsonb, the migration not yet run.
+    db.batch_execute(
+        "ALTER TABLE popgate.audit_events ALTER COLUMN body TYPE jsonb USING body::jsonb;
+         DELETE FROM popgate.schema_migrations WHERE version = 2",
+    )
+    .await
+    .expect("downgrade");
+    assert!(findings(&db, &keys).await.is_empty(), "version 1 verifies");
+    popgate::warehouse::migrate(&env.gateway().warehouse_admin_url)
+        .await
+        .expect("migrate");
+    let column: String = db.query_one(body_type, &[]).await.expect("type").get(0);
+    assert_eq!(column, "json");
+    assert!(findings(&db, &keys).await.is_empty(), "upgraded bodies verify");
+    // And the gateway ships into the upgraded table as before.
+    let more = traffic(&env, 5).await;
+    env.settle().await;
+    let shipped: i64 = db
+        .query_one(
+            "SELECT count(*) FROM popgate.audit_events WHERE audit_id = ANY($1::text[]::uuid[])",
+            &[&more],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(shipped, 5);
+    assert!(findings(&db, &keys).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_tampering_is_named_by_the_verifier() {
     let env = TestEnv::start().await;
@@ -184,7 +226,7 @@ async fn every_kind_of_tampering_is_named_by_the_verifier() {
     let cases: Vec<(&str, &str)> = vec![
         ("UPDATE popgate.audit_events SET decision = 'denied' WHERE seq = 5", "seq 5: altered: column decision"),
         (
-            "UPDATE popgate.audit_events SET body = jsonb_set(body, '{decision}', '\"denied\"') WHERE seq = 6",
+            "UPDATE popgate.audit_events SET body = jsonb_set(body::jsonb, '{decision}', '\"denied\"')::json WHERE seq = 6",
             "seq 6: altered: the event's content does not match its hash",
         ),
         ("DELETE FROM popgate.audit_events WHERE seq = 7", "seq 7: missing: event 7 is absent"),
@@ -192,7 +234,7 @@ async fn every_kind_of_tampering_is_named_by_the_verifier() {
             "INSERT INTO popgate.audit_events SELECT instance_id, seq + 1000, gen_random_uuid(), ts, request_id, app_id,
                 officer_id, officer_unit, operation, purpose, case_ref, decision, reason, citizen_key, fields,
                 policy_version, upstream_status, upstream_ms, upstream_digest, released_digest,
-                jsonb_set(body, '{seq}', to_jsonb(seq + 1000)), prev_hash, hash
+                jsonb_set(body::jsonb, '{seq}', to_jsonb(seq + 1000))::json, prev_hash, hash
              FROM popgate.audit_events WHERE seq = 3",
             "seq 1003: altered: the event's content does not match its hash",
         ),

@@ -3,7 +3,7 @@
 //! Canonical bytes of an event: its JSON with the `prev_hash` and `hash`
 //! members left out, object keys in lexicographic order, no insignificant
 //! whitespace, UTF-8 (what `serde_json` writes for a `Value`). The same bytes
-//! come back from the warehouse's `jsonb` copy, so a verifier can recompute
+//! come back from the warehouse's copy of the body, so a verifier can recompute
 //! every hash from the database alone. Integers only: no floats.
 //!
 //! `hash = SHA-256("popgate-audit-v1" ‖ 0x00 ‖ prev_hash ‖ canonical)`, with
@@ -80,8 +80,9 @@ impl AuditEvent {
     }
 }
 
-/// Canonical bytes of an event body as stored (`jsonb`) or serialised:
-/// sorted keys, compact; `prev_hash`/`hash` members are ignored.
+/// Canonical bytes of an event body as stored in the warehouse (`json`; `jsonb`
+/// before schema version 2) or serialised: sorted keys, compact;
+/// `prev_hash`/`hash` members are ignored.
 pub fn canonical_value(body: &Value) -> Vec<u8> {
     let mut body = body.clone();
     if let Value::Object(map) = &mut body {

@@ -115,7 +115,7 @@ const EVENT_TYPES: [Type; 23] = [
     Type::INT4,
     Type::TEXT,
     Type::TEXT,
-    Type::JSONB,
+    Type::JSON,
     Type::TEXT,
     Type::TEXT,
 ];

@@ -15,7 +15,14 @@ use tokio_postgres::NoTls;
 
 /// Migrations in the order they are applied; each runs once, in one
 /// transaction, recorded in `popgate.schema_migrations`.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "schema", include_str!("migrations/0001_schema.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "schema", include_str!("migrations/0001_schema.sql")),
+    (
+        2,
+        "event body as json",
+        include_str!("migrations/0002_event_body_json.sql"),
+    ),
+];
 
 const POOL_SIZE: usize = 16;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
