@@ -48,6 +48,7 @@ fn client(
             integration_code: "T".into(),
         },
     )
+    .expect("client")
 }
 
 fn query(id: &PersonalId, kind: QueryKind) -> UpstreamQuery {

@@ -396,7 +396,7 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
             service_code: config.upstream.service_code.clone(),
             integration_code: config.upstream.integration_code.clone(),
         },
-    ));
+    )?);
 
     let tokens = Arc::new(
         TokenVerifier::new(config.tokens.verifier_settings())

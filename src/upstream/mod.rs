@@ -102,6 +102,26 @@ pub struct HttpNationalDb {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     settings: HttpSettings,
     budget: RetryBudget,
+    /// The three operations' addresses, built once.
+    uris: OperationUris,
+}
+
+struct OperationUris {
+    lookup: Uri,
+    household: Uri,
+    verify: Uri,
+}
+
+impl OperationUris {
+    fn new(base: &Uri) -> Result<OperationUris, http::uri::InvalidUri> {
+        let base = base.to_string();
+        let at = |path: &str| format!("{}{path}", base.trim_end_matches('/')).parse::<Uri>();
+        Ok(OperationUris {
+            lookup: at(PATH_LOOKUP)?,
+            household: at(PATH_HOUSEHOLD)?,
+            verify: at(PATH_VERIFY)?,
+        })
+    }
 }
 
 /// Retries allowed as a share of requests: each request earns a tenth of a
@@ -142,7 +162,9 @@ impl RetryBudget {
 }
 
 impl HttpNationalDb {
-    pub fn new(tls: rustls::ClientConfig, settings: HttpSettings) -> HttpNationalDb {
+    pub fn new(tls: rustls::ClientConfig, settings: HttpSettings) -> anyhow::Result<HttpNationalDb> {
+        let uris = OperationUris::new(&settings.base_url)
+            .map_err(|e| anyhow::anyhow!("national database address {}: {e}", settings.base_url))?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(settings.connect_timeout));
@@ -159,22 +181,18 @@ impl HttpNationalDb {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
             .build(https);
-        HttpNationalDb {
+        Ok(HttpNationalDb {
             client,
             settings,
             budget: RetryBudget::default(),
-        }
+            uris,
+        })
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<(StatusCode, Value, String), UpstreamError> {
-        let uri = format!(
-            "{}{}",
-            self.settings.base_url.to_string().trim_end_matches('/'),
-            path
-        );
-        let req = Request::post(uri)
+    async fn post(&self, uri: &Uri, body: Bytes) -> Result<(StatusCode, Value, String), UpstreamError> {
+        let req = Request::post(uri.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
+            .body(Full::new(body))
             .map_err(|e| UpstreamError::Failed(format!("bad request: {e}")))?;
         let exchange = async {
             let resp = self
@@ -218,20 +236,21 @@ impl NationalDb for HttpNationalDb {
                 "MaCanBo": q.officer,
                 "SoDinhDanh": q.personal_id.as_str(),
             });
-            let path = match &q.kind {
-                QueryKind::Lookup => PATH_LOOKUP,
-                QueryKind::Household => PATH_HOUSEHOLD,
+            let uri = match &q.kind {
+                QueryKind::Lookup => &self.uris.lookup,
+                QueryKind::Household => &self.uris.household,
                 QueryKind::Verify {
                     full_name,
                     date_of_birth,
                 } => {
                     body["HoVaTen"] = Value::from(full_name.as_str());
                     body["NgayThangNamSinh"] = Value::from(date_of_birth.replace('-', ""));
-                    PATH_VERIFY
+                    &self.uris.verify
                 }
             };
+            let body = Bytes::from(body.to_string());
             self.budget.deposit();
-            let mut attempt = self.post(path, body.clone()).await;
+            let mut attempt = self.post(uri, body.clone()).await;
             // The three operations are reads, so a failed connection or a
             // gateway error upstream may be retried once, within the budget.
             let retryable = match &attempt {
@@ -243,9 +262,9 @@ impl NationalDb for HttpNationalDb {
             };
             if retryable && self.budget.withdraw() {
                 tracing::debug!("retrying a failed national-database read");
-                attempt = self.post(path, body).await;
+                attempt = self.post(uri, body).await;
             }
-            let (status, answer, digest) = attempt?;
+            let (status, mut answer, digest) = attempt?;
             match status {
                 StatusCode::OK => {}
                 StatusCode::NOT_FOUND => return Err(UpstreamError::NotFound),
@@ -253,12 +272,11 @@ impl NationalDb for HttpNationalDb {
             }
             let as_of = answer["ThoiDiemDuLieu"].as_str().map(str::to_owned);
             let answer = match q.kind {
-                QueryKind::Lookup => answer["CongdanCollection"]["CongDan"]
-                    .as_array()
-                    .and_then(|a| a.first())
+                QueryKind::Lookup => answer
+                    .pointer_mut("/CongdanCollection/CongDan/0")
                     .filter(|r| r.is_object())
                     .map(|r| UpstreamAnswer::Citizen {
-                        record: r.clone(),
+                        record: r.take(),
                         as_of,
                     })
                     .ok_or_else(|| UpstreamError::Failed("answer has no CongDan".into())),
@@ -267,12 +285,18 @@ impl NationalDb for HttpNationalDb {
                     .map(UpstreamAnswer::Match)
                     .ok_or_else(|| UpstreamError::Failed("answer has no TonTai".into())),
                 QueryKind::Household => {
-                    let hh = &answer["HoGiaDinh"];
-                    let head = hh["ChuHo"].clone();
+                    // `pointer_mut`, not `[]`: indexing a peer's non-object would panic.
+                    let head = answer
+                        .pointer_mut("/HoGiaDinh/ChuHo")
+                        .map(Value::take)
+                        .unwrap_or_default();
                     if !head.is_object() {
                         return Err(UpstreamError::Failed("answer has no ChuHo".into()));
                     }
-                    let members = hh["ThanhVien"].as_array().cloned().unwrap_or_default();
+                    let members = match answer.pointer_mut("/HoGiaDinh/ThanhVien").map(Value::take) {
+                        Some(Value::Array(members)) => members,
+                        _ => Vec::new(),
+                    };
                     Ok(UpstreamAnswer::Household { head, members, as_of })
                 }
             }?;
