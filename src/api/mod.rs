@@ -195,6 +195,32 @@ async fn warehouse_and_policy(config: &Config) -> anyhow::Result<Prepared> {
     })
 }
 
+/// Runs the shipper on a thread of its own with a single-threaded runtime.
+/// Encoding a batch of hundreds of rows then never holds up requests on the
+/// gateway's worker threads: the kernel shares a core between the two in
+/// short slices, where a task on the same worker would run to its next
+/// `await`. The handle resolves when the shipper has stopped.
+fn spawn_shipper(shipper: Shipper, stop: watch::Receiver<bool>) -> anyhow::Result<JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the shipper's runtime")?;
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("popgate-shipper".into())
+        .spawn(move || {
+            runtime.block_on(shipper.run(stop));
+            // Its warehouse connections close with the runtime, before the
+            // gateway is told that the shipper has stopped.
+            drop(runtime);
+            drop(done);
+        })
+        .context("cannot start the shipper's thread")?;
+    Ok(tokio::spawn(async move {
+        let _ = finished.await;
+    }))
+}
+
 /// How often idle rate-limit keys are forgotten.
 const LIMITS_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -431,9 +457,10 @@ pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Resul
             retention: Duration::from_secs(a.retention_hours * 3600),
         },
         journal.state.clone(),
-        warehouse.clone(),
+        // A pool of its own, whose connections its own thread drives.
+        Warehouse::new(warehouse.url())?,
     );
-    let shipper_task = tokio::spawn(shipper.run(ship_stop_rx));
+    let shipper_task = spawn_shipper(shipper, ship_stop_rx)?;
     let status = Arc::new(status::GatewayStatus::default());
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let breaker = Arc::new(crate::upstream::breaker::CircuitBreaker::new(
