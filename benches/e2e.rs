@@ -376,7 +376,8 @@ async fn bench(pinned: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki::init(&dir.path().join("certs"), SAMPLE_APPS, false).expect("pki");
     let l = pki.layout.clone();
-    let pg_home = dir.path().join("pg-home");
+    let shm = std::env::var_os("E2E_PG_SHM").map(|_| tempfile::tempdir_in("/dev/shm").expect("shm"));
+    let pg_home = shm.as_ref().map_or(dir.path(), |d| d.path()).join("pg-home");
     let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&pg_home))
         .await
         .expect("join")
