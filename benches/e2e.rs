@@ -13,6 +13,12 @@
 //! ratio popgate / nginx is printed. The simulator is also called directly
 //! at 50 % of nginx's saturation, so that the latency each proxy adds can be
 //! read off.
+//!
+//! `E2E_NO_NGINX=1` skips nginx. `E2E_PG_SHM=1` puts the warehouse's data
+//! directory on tmpfs (`/dev/shm`), as if the warehouse had storage of its
+//! own, as it does in production: its writes then no longer queue on the
+//! disk where the gateway's journal waits for `fdatasync`. The journal
+//! stays on the disk either way.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -376,6 +382,7 @@ async fn bench(pinned: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki::init(&dir.path().join("certs"), SAMPLE_APPS, false).expect("pki");
     let l = pki.layout.clone();
+    // The warehouse on tmpfs when asked (see the top of this file).
     let shm = std::env::var_os("E2E_PG_SHM").map(|_| tempfile::tempdir_in("/dev/shm").expect("shm"));
     let pg_home = shm.as_ref().map_or(dir.path(), |d| d.path()).join("pg-home");
     let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&pg_home))
