@@ -21,6 +21,10 @@ enum Mode {
     WrongLength,
     Huge,
     Deep,
+    /// `CongDan` as an object keyed "0" rather than a list.
+    WrongShape,
+    /// A JSON array where an object belongs.
+    NotAnObject,
     /// A proper answer: a minimal citizen living in province 79.
     Good,
 }
@@ -87,6 +91,15 @@ async fn misbehave(mut s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>
             let _ = s.write_all(ok(body.len()).as_bytes()).await;
             let _ = s.write_all(body.as_bytes()).await;
         }
+        Mode::WrongShape | Mode::NotAnObject => {
+            let body = if mode == Mode::WrongShape {
+                json!({"CongdanCollection": {"CongDan": {"0": {"SoDinhDanh": "079203001234"}}}}).to_string()
+            } else {
+                json!([{"CongdanCollection": {"CongDan": [{"SoDinhDanh": "079203001234"}]}}]).to_string()
+            };
+            let _ = s.write_all(ok(body.len()).as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+        }
     }
     let _ = s.shutdown().await;
 }
@@ -146,6 +159,8 @@ async fn a_misbehaving_upstream_gets_clean_audited_errors() {
         (Mode::WrongLength, 502),
         (Mode::Huge, 502),
         (Mode::Deep, 502),
+        (Mode::WrongShape, 502),
+        (Mode::NotAnObject, 502),
     ];
     for round in 0..3 {
         for (m, status) in expectations {
@@ -169,7 +184,7 @@ async fn a_misbehaving_upstream_gets_clean_audited_errors() {
         fds_after <= fds_before + 8,
         "file descriptors grew from {fds_before} to {fds_after}"
     );
-    // Huge answers are refused at the cap, not buffered: 18 hostile answers
+    // Huge answers are refused at the cap, not buffered: 24 hostile answers
     // (some of them 2 MiB, or 50,000 levels deep) leave the process about as big.
     let rss_after = resident_kib();
     assert!(
@@ -186,8 +201,8 @@ async fn a_misbehaving_upstream_gets_clean_audited_errors() {
         .await
         .expect("count")
         .get(0);
-    // Eighteen failures and the warm-up call (which met a resetting upstream).
-    assert_eq!(failures, 19, "every failure is an audit event");
+    // Twenty-four failures and the warm-up call (which met a resetting upstream).
+    assert_eq!(failures, 25, "every failure is an audit event");
     env.stop().await;
 }
 

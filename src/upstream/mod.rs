@@ -272,14 +272,16 @@ impl NationalDb for HttpNationalDb {
             }
             let as_of = answer["ThoiDiemDuLieu"].as_str().map(str::to_owned);
             let answer = match q.kind {
-                QueryKind::Lookup => answer
-                    .pointer_mut("/CongdanCollection/CongDan/0")
-                    .filter(|r| r.is_object())
-                    .map(|r| UpstreamAnswer::Citizen {
-                        record: r.take(),
-                        as_of,
-                    })
-                    .ok_or_else(|| UpstreamError::Failed("answer has no CongDan".into())),
+                QueryKind::Lookup => match answer.pointer_mut("/CongdanCollection/CongDan") {
+                    Some(Value::Array(list)) => list.first_mut(),
+                    _ => None,
+                }
+                .filter(|r| r.is_object())
+                .map(|r| UpstreamAnswer::Citizen {
+                    record: r.take(),
+                    as_of,
+                })
+                .ok_or_else(|| UpstreamError::Failed("answer has no CongDan".into())),
                 QueryKind::Verify { .. } => answer["TonTai"]
                     .as_bool()
                     .map(UpstreamAnswer::Match)
