@@ -163,6 +163,63 @@ async fn findings(db: &tokio_postgres::Client, keys: &TrustedKeys) -> Vec<String
         .collect()
 }
 
+/// A row already in the warehouse where the shipper's next event belongs
+/// (a restored backup, a forged insert) makes its `COPY` fail. The shipper
+/// then inserts the batch row by row, skipping the conflict: shipping goes
+/// on, and the verifier names the row that is not the journal's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_planted_ahead_of_the_shipper_neither_blocks_it_nor_passes_verification() {
+    let env = TestEnv::start().await;
+    traffic(&env, 4).await;
+    env.settle().await;
+    let keys = trusted(&env);
+    let db = env.admin_db().await;
+    let next = env.gateway().journal.state.durable_seq.load(Ordering::Acquire) as i64 + 1;
+    db.execute(
+        "INSERT INTO popgate.audit_events (instance_id, seq, audit_id, ts, request_id, operation, decision, body, prev_hash, hash)
+         VALUES ('test-1', $1, gen_random_uuid(), now(), 'planted', 'lookup', 'granted', '{}', 'x', 'y')",
+        &[&next],
+    )
+    .await
+    .expect("plant");
+    let ids = traffic(&env, 5).await;
+    env.settle().await;
+    let shipped: i64 = db
+        .query_one(
+            "SELECT count(*) FROM popgate.audit_events WHERE audit_id = ANY($1::text[]::uuid[])",
+            &[&ids],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(shipped, 5, "every answer's outcome event is in the warehouse");
+    let rows: i64 = db
+        .query_one(
+            "SELECT count(*) FROM popgate.audit_events WHERE instance_id = 'test-1' AND seq >= $1",
+            &[&next],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    // Nine events (an intent and an outcome for each of four lookups, an
+    // outcome for the malformed one); the planted row holds one's place.
+    assert_eq!(rows, 9);
+    let planted: String = db
+        .query_one(
+            "SELECT request_id FROM popgate.audit_events WHERE instance_id = 'test-1' AND seq = $1",
+            &[&next],
+        )
+        .await
+        .expect("planted")
+        .get(0);
+    assert_eq!(planted, "planted", "the conflicting row is kept, not overwritten");
+    let found = findings(&db, &keys).await;
+    assert!(
+        found.iter().any(|f| f.contains(&format!("seq {next}: altered"))),
+        "{found:#?}"
+    );
+}
+
 /// A warehouse of schema version 1 kept event bodies as `jsonb`; upgrading
 /// it to `json` bodies keeps every hash verifiable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
