@@ -356,10 +356,7 @@ fn spawn_pinned(pinned: bool, program: &std::path::Path) -> Command {
 /// Waits for the shipper to bring every acknowledged answer's audit event
 /// into the warehouse, then counts the missing ones.
 async fn audit_completeness(admin_url: &str, ids: Vec<uuid::Uuid>) -> (usize, usize) {
-    let (db, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
-        .await
-        .expect("warehouse");
-    tokio::spawn(conn);
+    let db = popgate::warehouse::connect(admin_url).await.expect("warehouse");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let found: i64 = db

@@ -153,6 +153,17 @@ async fn every_answer_is_in_the_warehouse_once_and_the_log_verifies() {
     env.stop().await;
 }
 
+/// How many of `audit_ids` are in the warehouse.
+async fn shipped(db: &tokio_postgres::Client, audit_ids: &[String]) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM popgate.audit_events WHERE audit_id = ANY($1::text[]::uuid[])",
+        &[&audit_ids],
+    )
+    .await
+    .expect("count")
+    .get(0)
+}
+
 async fn findings(db: &tokio_postgres::Client, keys: &TrustedKeys) -> Vec<String> {
     verify::verify(db, Some(keys))
         .await
@@ -184,15 +195,11 @@ async fn a_row_planted_ahead_of_the_shipper_neither_blocks_it_nor_passes_verific
     .expect("plant");
     let ids = traffic(&env, 5).await;
     env.settle().await;
-    let shipped: i64 = db
-        .query_one(
-            "SELECT count(*) FROM popgate.audit_events WHERE audit_id = ANY($1::text[]::uuid[])",
-            &[&ids],
-        )
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(shipped, 5, "every answer's outcome event is in the warehouse");
+    assert_eq!(
+        shipped(&db, &ids).await,
+        5,
+        "every answer's outcome event is in the warehouse"
+    );
     let rows: i64 = db
         .query_one(
             "SELECT count(*) FROM popgate.audit_events WHERE instance_id = 'test-1' AND seq >= $1",
@@ -250,15 +257,7 @@ async fn a_version_1_warehouse_upgrades_and_still_verifies() {
     // And the gateway ships into the upgraded table as before.
     let more = traffic(&env, 5).await;
     env.settle().await;
-    let shipped: i64 = db
-        .query_one(
-            "SELECT count(*) FROM popgate.audit_events WHERE audit_id = ANY($1::text[]::uuid[])",
-            &[&more],
-        )
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(shipped, 5);
+    assert_eq!(shipped(&db, &more).await, 5);
     assert!(findings(&db, &keys).await.is_empty());
 }
 

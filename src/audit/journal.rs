@@ -381,20 +381,19 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(Frame, usize), FrameError> {
     if crc32c::crc32c(payload) != crc {
         return Err(FrameError::Corrupt);
     }
-    let frame = match payload.strip_prefix(EVENT_FRAME_START) {
-        // Event frames, nearly all of them, as a plain struct: serde reads an
-        // internally tagged enum by buffering every member as generic content
-        // first, which made reading segments back several times slower.
-        Some(_) => {
-            let m: EventMembers = serde_json::from_slice(payload).map_err(|_| FrameError::Corrupt)?;
-            Frame::Event {
-                event: m.event,
-                prev_hash: m.prev_hash,
-                hash: m.hash,
-                warehouse: m.warehouse,
-            }
+    // Event frames, nearly all of them, as a plain struct: serde reads an
+    // internally tagged enum by buffering every member as generic content
+    // first, which made reading segments back several times slower.
+    let frame = if payload.starts_with(EVENT_FRAME_START) {
+        let m: EventMembers = serde_json::from_slice(payload).map_err(|_| FrameError::Corrupt)?;
+        Frame::Event {
+            event: m.event,
+            prev_hash: m.prev_hash,
+            hash: m.hash,
+            warehouse: m.warehouse,
         }
-        None => serde_json::from_slice(payload).map_err(|_| FrameError::Corrupt)?,
+    } else {
+        serde_json::from_slice(payload).map_err(|_| FrameError::Corrupt)?
     };
     Ok((frame, end))
 }
