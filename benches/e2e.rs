@@ -18,7 +18,9 @@
 //! directory on tmpfs (`/dev/shm`), as if the warehouse had storage of its
 //! own, as it does in production: its writes then no longer queue on the
 //! disk where the gateway's journal waits for `fdatasync`. The journal
-//! stays on the disk either way.
+//! stays on the disk either way. `E2E_SCALE_ONLY=1` runs the scale checks
+//! alone (idle connections and many officers), on a gateway that has not
+//! been loaded before.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -439,7 +441,8 @@ async fn bench(pinned: bool) {
 
     // nginx first, when installed: its saturation sets the common rate at
     // which the latency each proxy adds is compared.
-    let nginx = match nginx_binary().filter(|_| std::env::var_os("E2E_NO_NGINX").is_none()) {
+    let scale_only = std::env::var_os("E2E_SCALE_ONLY").is_some();
+    let nginx = match nginx_binary().filter(|_| std::env::var_os("E2E_NO_NGINX").is_none() && !scale_only) {
         None => {
             println!("nginx: not installed or E2E_NO_NGINX set: no comparison (apt-get install nginx)");
             None
@@ -514,6 +517,10 @@ async fn bench(pinned: bool) {
         bodies: gateway_bodies,
         audit_ids: Some(Mutex::new(Vec::new())),
     });
+    if scale_only {
+        scale_checks(&l, port, pid, &target).await;
+        return;
+    }
     let popgate = measure("popgate", target.clone(), pid).await;
     let rss_busy = rss_kib(pid, "VmHWM:");
     // Let the shipper catch up before the latency runs, and count what

@@ -122,7 +122,7 @@ async fn drain(shipper: &mut Shipper, journal: &Journal) -> usize {
         if delivered >= durable {
             return n;
         }
-        n += shipper.ship_once().await.expect("ship");
+        n += shipper.ship_available().await.expect("ship");
     }
 }
 

@@ -14,13 +14,13 @@ use serde_json::json;
 /// An outcome event of a granted lookup, as the gateway writes one.
 pub fn event(i: u64) -> AuditEvent {
     AuditEvent {
-        audit_id: uuid::Uuid::new_v4().to_string(),
+        audit_id: uuid::Uuid::now_v7().to_string(),
         instance_id: String::new(),
         seq: 0,
         ts: String::new(),
         kind: EventKind::Outcome,
         request_id: format!("req-{i}"),
-        intent_id: Some(uuid::Uuid::new_v4().to_string()),
+        intent_id: Some(uuid::Uuid::now_v7().to_string()),
         app_id: Some("mot-cua".into()),
         officer_id: Some("canbo-01".into()),
         officer_unit: Some("26734".into()),

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::admin::AdminOp;
 use super::auditor::AuditOp;
@@ -183,8 +183,8 @@ impl AppApi {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
         let started = std::time::Instant::now();
         let mut trail = Trail {
-            audit_id: uuid::Uuid::new_v4().to_string(),
-            request_id: uuid::Uuid::new_v4().to_string(),
+            audit_id: uuid::Uuid::now_v7().to_string(),
+            request_id: uuid::Uuid::now_v7().to_string(),
             ..Trail::default()
         };
         let result = match route(req.method(), req.uri().path()) {
@@ -300,8 +300,8 @@ impl AppApi {
                     QueryKind::Household
                 };
                 let answer = self.ask_upstream(&caller, pid, kind, trail).await?;
-                let released = release(&policy, grant, &caller, answer, trail)?;
-                Ok(envelope(trail, policy.version, released))
+                let (key, released) = release(&policy, grant, &caller, answer, trail)?;
+                Ok(envelope(trail, policy.version, key, &released))
             }
             Operation::Verify => {
                 let b: VerifyBody = parse_json(&body)?;
@@ -317,7 +317,7 @@ impl AppApi {
                 match self.ask_upstream(&caller, pid, kind, trail).await? {
                     UpstreamAnswer::Match(m) => {
                         trail.released = vec!["match".to_owned()];
-                        Ok(envelope(trail, policy.version, json!({ "match": m })))
+                        Ok(envelope(trail, policy.version, "match", &Value::Bool(m)))
                     }
                     _ => Err(ApiError::UpstreamFailed),
                 }
@@ -415,7 +415,7 @@ impl AppApi {
         trail: &mut Trail,
     ) -> Result<UpstreamAnswer, ApiError> {
         self.breaker.allow().map_err(ApiError::CircuitOpen)?;
-        let intent_id = uuid::Uuid::new_v4().to_string();
+        let intent_id = uuid::Uuid::now_v7().to_string();
         let intent = trail.event(EventKind::Intent, &intent_id, "pending", None);
         self.journal.append(intent, None).await.map_err(|e| {
             tracing::error!(request_id = %trail.request_id, error = %e, "upstream call not made: intent not durable");
@@ -463,20 +463,24 @@ impl AppApi {
     }
 }
 
-/// The 200 answer: request and audit ids, policy version and `extra`; its
-/// digest goes into the outcome event as evidence of what was released.
-fn envelope(trail: &mut Trail, policy_version: u64, extra: Value) -> Response<Body> {
-    let mut out = json!({
-        "request_id": trail.request_id,
-        "audit_id": trail.audit_id,
-        "policy_version": policy_version,
-    });
-    if let (Value::Object(out), Value::Object(extra)) = (&mut out, extra) {
-        out.extend(extra);
+/// The 200 answer: audit and request ids, policy version and the answer
+/// under `key`, keys in the order a JSON map would sort them. Its digest
+/// goes into the outcome event as evidence of what was released.
+fn envelope(trail: &mut Trail, policy_version: u64, key: &str, answer: &Value) -> Response<Body> {
+    fn put(out: &mut Vec<u8>, before: &str, value: &impl serde::Serialize) {
+        out.extend_from_slice(before.as_bytes());
+        // Plain data written into a Vec: this cannot fail.
+        let _ = serde_json::to_writer(out, value);
     }
-    let bytes = serde_json::to_vec(&out).unwrap_or_default();
-    trail.released_digest = Some(digest_hex(&bytes));
-    server::json_bytes_response(StatusCode::OK, bytes)
+    let mut out = Vec::with_capacity(1024);
+    put(&mut out, "{\"audit_id\":", &trail.audit_id);
+    put(&mut out, ",", &key);
+    put(&mut out, ":", answer);
+    put(&mut out, ",\"policy_version\":", &policy_version);
+    put(&mut out, ",\"request_id\":", &trail.request_id);
+    out.push(b'}');
+    trail.released_digest = Some(digest_hex(&out));
+    server::json_bytes_response(StatusCode::OK, out)
 }
 
 /// Every route of the mTLS listener.
@@ -540,24 +544,19 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/audit/v1/verify"),
 ];
 
-/// Whether `path` fits `template`; the placeholders' values in order.
-fn match_template<'a>(template: &str, path: &'a str) -> Option<Vec<&'a str>> {
-    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
-    if t.len() != p.len() {
-        return None;
-    }
-    let mut params = Vec::new();
-    for (ts, ps) in t.iter().zip(&p) {
-        if ts.starts_with('{') {
-            if ps.is_empty() {
-                return None;
-            }
-            params.push(*ps);
-        } else if ts != ps {
-            return None;
+/// Whether `path` fits `template`; the placeholder's value, if the
+/// template has one (none has more).
+fn match_template<'a>(template: &str, path: &'a str) -> Option<Option<&'a str>> {
+    let (mut t, mut p) = (template.split('/'), path.split('/'));
+    let mut param = None;
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return Some(param),
+            (Some(ts), Some(ps)) if ts.starts_with('{') && !ps.is_empty() => param = Some(ps),
+            (Some(ts), Some(ps)) if ts == ps && !ts.starts_with('{') => {}
+            _ => return None,
         }
     }
-    Some(params)
 }
 
 /// Matches a request to a route. Paths match exactly, literal segments
@@ -567,49 +566,39 @@ pub(super) fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     let matching = |literal: bool| {
         ROUTES
             .iter()
-            .filter(|(_, t)| t.contains('{') != literal)
-            .filter_map(|(m, t)| match_template(t, path).map(|params| (*m, *t, params)))
-            .collect::<Vec<_>>()
+            .filter(move |(_, t)| t.contains('{') != literal)
+            .filter_map(move |(m, t)| match_template(t, path).map(|param| (*m, *t, param)))
     };
     // A literal path (`/events/search`) is never read as a placeholder value.
-    let literal = matching(true);
-    let found = if literal.is_empty() {
-        matching(false)
-    } else {
-        literal
-    };
-    let Some((_, template, params)) = found.iter().find(|(m, _, _)| *m == method.as_str()) else {
-        return Err(match found.first() {
-            Some((m, _, _)) => ApiError::MethodNotAllowed(if *m == "GET" { "GET" } else { "POST" }),
+    let literal = matching(true).next().is_some();
+    let Some((_, template, param)) = matching(literal).find(|(m, _, _)| *m == method.as_str()) else {
+        return Err(match matching(literal).next() {
+            Some((m, _, _)) => ApiError::MethodNotAllowed(if m == "GET" { "GET" } else { "POST" }),
             None => ApiError::NoRoute,
         });
     };
-    let number = |i: usize| {
-        params
-            .get(i)
+    let number = || {
+        param
             .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|s| s.parse::<u64>().ok())
             .filter(|n| *n > 0)
             .ok_or(ApiError::NoRoute)
     };
-    Ok(match *template {
+    Ok(match template {
         "/v1/citizens/lookup" => Route::App(Operation::Lookup),
         "/v1/citizens/verify" => Route::App(Operation::Verify),
         "/v1/households/lookup" => Route::App(Operation::Household),
         "/admin/v1/policies" => Route::Admin(AdminOp::List),
         "/admin/v1/policies/proposals" => Route::Admin(AdminOp::Propose),
-        "/admin/v1/policies/proposals/{id}/approve" => Route::Admin(AdminOp::Approve(number(0)?)),
-        "/admin/v1/policies/proposals/{id}/reject" => Route::Admin(AdminOp::Reject(number(0)?)),
+        "/admin/v1/policies/proposals/{id}/approve" => Route::Admin(AdminOp::Approve(number()?)),
+        "/admin/v1/policies/proposals/{id}/reject" => Route::Admin(AdminOp::Reject(number()?)),
         "/admin/v1/policies/rollback" => Route::Admin(AdminOp::Rollback),
-        "/admin/v1/policies/versions/{n}/diff" => Route::Admin(AdminOp::Diff(number(0)?)),
+        "/admin/v1/policies/versions/{n}/diff" => Route::Admin(AdminOp::Diff(number()?)),
         "/admin/v1/policies/simulate" => Route::Admin(AdminOp::Simulate),
         "/audit/v1/events/search" => Route::Audit(AuditOp::Search),
         "/audit/v1/events/export" => Route::Audit(AuditOp::Export),
         "/audit/v1/events/{audit_id}" => Route::Audit(AuditOp::Get(
-            params
-                .first()
-                .and_then(|s| s.parse().ok())
-                .ok_or(ApiError::NoRoute)?,
+            param.and_then(|s| s.parse().ok()).ok_or(ApiError::NoRoute)?,
         )),
         "/audit/v1/citizens/accesses" => Route::Audit(AuditOp::CitizenAccesses),
         "/audit/v1/verify" => Route::Audit(AuditOp::Verify),
@@ -767,14 +756,15 @@ fn authorize<'a>(
 }
 
 /// Step: jurisdiction, then the granted fields only, masks applied; the
-/// warehouse copy of what the grant allows to store.
+/// warehouse copy of what the grant allows to store. Returns the answer's
+/// key in the envelope and the answer.
 fn release(
     policy: &PolicySet,
     grant: &Grant,
     caller: &Caller<'_>,
     answer: UpstreamAnswer,
     trail: &mut Trail,
-) -> Result<Value, ApiError> {
+) -> Result<(&'static str, Value), ApiError> {
     let outside = || ApiError::Denied(Denial::OutsideJurisdiction);
     match answer {
         UpstreamAnswer::Citizen { record, as_of } => {
@@ -785,7 +775,7 @@ fn release(
             let (doc, released) = policy.release(grant, &mapped);
             trail.released = released;
             trail.warehouse = warehouse_record(policy, grant, &mapped, &doc, as_of, trail);
-            Ok(json!({ "citizen": doc }))
+            Ok(("citizen", Value::Object(doc)))
         }
         UpstreamAnswer::Household { head, members, .. } => {
             let head = policy.catalog.map_record(&head);
@@ -798,7 +788,11 @@ fn release(
                 .iter()
                 .map(|m| Value::Object(policy.release(grant, &policy.catalog.map_record(m)).0))
                 .collect();
-            Ok(json!({ "household": { "head": head_doc, "members": members } }))
+            let household = Map::from_iter([
+                ("head".to_owned(), Value::Object(head_doc)),
+                ("members".to_owned(), Value::Array(members)),
+            ]);
+            Ok(("household", Value::Object(household)))
         }
         UpstreamAnswer::Match(_) => Err(ApiError::UpstreamFailed),
     }

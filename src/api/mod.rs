@@ -343,12 +343,12 @@ async fn purge_expired(
             Ok(0) => {}
             Ok(deleted) => {
                 let event = AuditEvent {
-                    audit_id: uuid::Uuid::new_v4().to_string(),
+                    audit_id: uuid::Uuid::now_v7().to_string(),
                     instance_id: String::new(),
                     seq: 0,
                     ts: String::new(),
                     kind: EventKind::Purge,
-                    request_id: uuid::Uuid::new_v4().to_string(),
+                    request_id: uuid::Uuid::now_v7().to_string(),
                     intent_id: None,
                     app_id: None,
                     officer_id: Some("popgate (retention)".to_owned()),

@@ -31,7 +31,7 @@ pub struct OpsApi {
 
 impl OpsApi {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: Arc<Peer>) -> Response<Body> {
-        let request_id = uuid::Uuid::new_v4().to_string();
+        let request_id = uuid::Uuid::now_v7().to_string();
         if req.method() != Method::GET {
             return problem_response(&ApiError::MethodNotAllowed("GET"), &request_id, None);
         }

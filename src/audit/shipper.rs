@@ -12,6 +12,7 @@
 //! `ON CONFLICT DO NOTHING`, and the rows found are logged.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -55,6 +56,15 @@ pub struct Shipper {
     watermark_known: bool,
     /// The newest checkpoint already in the warehouse.
     shipped_checkpoint: u64,
+}
+
+/// Where a batch starts: after the `delivered` event, with checkpoints
+/// newer than `after_checkpoint`.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    delivered: u64,
+    after_checkpoint: u64,
+    position: Option<Position>,
 }
 
 /// One batch read from the journal.
@@ -333,18 +343,14 @@ impl Shipper {
         }
     }
 
-    /// Ships until `shutdown`, then makes one last attempt. A full batch is
-    /// followed at once by the next; a partial one waits for `IDLE_POLL`, so
-    /// that under load the warehouse gets few large transactions rather than
-    /// many small ones.
+    /// Ships until `shutdown`, then makes one last attempt. What is durable
+    /// is shipped at once, in batches; then the shipper waits `IDLE_POLL`,
+    /// so that under load the warehouse gets few large transactions rather
+    /// than many small ones.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = IDLE_POLL;
         loop {
-            match self.ship_once().await {
-                Ok(n) if n >= self.settings.batch => {
-                    backoff = IDLE_POLL;
-                    continue;
-                }
+            match self.ship_available().await {
                 Ok(_) => backoff = IDLE_POLL,
                 Err(error) => {
                     tracing::warn!(%error, backlog = self.state.backlog(), "audit shipping failed; will retry");
@@ -373,41 +379,99 @@ impl Shipper {
         if !self.watermark_known {
             self.load_watermark().await?;
         }
-        let delivered = self
-            .state
-            .delivered_seq
-            .load(std::sync::atomic::Ordering::Acquire);
-        let durable = self.state.durable_seq.load(std::sync::atomic::Ordering::Acquire);
-        let anchored = self
-            .state
-            .checkpoint_seq
-            .load(std::sync::atomic::Ordering::Acquire);
-        if durable <= delivered && anchored <= self.shipped_checkpoint {
+        let Some(batch) = self.take_batch(self.cursor()).await? else {
             return Ok(0);
+        };
+        self.deliver(&batch).await?;
+        Ok(self.advance(&batch))
+    }
+
+    /// Ships everything durable, one batch after another, and returns how
+    /// many events were delivered. While the warehouse takes one full batch,
+    /// the next is read (from the segment files, on another thread, when
+    /// memory no longer holds it), so neither side waits for the other.
+    /// Batches still commit in order, each with its watermark.
+    pub async fn ship_available(&mut self) -> anyhow::Result<usize> {
+        if !self.watermark_known {
+            self.load_watermark().await?;
+        }
+        let mut shipped = 0;
+        let mut next = self.take_batch(self.cursor()).await?;
+        while let Some(batch) = next.take() {
+            let after = Cursor {
+                delivered: batch.last_seq,
+                after_checkpoint: batch
+                    .checkpoints
+                    .iter()
+                    .map(|c| c.seq)
+                    .fold(self.shipped_checkpoint, u64::max),
+                position: batch.end.or(self.position),
+            };
+            let durable = self.state.durable_seq.load(Ordering::Acquire);
+            let following = if durable.saturating_sub(batch.last_seq) >= self.settings.batch as u64 {
+                let (delivered, following) = tokio::join!(self.deliver(&batch), self.take_batch(after));
+                delivered?;
+                following
+            } else {
+                self.deliver(&batch).await?;
+                self.take_batch(after).await
+            };
+            shipped += self.advance(&batch);
+            next = following?;
+        }
+        Ok(shipped)
+    }
+
+    /// Where the next batch starts.
+    fn cursor(&self) -> Cursor {
+        Cursor {
+            delivered: self.state.delivered_seq.load(Ordering::Acquire),
+            after_checkpoint: self.shipped_checkpoint,
+            position: self.position,
+        }
+    }
+
+    /// The batch that follows `from`: taken from memory when the journal
+    /// still holds it there, else read from the segment files. `None` when
+    /// nothing durable follows.
+    async fn take_batch(&self, from: Cursor) -> anyhow::Result<Option<Batch>> {
+        let durable = self.state.durable_seq.load(Ordering::Acquire);
+        let anchored = self.state.checkpoint_seq.load(Ordering::Acquire);
+        if durable <= from.delivered && anchored <= from.after_checkpoint {
+            return Ok(None);
         }
         let limit = self.settings.batch;
-        let after_checkpoint = self.shipped_checkpoint;
-        let batch = match self.state.take_handoff(delivered, limit, after_checkpoint) {
+        let batch = match self
+            .state
+            .take_handoff(from.delivered, limit, from.after_checkpoint)
+        {
             Some((events, checkpoints)) => Batch {
-                last_seq: events.last().map_or(delivered, |e| e.event.seq),
+                last_seq: events.last().map_or(from.delivered, |e| e.event.seq),
                 events,
                 checkpoints,
                 end: None,
             },
             None => {
                 let dir = self.settings.dir.clone();
-                let position = self.position;
                 tokio::task::spawn_blocking(move || {
-                    read_batch(&dir, delivered, durable, limit, position, after_checkpoint)
+                    read_batch(
+                        &dir,
+                        from.delivered,
+                        durable,
+                        limit,
+                        from.position,
+                        from.after_checkpoint,
+                    )
                 })
                 .await??
             }
         };
-        if batch.events.is_empty() && batch.checkpoints.is_empty() {
-            return Ok(0);
-        }
-        let n = batch.events.len();
-        self.deliver(&batch).await?;
+        Ok((!batch.events.is_empty() || !batch.checkpoints.is_empty()).then_some(batch))
+    }
+
+    /// Records a committed batch; returns its size (events, or checkpoints
+    /// when it carried only those).
+    fn advance(&mut self, batch: &Batch) -> usize {
         self.state.mark_delivered(batch.last_seq);
         if let Some(newest) = batch.checkpoints.iter().map(|c| c.seq).max() {
             self.shipped_checkpoint = self.shipped_checkpoint.max(newest);
@@ -416,7 +480,7 @@ impl Shipper {
             self.position = batch.end;
         }
         self.cleanup(batch.last_seq);
-        Ok(n.max(batch.checkpoints.len()))
+        batch.events.len().max(batch.checkpoints.len())
     }
 
     async fn load_watermark(&mut self) -> anyhow::Result<()> {
@@ -436,7 +500,7 @@ impl Shipper {
             .await?
             .get(0);
         self.shipped_checkpoint = checkpoint.unwrap_or(0).max(0) as u64;
-        let durable = self.state.durable_seq.load(std::sync::atomic::Ordering::Acquire);
+        let durable = self.state.durable_seq.load(Ordering::Acquire);
         if stored > durable {
             anyhow::bail!(
                 "the warehouse holds events up to seq {stored} for instance '{}' but the local journal ends at {durable}: \
