@@ -159,7 +159,12 @@ pub async fn serve<H, F>(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            match acceptor {
+            // The set-up happens in the arms of this match, so that what it
+            // moves into the connection's future (the TLS stream, with
+            // rustls' session inline) is not also laid out in this task for
+            // as long as the connection lives: an idle connection costs its
+            // boxed future and little else.
+            let (conn, _slot): (ConnectionFuture, _) = match acceptor {
                 Some(acceptor) => {
                     let accepted = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
                     let stream = match accepted {
@@ -180,7 +185,7 @@ pub async fn serve<H, F>(
                         .and_then(|chain| chain.first())
                         .map(|c| c.clone().into_owned());
                     // One compromised app must not take every connection.
-                    let _slot = match client_cert.as_ref() {
+                    let slot = match client_cert.as_ref() {
                         Some(cert) => {
                             match per_certificate.take(cert, limits.max_connections_per_certificate) {
                                 Some(slot) => Some(slot),
@@ -193,18 +198,25 @@ pub async fn serve<H, F>(
                         None => None,
                     };
                     let peer = Arc::new(Peer::new(addr, client_cert));
-                    let conn = serve_connection(TokioIo::new(stream), peer, handler, &limits, watcher);
-                    if let Err(error) = conn.await {
-                        tracing::debug!(%addr, %error, "connection ended with an error");
-                    }
+                    // Boxed as well: an async fn keeps its argument's slot
+                    // beside the connection it was moved into.
+                    let io = TokioIo::new(Box::new(stream));
+                    (
+                        Box::pin(serve_connection(io, peer, handler, limits, watcher)),
+                        slot,
+                    )
                 }
                 None => {
                     let peer = Arc::new(Peer::new(addr, None));
-                    let conn = serve_connection(TokioIo::new(tcp), peer, handler, &limits, watcher);
-                    if let Err(error) = conn.await {
-                        tracing::debug!(%addr, %error, "connection ended with an error");
-                    }
+                    let io = TokioIo::new(tcp);
+                    (
+                        Box::pin(serve_connection(io, peer, handler, limits, watcher)),
+                        None,
+                    )
                 }
+            };
+            if let Err(error) = conn.await {
+                tracing::debug!(%addr, %error, "connection ended with an error");
             }
         });
     }
@@ -258,12 +270,16 @@ impl Drop for CertificateSlot {
     }
 }
 
+/// A connection's HTTP state machine, boxed.
+type ConnectionFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send>>;
+
 /// One connection's HTTP state machine, HTTP/1.1 or h2 as negotiated.
 async fn serve_connection<I, H, F>(
     io: TokioIo<I>,
     peer: Arc<Peer>,
     handler: H,
-    limits: &ServerLimits,
+    limits: Arc<ServerLimits>,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
