@@ -33,6 +33,8 @@ use super::WarehouseRecord;
 const MAX_FRAME_BYTES: u32 = 4 * 1024 * 1024;
 const QUEUE_DEPTH: usize = 8192;
 const MAX_BATCH: usize = 1024;
+/// A batch below this size waits for the request workers once (see `run`).
+const SMALL_BATCH: usize = 32;
 /// Bytes of durable frames held in memory for the shipper; beyond this it
 /// reads them back from the segment files instead.
 const HANDOFF_BYTES: usize = 16 * 1024 * 1024;
@@ -656,11 +658,25 @@ impl Writer {
                     return;
                 }
             }
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(Msg::Append(job)) => batch.push(*job),
-                    Ok(Msg::Checkpoint(done)) => waiting.push(done),
-                    Err(_) => break,
+            // What is queued now joins the batch. A small batch then lets
+            // the request workers go first, once: where the writer shares a
+            // core with them, they finish what they were doing and their
+            // appends join this batch instead of each waiting for an
+            // `fdatasync` of its own. Where a core is free, this returns at
+            // once.
+            for pass in 0..2 {
+                if pass == 1 {
+                    if batch.len() >= SMALL_BATCH {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(Msg::Append(job)) => batch.push(*job),
+                        Ok(Msg::Checkpoint(done)) => waiting.push(done),
+                        Err(_) => break,
+                    }
                 }
             }
             let due = !waiting.is_empty()
