@@ -658,19 +658,7 @@ impl Writer {
                     return;
                 }
             }
-            // What is queued now joins the batch. A small batch then lets
-            // the request workers go first, once: where the writer shares a
-            // core with them, they finish what they were doing and their
-            // appends join this batch instead of each waiting for an
-            // `fdatasync` of its own. Where a core is free, this returns at
-            // once.
-            for pass in 0..2 {
-                if pass == 1 {
-                    if batch.len() >= SMALL_BATCH {
-                        break;
-                    }
-                    std::thread::yield_now();
-                }
+            let mut take_queued = |batch: &mut Vec<Job>, waiting: &mut Vec<oneshot::Sender<()>>| {
                 while batch.len() < MAX_BATCH {
                     match rx.try_recv() {
                         Ok(Msg::Append(job)) => batch.push(*job),
@@ -678,6 +666,16 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
+            };
+            take_queued(&mut batch, &mut waiting);
+            // A small batch lets the request workers go first, once: where
+            // the writer shares a core with them, they finish what they were
+            // doing and their appends join this batch instead of each
+            // waiting for an `fdatasync` of its own. Where a core is free,
+            // this returns at once.
+            if batch.len() < SMALL_BATCH {
+                std::thread::yield_now();
+                take_queued(&mut batch, &mut waiting);
             }
             let due = !waiting.is_empty()
                 || self.since_checkpoint + batch.len() as u64 >= self.settings.checkpoint_every

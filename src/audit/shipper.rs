@@ -343,10 +343,10 @@ impl Shipper {
         }
     }
 
-    /// Ships until `shutdown`, then makes one last attempt. What is durable
-    /// is shipped at once, in batches; then the shipper waits `IDLE_POLL`,
-    /// so that under load the warehouse gets few large transactions rather
-    /// than many small ones.
+    /// Ships until `shutdown`, then makes one last attempt. Full batches
+    /// follow one another at once; after a partial one the shipper waits
+    /// `IDLE_POLL`, so that under load the warehouse gets few large
+    /// transactions rather than many small ones.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = IDLE_POLL;
         loop {
@@ -386,11 +386,11 @@ impl Shipper {
         Ok(self.advance(&batch))
     }
 
-    /// Ships everything durable, one batch after another, and returns how
-    /// many events were delivered. While the warehouse takes one full batch,
-    /// the next is read (from the segment files, on another thread, when
-    /// memory no longer holds it), so neither side waits for the other.
-    /// Batches still commit in order, each with its watermark.
+    /// Ships full batches while there are any, then one partial batch, and
+    /// returns how many events were delivered. While the warehouse takes one
+    /// full batch, the next is read (from the segment files, on another
+    /// thread, when memory no longer holds it), so neither side waits for
+    /// the other. Batches still commit in order, each with its watermark.
     pub async fn ship_available(&mut self) -> anyhow::Result<usize> {
         if !self.watermark_known {
             self.load_watermark().await?;
@@ -407,14 +407,21 @@ impl Shipper {
                     .fold(self.shipped_checkpoint, u64::max),
                 position: batch.end.or(self.position),
             };
+            let limit = self.settings.batch;
+            let full = batch.events.len() >= limit;
             let durable = self.state.durable_seq.load(Ordering::Acquire);
-            let following = if durable.saturating_sub(batch.last_seq) >= self.settings.batch as u64 {
+            let following = if full && durable.saturating_sub(batch.last_seq) >= limit as u64 {
                 let (delivered, following) = tokio::join!(self.deliver(&batch), self.take_batch(after));
                 delivered?;
                 following
             } else {
                 self.deliver(&batch).await?;
-                self.take_batch(after).await
+                // After a partial batch, the rest waits for the next round.
+                if full {
+                    self.take_batch(after).await
+                } else {
+                    Ok(None)
+                }
             };
             shipped += self.advance(&batch);
             next = following?;
