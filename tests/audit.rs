@@ -405,6 +405,10 @@ async fn a_postgresql_outage_under_load_loses_and_duplicates_nothing() {
         TestEnv::start_with(|c| {
             common::use_warehouse(c, &pg);
             c.rate_limits.scale = 1000.0;
+            // Small batches: the backlog spans many of them, so the shipper
+            // reads batches ahead while the warehouse is down (the read-ahead
+            // is dropped with the failed delivery) and after it returns.
+            c.audit.ship_batch = 20;
         })
         .await,
     );
