@@ -444,7 +444,7 @@ async fn bench(pinned: bool) {
     let scale_only = std::env::var_os("E2E_SCALE_ONLY").is_some();
     let nginx = match nginx_binary().filter(|_| std::env::var_os("E2E_NO_NGINX").is_none() && !scale_only) {
         None => {
-            println!("nginx: not installed or E2E_NO_NGINX set: no comparison (apt-get install nginx)");
+            println!("nginx: not installed, or E2E_NO_NGINX or E2E_SCALE_ONLY set: no comparison (apt-get install nginx)");
             None
         }
         Some(bin) => {

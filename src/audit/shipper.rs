@@ -363,7 +363,7 @@ impl Shipper {
                     // Deliver what is left (events and the final checkpoint).
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
                     while tokio::time::Instant::now() < deadline {
-                        match self.ship_once().await {
+                        match self.ship_available().await {
                             Ok(0) | Err(_) => break,
                             Ok(_) => {}
                         }
@@ -372,18 +372,6 @@ impl Shipper {
                 }
             }
         }
-    }
-
-    /// Ships one batch; returns how many events were delivered.
-    pub async fn ship_once(&mut self) -> anyhow::Result<usize> {
-        if !self.watermark_known {
-            self.load_watermark().await?;
-        }
-        let Some(batch) = self.take_batch(self.cursor()).await? else {
-            return Ok(0);
-        };
-        self.deliver(&batch).await?;
-        Ok(self.advance(&batch))
     }
 
     /// Ships full batches while there are any, then one partial batch, and
@@ -398,15 +386,7 @@ impl Shipper {
         let mut shipped = 0;
         let mut next = self.take_batch(self.cursor()).await?;
         while let Some(batch) = next.take() {
-            let after = Cursor {
-                delivered: batch.last_seq,
-                after_checkpoint: batch
-                    .checkpoints
-                    .iter()
-                    .map(|c| c.seq)
-                    .fold(self.shipped_checkpoint, u64::max),
-                position: batch.end.or(self.position),
-            };
+            let after = self.cursor_after(&batch);
             let limit = self.settings.batch;
             let full = batch.events.len() >= limit;
             let durable = self.state.durable_seq.load(Ordering::Acquire);
@@ -435,6 +415,20 @@ impl Shipper {
             delivered: self.state.delivered_seq.load(Ordering::Acquire),
             after_checkpoint: self.shipped_checkpoint,
             position: self.position,
+        }
+    }
+
+    /// Where the batch after `batch` starts, before `batch` is committed:
+    /// the cursor that [`Self::advance`] will leave.
+    fn cursor_after(&self, batch: &Batch) -> Cursor {
+        Cursor {
+            delivered: batch.last_seq,
+            after_checkpoint: batch
+                .checkpoints
+                .iter()
+                .map(|c| c.seq)
+                .fold(self.shipped_checkpoint, u64::max),
+            position: batch.end.or(self.position),
         }
     }
 
