@@ -14,6 +14,7 @@ use popgate::tls::pki::{self, PkiLayout};
 use popgate::upstream::{
     HttpNationalDb, HttpSettings, NationalDb, QueryKind, UpstreamAnswer, UpstreamError, UpstreamQuery,
 };
+use serde_json::Value;
 
 async fn start(l: &PkiLayout, faults: Faults) -> (Arc<Simulator>, String, tokio::sync::watch::Sender<bool>) {
     let sim = Arc::new(Simulator::new(&SimSettings {
@@ -80,6 +81,7 @@ async fn answers_the_three_operations_in_the_c06_shape() {
     let UpstreamAnswer::Citizen { record, as_of } = answer.answer else {
         panic!("not a citizen")
     };
+    let record: Value = serde_json::from_str(record.get()).expect("record");
     assert_eq!(record["SoDinhDanh"], c.personal_id().as_str());
     for key in [
         "HoVaTen",
@@ -117,6 +119,7 @@ async fn answers_the_three_operations_in_the_c06_shape() {
     else {
         panic!("not a household")
     };
+    let head: Value = serde_json::from_str(head.get()).expect("head");
     assert_eq!(head["ChuHo"]["QuanHe"], "Chủ hộ");
     assert!(members.len() <= 3);
     let nobody = PersonalId::parse("001085999999", 2026).expect("id");

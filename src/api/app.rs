@@ -768,7 +768,7 @@ fn release(
     let outside = || ApiError::Denied(Denial::OutsideJurisdiction);
     match answer {
         UpstreamAnswer::Citizen { record, as_of } => {
-            let mapped = policy.catalog.map_record(&record);
+            let mapped = policy.catalog.map_json(&record);
             if !policy.within_jurisdiction(grant, &mapped, caller.unit) {
                 return Err(outside());
             }
@@ -778,7 +778,7 @@ fn release(
             Ok(("citizen", Value::Object(doc)))
         }
         UpstreamAnswer::Household { head, members, .. } => {
-            let head = policy.catalog.map_record(&head);
+            let head = policy.catalog.map_json(&head);
             if !policy.within_jurisdiction(grant, &head, caller.unit) {
                 return Err(outside());
             }
@@ -786,7 +786,7 @@ fn release(
             trail.released = released;
             let members: Vec<Value> = members
                 .iter()
-                .map(|m| Value::Object(policy.release(grant, &policy.catalog.map_record(m)).0))
+                .map(|m| Value::Object(policy.release(grant, &policy.catalog.map_json(m)).0))
                 .collect();
             let household = Map::from_iter([
                 ("head".to_owned(), Value::Object(head_doc)),

@@ -6,7 +6,12 @@
 //! Mapping builds a new document from the catalog; anything upstream sends
 //! that the catalog does not name is never copied.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Decree 13/2023 distinguishes basic from sensitive personal data; identity
@@ -102,64 +107,318 @@ impl Catalog {
     /// Maps an upstream `CongDan` object onto catalog ids. Fields missing or
     /// null upstream are absent; values of an unexpected shape are dropped.
     pub fn map_record(&self, upstream: &Value) -> Map<String, Value> {
-        let mut out = Map::new();
-        for field in &self.fields {
-            let Some(raw) = upstream.get(&field.upstream) else {
-                continue;
-            };
-            if let Some(value) = map_value(field.kind, raw) {
-                out.insert(field.id.clone(), value);
-            }
-        }
-        out
+        self.map_from(upstream)
+    }
+
+    /// [`Catalog::map_record`] straight from the record's JSON text, in one
+    /// pass and without building a tree: members the catalog does not name
+    /// are skipped, and only mapped values are allocated.
+    pub fn map_json(&self, upstream: &RawValue) -> Map<String, Value> {
+        self.map_from(&mut serde_json::Deserializer::from_str(upstream.get()))
+    }
+
+    fn map_from<'de, D: Deserializer<'de>>(&self, upstream: D) -> Map<String, Value> {
+        upstream.deserialize_any(RecordReader(self)).unwrap_or_default()
     }
 }
 
-fn map_value(kind: FieldKind, raw: &Value) -> Option<Value> {
-    match kind {
-        FieldKind::Text => raw.as_str().map(|s| Value::String(s.to_owned())),
-        FieldKind::Date => {
-            let s = raw.as_str()?;
-            let b = s.as_bytes();
-            (b.len() == 8 && b.iter().all(u8::is_ascii_digit))
-                .then(|| Value::String(format!("{}-{}-{}", &s[0..4], &s[4..6], &s[6..8])))
-        }
-        FieldKind::Name => name_string(raw).map(Value::String),
-        FieldKind::Sex => match raw.as_str()? {
-            "1" => Some(Value::from("male")),
-            "2" => Some(Value::from("female")),
-            _ => None,
-        },
-        FieldKind::Address | FieldKind::Person | FieldKind::HouseholdHead => {
-            let obj = raw.as_object()?;
-            let mut out = Map::new();
-            for (ours, theirs) in kind.subfields() {
-                let value = obj.get(*theirs).and_then(|v| match v {
-                    Value::String(_) => Some(v.clone()),
-                    Value::Object(_) => name_string(v).map(Value::String),
-                    _ => None,
-                });
-                if let Some(value) = value {
-                    out.insert((*ours).to_owned(), value);
+/// Reads a `CongDan` object member by member. Anything but an object reads
+/// as an empty record; a key repeated upstream counts as its last value, as
+/// in a JSON object.
+struct RecordReader<'c>(&'c Catalog);
+
+impl<'de> Visitor<'de> for RecordReader<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a C06 record")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Map::new();
+        let mut put = |field: &FieldDef, value: Option<Value>| match value {
+            Some(v) => {
+                out.insert(field.id.clone(), v);
+            }
+            None => {
+                out.remove(&field.id);
+            }
+        };
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let mut named = self.0.fields.iter().filter(|f| f.upstream == *key.0);
+            match (named.next(), named.next()) {
+                (None, _) => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                (Some(field), None) => put(field, map.next_value_seed(Read::Field(field.kind))?),
+                (Some(_), Some(_)) => {
+                    // Several catalog fields read this key: keep its value
+                    // once, and read it for each of them.
+                    let value: Value = map.next_value()?;
+                    for field in self.0.fields.iter().filter(|f| f.upstream == *key.0) {
+                        put(field, Read::Field(field.kind).deserialize(&value).unwrap_or(None));
+                    }
                 }
             }
-            (!out.is_empty()).then_some(Value::Object(out))
         }
+        Ok(out)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Map::new())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Map::new())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Map::new())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Map::new())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Map::new())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Map::new())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Map::new())
     }
 }
 
-/// `{Ho, ChuDem, Ten}` → "Ho ChuDem Ten"; a plain string is kept.
-fn name_string(raw: &Value) -> Option<String> {
-    match raw {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => {
-            let parts: Vec<&str> = ["Ho", "ChuDem", "Ten"]
-                .iter()
-                .filter_map(|k| o.get(*k).and_then(Value::as_str))
-                .filter(|s| !s.is_empty())
-                .collect();
-            (!parts.is_empty()).then(|| parts.join(" "))
+/// An object key, borrowed from the input unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_owned())))
+            }
         }
-        _ => None,
+        d.deserialize_str(V)
+    }
+}
+
+/// What to read from one upstream value. Every JSON value is accepted: one
+/// of a shape the reading does not take is skipped and reads as `None`.
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    /// A catalog field's value, by its kind.
+    Field(FieldKind),
+    /// A string, or a name in parts (`{Ho, ChuDem, Ten}`) joined by spaces.
+    Name,
+    /// A string.
+    Text,
+}
+
+impl<'de> DeserializeSeed<'de> for Read {
+    type Value = Option<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Read {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Option<Value>, E> {
+        let kind = match self {
+            Read::Name | Read::Text => FieldKind::Text,
+            Read::Field(kind) => kind,
+        };
+        Ok(match kind {
+            FieldKind::Text | FieldKind::Name => Some(Value::String(s.to_owned())),
+            FieldKind::Date => {
+                let b = s.as_bytes();
+                (b.len() == 8 && b.iter().all(u8::is_ascii_digit))
+                    .then(|| Value::String(format!("{}-{}-{}", &s[0..4], &s[4..6], &s[6..8])))
+            }
+            FieldKind::Sex => match s {
+                "1" => Some(Value::from("male")),
+                "2" => Some(Value::from("female")),
+                _ => None,
+            },
+            FieldKind::Address | FieldKind::Person | FieldKind::HouseholdHead => None,
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+        match self {
+            Read::Name | Read::Field(FieldKind::Name) => {
+                // `{Ho, ChuDem, Ten}`: the string parts that are not empty,
+                // in that order, whatever the order upstream.
+                let mut parts: [Option<Value>; 3] = [None, None, None];
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    match ["Ho", "ChuDem", "Ten"].iter().position(|p| *p == key.0) {
+                        Some(i) => parts[i] = map.next_value_seed(Read::Text)?,
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                let name = parts
+                    .iter()
+                    .filter_map(|p| p.as_ref().and_then(Value::as_str))
+                    .filter(|p| !p.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                Ok((!name.is_empty()).then_some(Value::String(name)))
+            }
+            Read::Field(kind @ (FieldKind::Address | FieldKind::Person | FieldKind::HouseholdHead)) => {
+                // Each sub-field is a string, or a name in parts.
+                let mut out = Map::new();
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    match kind.subfields().iter().find(|(_, theirs)| *theirs == key.0) {
+                        Some((ours, _)) => match map.next_value_seed(Read::Name)? {
+                            Some(v) => {
+                                out.insert((*ours).to_owned(), v);
+                            }
+                            None => {
+                                out.remove(*ours);
+                            }
+                        },
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok((!out.is_empty()).then_some(Value::Object(out)))
+            }
+            Read::Text | Read::Field(_) => {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Value>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn catalog() -> Catalog {
+        let field = |id: &str, kind, upstream: &str| FieldDef {
+            id: id.to_owned(),
+            label: id.to_owned(),
+            class: Sensitivity::Personal,
+            kind,
+            upstream: upstream.to_owned(),
+        };
+        Catalog {
+            fields: vec![
+                field("personal_id", FieldKind::Text, "SoDinhDanh"),
+                field("full_name", FieldKind::Name, "HoVaTen"),
+                field("date_of_birth", FieldKind::Date, "NgayThangNamSinh"),
+                field("birth_date_text", FieldKind::Text, "NgayThangNamSinh"),
+                field("sex", FieldKind::Sex, "GioiTinh"),
+                field("current_address", FieldKind::Address, "NoiOHienTai"),
+                field("father", FieldKind::Person, "Cha"),
+            ],
+        }
+    }
+
+    /// Both readings: from JSON text, as answers are read, and from a tree.
+    fn map(record: &str) -> Map<String, Value> {
+        let c = catalog();
+        let raw = RawValue::from_string(record.to_owned()).expect("json");
+        let from_text = c.map_json(&raw);
+        let tree: Value = serde_json::from_str(record).expect("json");
+        assert_eq!(from_text, c.map_record(&tree), "{record}");
+        from_text
+    }
+
+    #[test]
+    fn maps_each_kind_and_leaves_out_what_the_catalog_does_not_name() {
+        let out = map(r#"{"SoDinhDanh": "079203001234", "SoCMND": "x", "GioiTinh": "2",
+                "HoVaTen": {"Ten": "Mai", "Ho": "Trần", "ChuDem": "", "X": "y"},
+                "NgayThangNamSinh": "20030115",
+                "NoiOHienTai": {"MaTinhThanh": "79", "MaPhuongXa": "25747", "ChiTiet": "Số 1", "Khac": [1]},
+                "Cha": {"HoVaTen": {"Ho": "Trần", "Ten": "An"}, "SoDinhDanh": "079170000001"},
+                "Extra": {"deep": [[[[["x"]]]]]}}"#);
+        assert_eq!(
+            Value::Object(out),
+            json!({
+                "personal_id": "079203001234",
+                "full_name": "Trần Mai",
+                "date_of_birth": "2003-01-15",
+                "birth_date_text": "20030115",
+                "sex": "female",
+                "current_address": {"province_code": "79", "ward_code": "25747", "detail": "Số 1"},
+                "father": {"full_name": "Trần An", "personal_id": "079170000001"},
+            })
+        );
+    }
+
+    #[test]
+    fn values_of_another_shape_are_absent_and_the_last_of_a_repeated_key_counts() {
+        let out = map(r#"{"SoDinhDanh": 79, "HoVaTen": ["Trần"], "GioiTinh": "3",
+                "NgayThangNamSinh": "2003-01-15", "NoiOHienTai": "Số 1",
+                "Cha": {"HoVaTen": null, "SoDinhDanh": "1", "SoDinhDanh": {"Ho": "x"}}}"#);
+        assert_eq!(
+            Value::Object(out),
+            json!({"birth_date_text": "2003-01-15", "father": {"personal_id": "x"}})
+        );
+        let out = map(r#"{"SoDinhDanh": "1", "GioiTinh": "1", "SoDinhDanh": null}"#);
+        assert_eq!(Value::Object(out), json!({"sex": "male"}));
+        for not_a_record in ["[1, 2]", "\"text\"", "null", "7"] {
+            assert!(map(not_a_record).is_empty(), "{not_a_record}");
+        }
+    }
+
+    #[test]
+    fn escapes_in_keys_and_values_are_read() {
+        let out = map(r#"{"So\u0044inhDanh": "07920300\"1234", "HoVaTen": "L\u00ea An"}"#);
+        assert_eq!(
+            Value::Object(out),
+            json!({"personal_id": "07920300\"1234", "full_name": "Lê An"})
+        );
     }
 }

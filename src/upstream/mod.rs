@@ -19,6 +19,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::personal_id::PersonalId;
@@ -54,19 +56,50 @@ pub struct Answered {
     pub digest: String,
 }
 
-/// What the national database answered.
+/// What the national database answered. Citizen records are kept as the
+/// JSON text of their `CongDan` objects, which the field catalog reads.
 #[derive(Debug, Clone)]
 pub enum UpstreamAnswer {
     Citizen {
-        record: Value,
+        record: Box<RawValue>,
         as_of: Option<String>,
     },
     Match(bool),
     Household {
-        head: Value,
-        members: Vec<Value>,
+        head: Box<RawValue>,
+        members: Vec<Box<RawValue>>,
         as_of: Option<String>,
     },
+}
+
+/// The envelope of the three C06 answers, read in one pass with the
+/// records inside kept as JSON text. A lookup's list of citizens must have
+/// its shape; the other members are kept as text, so that a value of an
+/// unexpected type reads as absent.
+#[derive(Deserialize)]
+struct C06Answer<'a> {
+    #[serde(rename = "ThoiDiemDuLieu", borrow, default)]
+    as_of: Option<&'a RawValue>,
+    #[serde(rename = "CongdanCollection", borrow, default)]
+    collection: Option<Citizens<'a>>,
+    #[serde(rename = "TonTai", borrow, default)]
+    exists: Option<&'a RawValue>,
+    #[serde(rename = "HoGiaDinh", borrow, default)]
+    household: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Citizens<'a> {
+    #[serde(rename = "CongDan", borrow, default)]
+    list: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Household<'a> {
+    #[serde(rename = "ChuHo", borrow, default)]
+    head: Option<&'a RawValue>,
+    #[serde(rename = "ThanhVien", borrow, default)]
+    members: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -189,7 +222,7 @@ impl HttpNationalDb {
         })
     }
 
-    async fn post(&self, uri: &Uri, body: Bytes) -> Result<(StatusCode, Value, String), UpstreamError> {
+    async fn post(&self, uri: &Uri, body: Bytes) -> Result<(StatusCode, Bytes), UpstreamError> {
         let req = Request::post(uri.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
@@ -208,12 +241,57 @@ impl HttpNationalDb {
                 .to_bytes();
             Ok::<_, UpstreamError>((status, bytes))
         };
-        let (status, bytes) = tokio::time::timeout(self.settings.timeout, exchange)
+        tokio::time::timeout(self.settings.timeout, exchange)
             .await
-            .map_err(|_| UpstreamError::Timeout)??;
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| UpstreamError::Failed(format!("answer with HTTP {status} is not JSON")))?;
-        Ok((status, value, crate::audit::event::digest_hex(&bytes)))
+            .map_err(|_| UpstreamError::Timeout)?
+    }
+}
+
+/// Reads a 200 answer to the operation `kind` (public for the benchmarks).
+pub fn read_answer(kind: &QueryKind, bytes: &[u8]) -> Result<UpstreamAnswer, UpstreamError> {
+    let failed = |what: &str| UpstreamError::Failed(what.to_owned());
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(failed("answer is not a JSON object"));
+    }
+    let answer: C06Answer<'_> =
+        serde_json::from_slice(bytes).map_err(|_| failed("answer is not JSON of the C06 shape"))?;
+    let as_of = answer
+        .as_of
+        .and_then(|t| serde_json::from_str::<String>(t.get()).ok());
+    match kind {
+        QueryKind::Lookup => answer
+            .collection
+            .and_then(|c| c.list.first().copied())
+            .filter(|r| r.get().starts_with('{'))
+            .map(|r| UpstreamAnswer::Citizen {
+                record: r.to_owned(),
+                as_of,
+            })
+            .ok_or_else(|| failed("answer has no CongDan")),
+        QueryKind::Verify { .. } => match answer.exists.map(RawValue::get) {
+            Some("true") => Ok(UpstreamAnswer::Match(true)),
+            Some("false") => Ok(UpstreamAnswer::Match(false)),
+            _ => Err(failed("answer has no TonTai")),
+        },
+        QueryKind::Household => {
+            let household = answer
+                .household
+                .and_then(|h| serde_json::from_str::<Household<'_>>(h.get()).ok());
+            let head = household
+                .as_ref()
+                .and_then(|h| h.head)
+                .filter(|h| h.get().starts_with('{'))
+                .ok_or_else(|| failed("answer has no ChuHo"))?;
+            let members = household
+                .and_then(|h| h.members)
+                .and_then(|m| serde_json::from_str::<Vec<&RawValue>>(m.get()).ok())
+                .unwrap_or_default();
+            Ok(UpstreamAnswer::Household {
+                head: head.to_owned(),
+                members: members.into_iter().map(ToOwned::to_owned).collect(),
+                as_of,
+            })
+        }
     }
 }
 
@@ -255,7 +333,7 @@ impl NationalDb for HttpNationalDb {
             // gateway error upstream may be retried once, within the budget.
             let retryable = match &attempt {
                 Err(UpstreamError::Failed(_)) => true,
-                Ok((status, _, _)) => {
+                Ok((status, _)) => {
                     *status == StatusCode::BAD_GATEWAY || *status == StatusCode::SERVICE_UNAVAILABLE
                 }
                 _ => false,
@@ -264,44 +342,14 @@ impl NationalDb for HttpNationalDb {
                 tracing::debug!("retrying a failed national-database read");
                 attempt = self.post(uri, body).await;
             }
-            let (status, mut answer, digest) = attempt?;
+            let (status, bytes) = attempt?;
             match status {
                 StatusCode::OK => {}
                 StatusCode::NOT_FOUND => return Err(UpstreamError::NotFound),
                 other => return Err(UpstreamError::Failed(format!("HTTP {other}"))),
             }
-            let as_of = answer["ThoiDiemDuLieu"].as_str().map(str::to_owned);
-            let answer = match q.kind {
-                QueryKind::Lookup => match answer.pointer_mut("/CongdanCollection/CongDan") {
-                    Some(Value::Array(list)) => list.first_mut(),
-                    _ => None,
-                }
-                .filter(|r| r.is_object())
-                .map(|r| UpstreamAnswer::Citizen {
-                    record: r.take(),
-                    as_of,
-                })
-                .ok_or_else(|| UpstreamError::Failed("answer has no CongDan".into())),
-                QueryKind::Verify { .. } => answer["TonTai"]
-                    .as_bool()
-                    .map(UpstreamAnswer::Match)
-                    .ok_or_else(|| UpstreamError::Failed("answer has no TonTai".into())),
-                QueryKind::Household => {
-                    // `pointer_mut`, not `[]`: indexing a peer's non-object would panic.
-                    let head = answer
-                        .pointer_mut("/HoGiaDinh/ChuHo")
-                        .map(Value::take)
-                        .unwrap_or_default();
-                    if !head.is_object() {
-                        return Err(UpstreamError::Failed("answer has no ChuHo".into()));
-                    }
-                    let members = match answer.pointer_mut("/HoGiaDinh/ThanhVien").map(Value::take) {
-                        Some(Value::Array(members)) => members,
-                        _ => Vec::new(),
-                    };
-                    Ok(UpstreamAnswer::Household { head, members, as_of })
-                }
-            }?;
+            let answer = read_answer(&q.kind, &bytes)?;
+            let digest = crate::audit::event::digest_hex(&bytes);
             Ok(Answered { answer, digest })
         })
     }
