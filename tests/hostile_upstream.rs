@@ -25,6 +25,9 @@ enum Mode {
     WrongShape,
     /// A JSON array where an object belongs.
     NotAnObject,
+    /// A 404 page that is not the national database's JSON (a wrong path,
+    /// a proxy): a failure, not "no such citizen".
+    NotFoundPage,
     /// A proper answer: a minimal citizen living in province 79.
     Good,
 }
@@ -89,6 +92,15 @@ async fn misbehave(mut s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>
         Mode::Deep => {
             let body = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
             let _ = s.write_all(ok(body.len()).as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+        }
+        Mode::NotFoundPage => {
+            let body = "<html><body>404 Not Found</body></html>";
+            let head = format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
             let _ = s.write_all(body.as_bytes()).await;
         }
         Mode::WrongShape | Mode::NotAnObject => {
@@ -161,6 +173,7 @@ async fn a_misbehaving_upstream_gets_clean_audited_errors() {
         (Mode::Deep, 502),
         (Mode::WrongShape, 502),
         (Mode::NotAnObject, 502),
+        (Mode::NotFoundPage, 502),
     ];
     for round in 0..3 {
         for (m, status) in expectations {
@@ -184,7 +197,7 @@ async fn a_misbehaving_upstream_gets_clean_audited_errors() {
         fds_after <= fds_before + 8,
         "file descriptors grew from {fds_before} to {fds_after}"
     );
-    // Huge answers are refused at the cap, not buffered: 24 hostile answers
+    // Huge answers are refused at the cap, not buffered: 27 hostile answers
     // (some of them 2 MiB, or 50,000 levels deep) leave the process about as big.
     let rss_after = resident_kib();
     assert!(
@@ -201,8 +214,8 @@ async fn a_misbehaving_upstream_gets_clean_audited_errors() {
         .await
         .expect("count")
         .get(0);
-    // Twenty-four failures and the warm-up call (which met a resetting upstream).
-    assert_eq!(failures, 25, "every failure is an audit event");
+    // Twenty-seven failures and the warm-up call (which met a resetting upstream).
+    assert_eq!(failures, 28, "every failure is an audit event");
     env.stop().await;
 }
 

@@ -19,6 +19,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -345,7 +346,12 @@ impl NationalDb for HttpNationalDb {
             let (status, bytes) = attempt?;
             match status {
                 StatusCode::OK => {}
-                StatusCode::NOT_FOUND => return Err(UpstreamError::NotFound),
+                // The national database says "no such citizen" in JSON; a
+                // 404 page of anything else (a wrong path, a proxy) is a
+                // failure, not an answer about a citizen.
+                StatusCode::NOT_FOUND if serde_json::from_slice::<IgnoredAny>(&bytes).is_ok() => {
+                    return Err(UpstreamError::NotFound)
+                }
                 other => return Err(UpstreamError::Failed(format!("HTTP {other}"))),
             }
             let answer = read_answer(&q.kind, &bytes)?;
