@@ -473,13 +473,10 @@ impl Shipper {
     /// Records a committed batch; returns its size (events, or checkpoints
     /// when it carried only those).
     fn advance(&mut self, batch: &Batch) -> usize {
-        self.state.mark_delivered(batch.last_seq);
-        if let Some(newest) = batch.checkpoints.iter().map(|c| c.seq).max() {
-            self.shipped_checkpoint = self.shipped_checkpoint.max(newest);
-        }
-        if batch.end.is_some() {
-            self.position = batch.end;
-        }
+        let next = self.cursor_after(batch);
+        self.state.mark_delivered(next.delivered);
+        self.shipped_checkpoint = next.after_checkpoint;
+        self.position = next.position;
         self.cleanup(batch.last_seq);
         batch.events.len().max(batch.checkpoints.len())
     }

@@ -118,13 +118,14 @@ impl Catalog {
     }
 
     fn map_from<'de, D: Deserializer<'de>>(&self, upstream: D) -> Map<String, Value> {
-        upstream.deserialize_any(RecordReader(self)).unwrap_or_default()
+        // Anything but an object is refused by `deserialize_map`: an empty
+        // record.
+        upstream.deserialize_map(RecordReader(self)).unwrap_or_default()
     }
 }
 
-/// Reads a `CongDan` object member by member. Anything but an object reads
-/// as an empty record; a key repeated upstream counts as its last value, as
-/// in a JSON object.
+/// Reads a `CongDan` object member by member; a key repeated upstream
+/// counts as its last value, as in a JSON object.
 struct RecordReader<'c>(&'c Catalog);
 
 impl<'de> Visitor<'de> for RecordReader<'_> {
@@ -162,35 +163,6 @@ impl<'de> Visitor<'de> for RecordReader<'_> {
             }
         }
         Ok(out)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Map::new())
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(Map::new())
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Map::new())
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Map::new())
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Map::new())
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Map::new())
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Map::new())
     }
 }
 
