@@ -7,6 +7,11 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use popgate::audit::checkpoint::Signer;
 use popgate::audit::journal::Journal;
 
+// The gateway's allocator (src/main.rs), so that this measures the code as
+// the gateway runs it rather than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "sample/mod.rs"]
 mod sample;
 use sample::event;

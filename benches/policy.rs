@@ -10,6 +10,11 @@ use popgate::policy::{self, Operation};
 use popgate::sim::population::Population;
 use popgate::upstream::{read_answer, QueryKind, UpstreamAnswer};
 
+// The gateway's allocator (src/main.rs), so that this measures the code as
+// the gateway runs it rather than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn evaluation(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let set = policy::load_dir(&dir, 79).expect("policies");

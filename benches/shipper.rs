@@ -20,6 +20,11 @@ use popgate::config::DEFAULT_SHIP_BATCH;
 use popgate::warehouse::embedded::EmbeddedPostgres;
 use popgate::warehouse::Warehouse;
 
+// The gateway's allocator (src/main.rs), so that this measures the code as
+// the gateway runs it rather than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "sample/mod.rs"]
 mod sample;
 

@@ -5,6 +5,11 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use popgate::auth::token::{JwksSource, TokenVerifier, VerifierSettings};
 use popgate::tls::pki::{self, DEMO_TOKEN_AUDIENCE, DEMO_TOKEN_ISSUER};
 
+// The gateway's allocator (src/main.rs), so that this measures the code as
+// the gateway runs it rather than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn verification(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

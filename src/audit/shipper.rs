@@ -21,7 +21,6 @@ use bytes::{BufMut, BytesMut};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::watch;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::checkpoint::Checkpoint;
@@ -29,6 +28,10 @@ use super::journal::{list_segments, DurableEvent, Frame, FrameReader, JournalSta
 use crate::warehouse::Warehouse;
 
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How many full batches the warehouse takes at once, each in its own
+/// transaction on its own connection: PostgreSQL then inserts on more than
+/// one core while the batches still commit in order.
+const LANES: usize = 2;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
@@ -66,6 +69,25 @@ struct Cursor {
     after_checkpoint: u64,
     position: Option<Position>,
 }
+
+impl Cursor {
+    /// Where the batch after `batch` starts, `batch` having started here:
+    /// the cursor that [`Shipper::advance`] leaves once it is committed.
+    fn after(self, batch: &Batch) -> Cursor {
+        Cursor {
+            delivered: batch.last_seq,
+            after_checkpoint: batch
+                .checkpoints
+                .iter()
+                .map(|c| c.seq)
+                .fold(self.after_checkpoint, u64::max),
+            position: batch.end.or(self.position),
+        }
+    }
+}
+
+/// Whether a batch was committed: `None` while it is being delivered.
+type Committed = watch::Receiver<Option<bool>>;
 
 /// One batch read from the journal.
 #[derive(Default)]
@@ -157,11 +179,14 @@ trait Row {
     fn params(&self) -> Vec<&(dyn ToSql + Sync)>;
 }
 
-/// Writes `rows` with one binary `COPY`.
+/// Writes `rows` with one binary `COPY`, encoded whole before it is sent:
+/// PostgreSQL then reads one long message instead of waiting on a chunk
+/// at a time.
 async fn copy_rows<R: Row>(tx: &tokio_postgres::Transaction<'_>, rows: &[R]) -> anyhow::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
+    let data = encode_copy(rows)?;
     let sink = tx
         .copy_in(&format!(
             "COPY popgate.{} ({}) FROM STDIN (FORMAT binary)",
@@ -169,12 +194,38 @@ async fn copy_rows<R: Row>(tx: &tokio_postgres::Transaction<'_>, rows: &[R]) -> 
             R::COLUMNS
         ))
         .await?;
-    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, R::TYPES));
-    for row in rows {
-        writer.as_mut().write(&row.params()).await?;
-    }
-    writer.finish().await?;
+    let mut sink = std::pin::pin!(sink);
+    futures_util::SinkExt::send(&mut sink, data).await?;
+    sink.finish().await?;
     Ok(())
+}
+
+/// `rows` in PostgreSQL's binary `COPY` format: the signature, then per
+/// row its column count and each value as a length and its bytes (-1 for
+/// NULL), then the trailer.
+fn encode_copy<R: Row>(rows: &[R]) -> anyhow::Result<bytes::Bytes> {
+    let mut buf = BytesMut::with_capacity(rows.len() * 1024);
+    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.put_i32(0); // flags
+    buf.put_i32(0); // header extension
+    for row in rows {
+        let params = row.params();
+        buf.put_i16(i16::try_from(params.len())?);
+        for (value, ty) in params.iter().zip(R::TYPES) {
+            let at = buf.len();
+            buf.put_i32(0);
+            let len = match value
+                .to_sql_checked(ty, &mut buf)
+                .map_err(|e| anyhow::anyhow!(e))?
+            {
+                IsNull::Yes => -1,
+                IsNull::No => i32::try_from(buf.len() - at - 4)?,
+            };
+            buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+    }
+    buf.put_i16(-1);
+    Ok(buf.freeze())
 }
 
 /// Inserts `rows` one by one, skipping those already there.
@@ -375,36 +426,37 @@ impl Shipper {
     }
 
     /// Ships full batches while there are any, then one partial batch, and
-    /// returns how many events were delivered. While the warehouse takes one
-    /// full batch, the next is read (from the segment files, on another
-    /// thread, when memory no longer holds it), so neither side waits for
-    /// the other. Batches still commit in order, each with its watermark.
+    /// returns how many events were delivered. While full batches follow
+    /// one another, [`LANES`] of them go to the warehouse at once, each on
+    /// its own connection, and the next round is read meanwhile (from the
+    /// segment files, on another thread, when memory no longer holds it).
+    /// Each batch still commits after the one before it, with its
+    /// watermark; one that fails stops those after it from committing.
     pub async fn ship_available(&mut self) -> anyhow::Result<usize> {
         if !self.watermark_known {
             self.load_watermark().await?;
         }
         let mut shipped = 0;
-        let mut next = self.take_batch(self.cursor()).await?;
-        while let Some(batch) = next.take() {
-            let after = self.cursor_after(&batch);
-            let limit = self.settings.batch;
-            let full = batch.events.len() >= limit;
-            let durable = self.state.durable_seq.load(Ordering::Acquire);
-            let following = if full && durable.saturating_sub(batch.last_seq) >= limit as u64 {
-                let (delivered, following) = tokio::join!(self.deliver(&batch), self.take_batch(after));
-                delivered?;
-                following
+        let mut round = self.take_round(self.cursor()).await?;
+        while let Some(last) = round.last() {
+            let after = round.iter().fold(self.cursor(), Cursor::after);
+            let (results, following) = if self.full_batch_follows(last) {
+                tokio::join!(self.deliver_round(&round), self.take_round(after))
             } else {
-                self.deliver(&batch).await?;
+                let results = self.deliver_round(&round).await;
                 // After a partial batch, the rest waits for the next round.
-                if full {
-                    self.take_batch(after).await
+                let following = if last.events.len() >= self.settings.batch {
+                    self.take_round(after).await
                 } else {
-                    Ok(None)
-                }
+                    Ok(Vec::new())
+                };
+                (results, following)
             };
-            shipped += self.advance(&batch);
-            next = following?;
+            for (batch, delivered) in round.iter().zip(results) {
+                delivered?;
+                shipped += self.advance(batch);
+            }
+            round = following?;
         }
         Ok(shipped)
     }
@@ -418,18 +470,31 @@ impl Shipper {
         }
     }
 
-    /// Where the batch after `batch` starts, before `batch` is committed:
-    /// the cursor that [`Self::advance`] will leave.
-    fn cursor_after(&self, batch: &Batch) -> Cursor {
-        Cursor {
-            delivered: batch.last_seq,
-            after_checkpoint: batch
-                .checkpoints
-                .iter()
-                .map(|c| c.seq)
-                .fold(self.shipped_checkpoint, u64::max),
-            position: batch.end.or(self.position),
+    /// Whether `batch` is full and a full batch more is durable after it.
+    fn full_batch_follows(&self, batch: &Batch) -> bool {
+        let limit = self.settings.batch;
+        batch.events.len() >= limit
+            && self
+                .state
+                .durable_seq
+                .load(Ordering::Acquire)
+                .saturating_sub(batch.last_seq)
+                >= limit as u64
+    }
+
+    /// The batches that follow `from`, up to [`LANES`]: a batch after the
+    /// first only while full ones follow.
+    async fn take_round(&self, from: Cursor) -> anyhow::Result<Vec<Batch>> {
+        let mut round: Vec<Batch> = Vec::with_capacity(LANES);
+        let mut at = from;
+        while round.len() < LANES && round.last().is_none_or(|b| self.full_batch_follows(b)) {
+            let Some(batch) = self.take_batch(at).await? else {
+                break;
+            };
+            at = at.after(&batch);
+            round.push(batch);
         }
+        Ok(round)
     }
 
     /// The batch that follows `from`: taken from memory when the journal
@@ -473,7 +538,7 @@ impl Shipper {
     /// Records a committed batch; returns its size (events, or checkpoints
     /// when it carried only those).
     fn advance(&mut self, batch: &Batch) -> usize {
-        let next = self.cursor_after(batch);
+        let next = self.cursor().after(batch);
         self.state.mark_delivered(next.delivered);
         self.shipped_checkpoint = next.after_checkpoint;
         self.position = next.position;
@@ -511,7 +576,29 @@ impl Shipper {
         Ok(())
     }
 
-    async fn deliver(&self, batch: &Batch) -> anyhow::Result<()> {
+    /// Delivers a round of batches at once; each waits, before its
+    /// watermark and commit, until the one before it has committed.
+    /// Returns each batch's outcome, in order.
+    async fn deliver_round(&self, round: &[Batch]) -> Vec<anyhow::Result<()>> {
+        let committed: Vec<_> = round.iter().map(|_| watch::channel(None::<bool>)).collect();
+        let deliveries = round
+            .iter()
+            .zip(&committed)
+            .enumerate()
+            .map(|(i, (batch, (done, _)))| {
+                let before = i.checked_sub(1).map(|j| committed[j].1.clone());
+                async move {
+                    let delivered = self.deliver(batch, before).await;
+                    done.send_replace(Some(delivered.is_ok()));
+                    delivered
+                }
+            });
+        futures_util::future::join_all(deliveries).await
+    }
+
+    /// Delivers one batch; with `before`, commits only once the batch
+    /// before it has.
+    async fn deliver(&self, batch: &Batch, before: Option<Committed>) -> anyhow::Result<()> {
         let events = batch
             .events
             .iter()
@@ -522,14 +609,17 @@ impl Shipper {
             records.extend(RecordRow::new(row)?);
         }
         let mut client = self.warehouse.pool().get().await?;
-        match self.deliver_in(&mut client, batch, &events, &records, true).await {
+        match self
+            .deliver_in(&mut client, batch, &events, &records, true, before.clone())
+            .await
+        {
             Err(e) if is_unique_violation(&e) => {
                 tracing::warn!(
                     first = batch.events.first().map_or(0, |e| e.event.seq),
                     last = batch.last_seq,
                     "some audit events of this batch are already in the warehouse; shipping it row by row"
                 );
-                self.deliver_in(&mut client, batch, &events, &records, false)
+                self.deliver_in(&mut client, batch, &events, &records, false, before)
                     .await
             }
             other => other,
@@ -545,6 +635,7 @@ impl Shipper {
         events: &[EventRow<'_>],
         records: &[RecordRow<'_>],
         copy: bool,
+        before: Option<Committed>,
     ) -> anyhow::Result<()> {
         let tx = client.transaction().await?;
         if copy {
@@ -568,6 +659,16 @@ impl Shipper {
                 ],
             )
             .await?;
+        }
+        if let Some(mut before) = before {
+            let committed = before.wait_for(Option::is_some).await.map_or(None, |c| *c);
+            if committed != Some(true) {
+                anyhow::bail!(
+                    "events {}..={} not committed: the batch before them was not delivered",
+                    batch.events.first().map_or(0, |e| e.event.seq),
+                    batch.last_seq
+                );
+            }
         }
         let last = batch.last_seq as i64;
         tx.execute(
