@@ -20,7 +20,11 @@
 //! disk where the gateway's journal waits for `fdatasync`. The journal
 //! stays on the disk either way. `E2E_SCALE_ONLY=1` runs the scale checks
 //! alone (idle connections and many officers), on a gateway that has not
-//! been loaded before.
+//! been loaded before. `E2E_CALLGRIND=1` runs each proxy under valgrind's
+//! callgrind, counting instructions only during its saturation run, and
+//! prints the instructions per request (user space, every thread) instead
+//! of the timed figures; the counts repeat from run to run where timings
+//! do not. The profiles are left in `target/e2e-callgrind/`.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -267,13 +271,30 @@ struct Measured {
 }
 
 async fn measure(name: &str, target: Arc<Target>, pid: u32) -> Measured {
-    let _ = saturate(target.clone(), 2).await; // warm-up: tokens cached, pools filled
+    // Warm-up: tokens cached, pools filled; valgrind runs the proxy some
+    // thirty times slower, so it needs longer to see every officer once.
+    let callgrind = callgrind_dir();
+    let _ = saturate(target.clone(), if callgrind.is_some() { 10 } else { 2 }).await;
+    if callgrind.is_some() {
+        callgrind_control(pid, &["--instr=on"]);
+    }
     let ticks_before = cpu_ticks(pid);
     let mut sat = saturate(target.clone(), SATURATION_SECS).await;
     let ticks = cpu_ticks(pid) - ticks_before;
     let clk_tck = 100.0; // Linux USER_HZ
     let cpu_us = ticks as f64 / clk_tck * 1e6 / sat.ok.max(1) as f64;
-    sat.report(&format!("{name}: saturation"), Some(cpu_us));
+    if let Some(dir) = callgrind {
+        callgrind_control(pid, &["--instr=off"]);
+        callgrind_control(pid, &["--dump"]);
+        let total = callgrind_total(&dir, pid);
+        println!(
+            "{name}: {} requests under callgrind, {:.0} instructions per request",
+            sat.ok,
+            total as f64 / sat.ok.max(1) as f64
+        );
+    } else {
+        sat.report(&format!("{name}: saturation"), Some(cpu_us));
+    }
     Measured {
         saturation: sat.rate(),
         cpu_us,
@@ -346,13 +367,54 @@ fn wait_for_port(port: u16) {
 }
 
 fn spawn_pinned(pinned: bool, program: &std::path::Path) -> Command {
-    if pinned {
+    let mut c = if pinned {
         let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(program);
+        c.args(["-c", "0"]);
         c
     } else {
-        Command::new(program)
+        Command::new("env")
+    };
+    if let Some(dir) = callgrind_dir() {
+        std::fs::create_dir_all(&dir).expect("callgrind dir");
+        let name = program.file_name().and_then(|n| n.to_str()).unwrap_or("proxy");
+        c.args(["valgrind", "--tool=callgrind", "--instr-atstart=no"])
+            .arg(format!("--callgrind-out-file={}/{name}.%p.out", dir.display()));
     }
+    c.arg(program);
+    c
+}
+
+/// Where callgrind's profiles go, when `E2E_CALLGRIND` is set.
+fn callgrind_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("E2E_CALLGRIND")
+        .map(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-callgrind"))
+}
+
+/// Runs `callgrind_control` with `args` against the process `pid`.
+fn callgrind_control(pid: u32, args: &[&str]) {
+    let status = Command::new("callgrind_control")
+        .args(args)
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .expect("callgrind_control");
+    assert!(status.success(), "callgrind_control {args:?} failed");
+}
+
+/// The instructions counted in the newest profile of process `pid`.
+fn callgrind_total(dir: &std::path::Path, pid: u32) -> u64 {
+    let newest = std::fs::read_dir(dir)
+        .expect("callgrind dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(&format!(".{pid}.out")))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .expect("a callgrind profile");
+    let text = std::fs::read_to_string(newest.path()).expect("profile");
+    text.lines()
+        .find_map(|l| l.strip_prefix("totals: "))
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .expect("totals in the profile")
 }
 
 /// Waits for the shipper to bring every acknowledged answer's audit event
@@ -522,6 +584,9 @@ async fn bench(pinned: bool) {
         return;
     }
     let popgate = measure("popgate", target.clone(), pid).await;
+    if callgrind_dir().is_some() {
+        return;
+    }
     let rss_busy = rss_kib(pid, "VmHWM:");
     // Let the shipper catch up before the latency runs, and count what
     // saturation lost on the way.
