@@ -20,9 +20,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::IgnoredAny;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
 
 use crate::personal_id::PersonalId;
 use crate::sim::{PATH_HOUSEHOLD, PATH_LOOKUP, PATH_VERIFY};
@@ -304,17 +303,40 @@ fn connect_error_text(e: &hyper_util::client::legacy::Error) -> String {
     }
 }
 
+/// A question as the national database takes it, its keys in the order
+/// they have always been sent (sorted); the name and date of birth only
+/// for a verification.
+#[derive(Serialize)]
+struct Question<'a> {
+    #[serde(rename = "HoVaTen", skip_serializing_if = "Option::is_none")]
+    full_name: Option<&'a str>,
+    #[serde(rename = "MaCanBo")]
+    officer: &'a str,
+    #[serde(rename = "MaDVC")]
+    service_code: &'a str,
+    #[serde(rename = "MaTichHop")]
+    integration_code: &'a str,
+    #[serde(rename = "MaYeuCau")]
+    request_id: &'a str,
+    #[serde(rename = "NgayThangNamSinh", skip_serializing_if = "Option::is_none")]
+    date_of_birth: Option<String>,
+    #[serde(rename = "SoDinhDanh")]
+    personal_id: &'a str,
+}
+
 impl NationalDb for HttpNationalDb {
     fn query(&self, q: UpstreamQuery) -> BoxFuture<'_, Result<Answered, UpstreamError>> {
         Box::pin(async move {
             let s = &self.settings;
-            let mut body = json!({
-                "MaYeuCau": q.request_id,
-                "MaDVC": s.service_code,
-                "MaTichHop": s.integration_code,
-                "MaCanBo": q.officer,
-                "SoDinhDanh": q.personal_id.as_str(),
-            });
+            let mut question = Question {
+                full_name: None,
+                officer: &q.officer,
+                service_code: &s.service_code,
+                integration_code: &s.integration_code,
+                request_id: &q.request_id,
+                date_of_birth: None,
+                personal_id: q.personal_id.as_str(),
+            };
             let uri = match &q.kind {
                 QueryKind::Lookup => &self.uris.lookup,
                 QueryKind::Household => &self.uris.household,
@@ -322,12 +344,15 @@ impl NationalDb for HttpNationalDb {
                     full_name,
                     date_of_birth,
                 } => {
-                    body["HoVaTen"] = Value::from(full_name.as_str());
-                    body["NgayThangNamSinh"] = Value::from(date_of_birth.replace('-', ""));
+                    question.full_name = Some(full_name);
+                    question.date_of_birth = Some(date_of_birth.replace('-', ""));
                     &self.uris.verify
                 }
             };
-            let body = Bytes::from(body.to_string());
+            let body = Bytes::from(
+                serde_json::to_vec(&question)
+                    .map_err(|e| UpstreamError::Failed(format!("cannot write the question: {e}")))?,
+            );
             self.budget.deposit();
             let mut attempt = self.post(uri, body.clone()).await;
             // The three operations are reads, so a failed connection or a
@@ -382,5 +407,30 @@ mod tests {
         }
         let burst = (0..100).filter(|_| idle.withdraw()).count();
         assert_eq!(burst, 10, "the reserve caps a burst of retries");
+    }
+
+    #[test]
+    fn questions_keep_their_wire_form() {
+        let mut q = Question {
+            full_name: None,
+            officer: "canbo-01",
+            service_code: "1.000001",
+            integration_code: "popgate",
+            request_id: "r-1",
+            date_of_birth: None,
+            personal_id: "079090001234",
+        };
+        // What the national database has always been sent: sorted keys.
+        let lookup = serde_json::json!({
+            "MaCanBo": "canbo-01", "MaDVC": "1.000001", "MaTichHop": "popgate",
+            "MaYeuCau": "r-1", "SoDinhDanh": "079090001234",
+        });
+        assert_eq!(serde_json::to_string(&q).unwrap(), lookup.to_string());
+        q.full_name = Some("Nguyễn Văn \"An\"");
+        q.date_of_birth = Some("19900101".into());
+        let mut verify = lookup;
+        verify["HoVaTen"] = "Nguyễn Văn \"An\"".into();
+        verify["NgayThangNamSinh"] = "19900101".into();
+        assert_eq!(serde_json::to_string(&q).unwrap(), verify.to_string());
     }
 }
