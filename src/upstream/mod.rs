@@ -425,12 +425,12 @@ mod tests {
             "MaCanBo": "canbo-01", "MaDVC": "1.000001", "MaTichHop": "popgate",
             "MaYeuCau": "r-1", "SoDinhDanh": "079090001234",
         });
-        assert_eq!(serde_json::to_string(&q).unwrap(), lookup.to_string());
+        assert_eq!(serde_json::to_string(&q).expect("question"), lookup.to_string());
         q.full_name = Some("Nguyễn Văn \"An\"");
         q.date_of_birth = Some("19900101".into());
         let mut verify = lookup;
         verify["HoVaTen"] = "Nguyễn Văn \"An\"".into();
         verify["NgayThangNamSinh"] = "19900101".into();
-        assert_eq!(serde_json::to_string(&q).unwrap(), verify.to_string());
+        assert_eq!(serde_json::to_string(&q).expect("question"), verify.to_string());
     }
 }
