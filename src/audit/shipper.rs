@@ -445,7 +445,7 @@ impl Shipper {
             } else {
                 let results = self.deliver_round(&round).await;
                 // After a partial batch, the rest waits for the next round.
-                let following = if last.events.len() >= self.settings.batch {
+                let following = if self.is_full(last) {
                     self.take_round(after).await
                 } else {
                     Ok(Vec::new())
@@ -470,16 +470,19 @@ impl Shipper {
         }
     }
 
+    fn is_full(&self, batch: &Batch) -> bool {
+        batch.events.len() >= self.settings.batch
+    }
+
     /// Whether `batch` is full and a full batch more is durable after it.
     fn full_batch_follows(&self, batch: &Batch) -> bool {
-        let limit = self.settings.batch;
-        batch.events.len() >= limit
+        self.is_full(batch)
             && self
                 .state
                 .durable_seq
                 .load(Ordering::Acquire)
                 .saturating_sub(batch.last_seq)
-                >= limit as u64
+                >= self.settings.batch as u64
     }
 
     /// The batches that follow `from`, up to [`LANES`]: a batch after the

@@ -137,32 +137,40 @@ impl<'de> Visitor<'de> for RecordReader<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = Map::new();
-        let mut put = |field: &FieldDef, value: Option<Value>| match value {
-            Some(v) => {
-                out.insert(field.id.clone(), v);
-            }
-            None => {
-                out.remove(&field.id);
-            }
-        };
         while let Some(key) = map.next_key::<Key<'de>>()? {
             let mut named = self.0.fields.iter().filter(|f| f.upstream == *key.0);
             match (named.next(), named.next()) {
                 (None, _) => {
                     map.next_value::<IgnoredAny>()?;
                 }
-                (Some(field), None) => put(field, map.next_value_seed(Read::Field(field.kind))?),
+                (Some(field), None) => {
+                    set(&mut out, &field.id, map.next_value_seed(Read::Field(field.kind))?)
+                }
                 (Some(_), Some(_)) => {
                     // Several catalog fields read this key: keep its value
                     // once, and read it for each of them.
                     let value: Value = map.next_value()?;
                     for field in self.0.fields.iter().filter(|f| f.upstream == *key.0) {
-                        put(field, Read::Field(field.kind).deserialize(&value).unwrap_or(None));
+                        let read = Read::Field(field.kind).deserialize(&value).unwrap_or(None);
+                        set(&mut out, &field.id, read);
                     }
                 }
             }
         }
         Ok(out)
+    }
+}
+
+/// Sets `key` to a value read, or removes it when the value read is absent:
+/// a key repeated upstream counts as its last value.
+fn set(out: &mut Map<String, Value>, key: &str, value: Option<Value>) {
+    match value {
+        Some(v) => {
+            out.insert(key.to_owned(), v);
+        }
+        None => {
+            out.remove(key);
+        }
     }
 }
 
@@ -263,14 +271,7 @@ impl<'de> Visitor<'de> for Read {
                 let mut out = Map::new();
                 while let Some(key) = map.next_key::<Key<'de>>()? {
                     match kind.subfields().iter().find(|(_, theirs)| *theirs == key.0) {
-                        Some((ours, _)) => match map.next_value_seed(Read::Name)? {
-                            Some(v) => {
-                                out.insert((*ours).to_owned(), v);
-                            }
-                            None => {
-                                out.remove(*ours);
-                            }
-                        },
+                        Some((ours, _)) => set(&mut out, ours, map.next_value_seed(Read::Name)?),
                         None => {
                             map.next_value::<IgnoredAny>()?;
                         }
