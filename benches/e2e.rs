@@ -270,7 +270,9 @@ struct Measured {
     cpu_us: f64,
 }
 
-async fn measure(name: &str, target: Arc<Target>, pid: u32) -> Measured {
+/// Saturation of one proxy. `metrics` is the gateway's ops port, from
+/// whose histograms its own account of a request's time is printed.
+async fn measure(name: &str, target: Arc<Target>, pid: u32, metrics: Option<u16>) -> Measured {
     // Warm-up: tokens cached, pools filled; valgrind runs the proxy some
     // thirty times slower, so it needs longer to see every officer once.
     let callgrind = callgrind_dir();
@@ -278,9 +280,17 @@ async fn measure(name: &str, target: Arc<Target>, pid: u32) -> Measured {
     if callgrind.is_some() {
         callgrind_control(pid, &["--instr=on"]);
     }
+    let scraped = match metrics {
+        Some(port) => scrape_metrics(port).await,
+        None => String::new(),
+    };
     let ticks_before = cpu_ticks(pid);
     let mut sat = saturate(target.clone(), SATURATION_SECS).await;
     let ticks = cpu_ticks(pid) - ticks_before;
+    let inside = match metrics {
+        Some(port) => Some(Inside::between(&scraped, &scrape_metrics(port).await)),
+        None => None,
+    };
     let clk_tck = 100.0; // Linux USER_HZ
     let cpu_us = ticks as f64 / clk_tck * 1e6 / sat.ok.max(1) as f64;
     if let Some(dir) = callgrind {
@@ -294,10 +304,80 @@ async fn measure(name: &str, target: Arc<Target>, pid: u32) -> Measured {
         );
     } else {
         sat.report(&format!("{name}: saturation"), Some(cpu_us));
+        if let Some(inside) = inside {
+            inside.report(name);
+        }
     }
     Measured {
         saturation: sat.rate(),
         cpu_us,
+    }
+}
+
+/// The gateway's `/metrics` text, or nothing if it cannot be read.
+async fn scrape_metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut out = Vec::new();
+    if let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        let asked = conn
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await;
+        if asked.is_ok() {
+            let _ = conn.read_to_end(&mut out).await;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Where a request's time went by the gateway's own histograms, as mean
+/// milliseconds over the saturation run: the whole request (from its
+/// headers to its answer), the national database, and the two waits for
+/// the audit journal.
+struct Inside {
+    request: Option<f64>,
+    upstream: Option<f64>,
+    intent: Option<f64>,
+    outcome: Option<f64>,
+}
+
+impl Inside {
+    fn between(before: &str, after: &str) -> Inside {
+        let mean = |series: &str| {
+            let value = |text: &str, part: &str| -> Option<f64> {
+                let (name, labels) = series.split_once('{').map_or((series, ""), |(n, l)| (n, l));
+                let key = if labels.is_empty() {
+                    format!("{name}_{part} ")
+                } else {
+                    format!("{name}_{part}{{{labels} ")
+                };
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&key))
+                    .and_then(|v| v.trim().parse().ok())
+            };
+            let sum = value(after, "sum")? - value(before, "sum").unwrap_or(0.0);
+            let count = value(after, "count")? - value(before, "count").unwrap_or(0.0);
+            (count > 0.0).then(|| sum / count * 1e3)
+        };
+        Inside {
+            request: mean("popgate_request_duration_seconds{operation=\"lookup\"}"),
+            upstream: mean("popgate_upstream_duration_seconds"),
+            intent: mean("popgate_journal_wait_seconds{event=\"intent\"}"),
+            outcome: mean("popgate_journal_wait_seconds{event=\"outcome\"}"),
+        }
+    }
+
+    fn report(&self, name: &str) {
+        let (Some(request), Some(upstream), Some(intent), Some(outcome)) =
+            (self.request, self.upstream, self.intent, self.outcome)
+        else {
+            println!("{name}: inside the gateway: its metrics could not be read");
+            return;
+        };
+        println!(
+            "{name}: inside the gateway, mean per request {request:.2} ms: national database {upstream:.2} ms, \
+             audit journal {intent:.2} ms (intent) + {outcome:.2} ms (outcome), the rest {:.2} ms",
+            request - upstream - intent - outcome
+        );
     }
 }
 
@@ -533,7 +613,7 @@ async fn bench(pinned: bool) {
                 bodies: c06_bodies.clone(),
                 audit_ids: None,
             });
-            let m = measure("nginx", target.clone(), child.id()).await;
+            let m = measure("nginx", target.clone(), child.id(), None).await;
             Some((ChildGuard(child), target, m))
         }
     };
@@ -583,7 +663,7 @@ async fn bench(pinned: bool) {
         scale_checks(&l, port, pid, &target).await;
         return;
     }
-    let popgate = measure("popgate", target.clone(), pid).await;
+    let popgate = measure("popgate", target.clone(), pid, Some(ops)).await;
     if callgrind_dir().is_some() {
         return;
     }

@@ -55,6 +55,25 @@ struct Inner {
     requests: BTreeMap<(String, String, u16), u64>,
     latency: BTreeMap<String, Histogram>,
     upstream: Histogram,
+    journal_wait: BTreeMap<&'static str, Histogram>,
+}
+
+/// The audit events a request waits for before it goes on.
+#[derive(Debug, Clone, Copy)]
+pub enum AuditWait {
+    /// The intent, before the national database is asked.
+    Intent,
+    /// The outcome, before the answer is released.
+    Outcome,
+}
+
+impl AuditWait {
+    fn label(self) -> &'static str {
+        match self {
+            AuditWait::Intent => "intent",
+            AuditWait::Outcome => "outcome",
+        }
+    }
 }
 
 /// The gateway's counters and histograms.
@@ -108,6 +127,15 @@ impl Metrics {
         m.upstream.observe(elapsed.as_secs_f64());
     }
 
+    /// Time a request waited for its audit event to be durable.
+    pub fn observe_journal_wait(&self, event: AuditWait, elapsed: Duration) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.journal_wait
+            .entry(event.label())
+            .or_default()
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self, g: &Gauges) -> String {
         let m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -135,6 +163,18 @@ impl Metrics {
         out.push_str("# TYPE popgate_upstream_duration_seconds histogram\n");
         m.upstream
             .render(&mut out, "popgate_upstream_duration_seconds", "");
+        out.push_str(
+            "# HELP popgate_journal_wait_seconds Time a request waited for its audit event to be durable \
+             (intent: before the national database is asked; outcome: before the answer is released).\n",
+        );
+        out.push_str("# TYPE popgate_journal_wait_seconds histogram\n");
+        for (event, h) in &m.journal_wait {
+            h.render(
+                &mut out,
+                "popgate_journal_wait_seconds",
+                &format!("event=\"{event}\""),
+            );
+        }
         let gauges: [(&str, &str, f64); 9] = [
             (
                 "popgate_policy_version",
@@ -199,6 +239,8 @@ mod tests {
         m.observe_request("mot-cua", "lookup", 200, Duration::from_millis(3));
         m.observe_request("mot-cua", "lookup", 200, Duration::from_millis(30));
         m.observe_request("079203001234 Nguyễn", "lookup", 403, Duration::from_millis(1));
+        m.observe_journal_wait(AuditWait::Intent, Duration::from_micros(700));
+        m.observe_journal_wait(AuditWait::Outcome, Duration::from_millis(3));
         let text = m.render(&Gauges {
             journal_backlog: 7,
             ..Gauges::default()
@@ -210,6 +252,10 @@ mod tests {
         assert!(text.contains("popgate_request_duration_seconds_bucket{operation=\"lookup\",le=\"0.005\"} 2"));
         assert!(text.contains("popgate_request_duration_seconds_count{operation=\"lookup\"} 3"));
         assert!(text.contains("popgate_journal_backlog 7"));
+        assert!(text.contains("popgate_journal_wait_seconds_bucket{event=\"intent\",le=\"0.0005\"} 0"));
+        assert!(text.contains("popgate_journal_wait_seconds_bucket{event=\"intent\",le=\"0.001\"} 1"));
+        assert!(text.contains("popgate_journal_wait_seconds_bucket{event=\"outcome\",le=\"0.001\"} 0"));
+        assert!(text.contains("popgate_journal_wait_seconds_count{event=\"outcome\"} 1"));
         assert!(!text.contains("079203001234"));
     }
 }

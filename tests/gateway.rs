@@ -332,6 +332,11 @@ async fn ops_listener_reports_readiness() {
                 "{text}"
             );
             assert!(text.contains("popgate_upstream_duration_seconds_count 1"));
+            assert!(
+                text.contains("popgate_journal_wait_seconds_count{event=\"intent\"} 1"),
+                "{text}"
+            );
+            assert!(text.contains("popgate_journal_wait_seconds_count{event=\"outcome\"}"));
             assert!(text.contains("popgate_journal_durable_seq"));
             assert!(!text.contains(&id));
         }

@@ -23,6 +23,7 @@ use crate::audit::journal::Journal;
 use crate::audit::WarehouseRecord;
 use crate::auth::token::{TokenError, TokenVerifier};
 use crate::limits::RateLimits;
+use crate::metrics::AuditWait;
 use crate::personal_id::PersonalId;
 use crate::policy::{App, Denial, Grant, Operation, PolicySet};
 use crate::server::{self, Body, BodyError, Peer};
@@ -228,7 +229,11 @@ impl AppApi {
             .take()
             .filter(|_| resp.status() == StatusCode::OK);
         let warehouse = trail.warehouse.take();
-        let resp = match self.journal.append(event, warehouse).await {
+        let waited = std::time::Instant::now();
+        let recorded = self.journal.append(event, warehouse).await;
+        self.metrics
+            .observe_journal_wait(AuditWait::Outcome, waited.elapsed());
+        let resp = match recorded {
             Ok(_) => resp,
             Err(e) => {
                 tracing::error!(request_id = %trail.request_id, error = %e, "answer withheld: audit not durable");
@@ -417,7 +422,11 @@ impl AppApi {
         self.breaker.allow().map_err(ApiError::CircuitOpen)?;
         let intent_id = uuid::Uuid::now_v7().to_string();
         let intent = trail.event(EventKind::Intent, &intent_id, "pending", None);
-        self.journal.append(intent, None).await.map_err(|e| {
+        let waited = std::time::Instant::now();
+        let recorded = self.journal.append(intent, None).await;
+        self.metrics
+            .observe_journal_wait(AuditWait::Intent, waited.elapsed());
+        recorded.map_err(|e| {
             tracing::error!(request_id = %trail.request_id, error = %e, "upstream call not made: intent not durable");
             ApiError::AuditUnavailable
         })?;
