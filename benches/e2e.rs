@@ -346,7 +346,7 @@ impl Inside {
     fn between(before: &str, after: &str) -> Inside {
         let mean = |series: &str| {
             let value = |text: &str, part: &str| -> Option<f64> {
-                let (name, labels) = series.split_once('{').map_or((series, ""), |(n, l)| (n, l));
+                let (name, labels) = series.split_once('{').unwrap_or((series, ""));
                 let key = if labels.is_empty() {
                     format!("{name}_{part} ")
                 } else {
