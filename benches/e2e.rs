@@ -282,17 +282,11 @@ async fn measure(name: &str, target: Arc<Target>, pid: u32, metrics: Option<u16>
     if callgrind.is_some() {
         callgrind_control(pid, &["--instr=on"]);
     }
-    let scraped = match metrics {
-        Some(port) => scrape_metrics(port).await,
-        None => String::new(),
-    };
+    let scraped = Scraped::now(metrics).await;
     let ticks_before = cpu_ticks(pid);
     let mut sat = saturate(target.clone(), SATURATION_SECS).await;
     let ticks = cpu_ticks(pid) - ticks_before;
-    let inside = match metrics {
-        Some(port) => Some(Inside::between(&scraped, &scrape_metrics(port).await)),
-        None => None,
-    };
+    let inside = scraped.since().await;
     let clk_tck = 100.0; // Linux USER_HZ
     let cpu_us = ticks as f64 / clk_tck * 1e6 / sat.ok.max(1) as f64;
     if let Some(dir) = callgrind {
@@ -307,7 +301,7 @@ async fn measure(name: &str, target: Arc<Target>, pid: u32, metrics: Option<u16>
     } else {
         sat.report(&format!("{name}: saturation"), Some(cpu_us));
         if let Some(inside) = inside {
-            inside.report(name);
+            inside.report(&format!("{name} at saturation"));
         }
     }
     Measured {
@@ -331,8 +325,26 @@ async fn scrape_metrics(port: u16) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A gateway's metrics as read before a run (nothing for a proxy without).
+struct Scraped(Option<(u16, String)>);
+
+impl Scraped {
+    async fn now(metrics: Option<u16>) -> Scraped {
+        match metrics {
+            Some(port) => Scraped(Some((port, scrape_metrics(port).await))),
+            None => Scraped(None),
+        }
+    }
+
+    /// The gateway's own account of the run since.
+    async fn since(&self) -> Option<Inside> {
+        let (port, before) = self.0.as_ref()?;
+        Some(Inside::between(before, &scrape_metrics(*port).await))
+    }
+}
+
 /// Where a request's time went by the gateway's own histograms, as mean
-/// milliseconds over the saturation run: the whole request (from its
+/// milliseconds over one run: the whole request (from its
 /// headers to its answer), the national database, and the two waits for
 /// the audit journal.
 struct Inside {
@@ -368,15 +380,15 @@ impl Inside {
         }
     }
 
-    fn report(&self, name: &str) {
+    fn report(&self, run: &str) {
         let (Some(request), Some(upstream), Some(intent), Some(outcome)) =
             (self.request, self.upstream, self.intent, self.outcome)
         else {
-            println!("{name}: inside the gateway: its metrics could not be read");
+            println!("{run}: inside the gateway: its metrics could not be read");
             return;
         };
         println!(
-            "{name}: inside the gateway, mean per request {request:.2} ms: national database {upstream:.2} ms, \
+            "{run}, inside the gateway: mean per request {request:.2} ms: national database {upstream:.2} ms, \
              audit journal {intent:.2} ms (intent) + {outcome:.2} ms (outcome), the rest {:.2} ms",
             request - upstream - intent - outcome
         );
@@ -702,21 +714,25 @@ async fn bench(pinned: bool) {
     });
     let mut proxies = Vec::new();
     if let Some((_, t, _)) = &nginx {
-        proxies.push(("nginx", t.clone()));
+        proxies.push(("nginx", t.clone(), None));
     }
-    proxies.push(("popgate", target.clone()));
+    proxies.push(("popgate", target.clone(), Some(ops)));
     let base = nginx.as_ref().map_or(popgate.saturation, |n| n.2.saturation);
     let _ = saturate(direct.clone(), 1).await;
     let mut direct_half = offered(direct, base * 0.5, FIXED_SECS).await;
     direct_half.report("simulator direct: 50 %", None);
     let direct_p99 = direct_half.p(0.99);
-    for (name, t) in proxies {
+    for (name, t, metrics) in proxies {
         for share in [0.25, 0.50, 0.75] {
+            let scraped = Scraped::now(metrics).await;
             let mut run = offered(t.clone(), base * share, FIXED_SECS).await;
             run.report(
                 &format!("{name}: {:.0} % ({:.0} req/s)", share * 100.0, base * share),
                 None,
             );
+            if let Some(inside) = scraped.since().await {
+                inside.report(&format!("{name} at {:.0} %", share * 100.0));
+            }
             if share == 0.50 {
                 let added = run.p(0.99).as_secs_f64() - direct_p99.as_secs_f64();
                 println!("{name}: added p99 at 50 % = {:.2} ms", added * 1e3);
