@@ -19,7 +19,7 @@ use super::auditor::AuditOp;
 use super::problem::{problem_response, ApiError};
 use super::status::GatewayStatus;
 use crate::audit::event::{digest_hex, AuditEvent, EventKind, Pseudonymiser};
-use crate::audit::journal::Journal;
+use crate::audit::journal::{Appended, Journal, JournalError};
 use crate::audit::WarehouseRecord;
 use crate::auth::token::{TokenError, TokenVerifier};
 use crate::limits::RateLimits;
@@ -229,11 +229,7 @@ impl AppApi {
             .take()
             .filter(|_| resp.status() == StatusCode::OK);
         let warehouse = trail.warehouse.take();
-        let waited = std::time::Instant::now();
-        let recorded = self.journal.append(event, warehouse).await;
-        self.metrics
-            .observe_journal_wait(AuditWait::Outcome, waited.elapsed());
-        let resp = match recorded {
+        let resp = match self.record(AuditWait::Outcome, event, warehouse).await {
             Ok(_) => resp,
             Err(e) => {
                 tracing::error!(request_id = %trail.request_id, error = %e, "answer withheld: audit not durable");
@@ -410,6 +406,20 @@ impl AppApi {
         self.limits.check_upstream().map_err(ApiError::RateLimited)
     }
 
+    /// Appends `event` to the journal and times the wait for it to be
+    /// durable (`popgate_journal_wait_seconds`).
+    async fn record(
+        &self,
+        wait: AuditWait,
+        event: AuditEvent,
+        warehouse: Option<WarehouseRecord>,
+    ) -> Result<Appended, JournalError> {
+        let started = std::time::Instant::now();
+        let recorded = self.journal.append(event, warehouse).await;
+        self.metrics.observe_journal_wait(wait, started.elapsed());
+        recorded
+    }
+
     /// Step: the national database — only after an intent event naming the
     /// question is durable, so no question is ever asked unrecorded.
     async fn ask_upstream(
@@ -422,11 +432,7 @@ impl AppApi {
         self.breaker.allow().map_err(ApiError::CircuitOpen)?;
         let intent_id = uuid::Uuid::now_v7().to_string();
         let intent = trail.event(EventKind::Intent, &intent_id, "pending", None);
-        let waited = std::time::Instant::now();
-        let recorded = self.journal.append(intent, None).await;
-        self.metrics
-            .observe_journal_wait(AuditWait::Intent, waited.elapsed());
-        recorded.map_err(|e| {
+        self.record(AuditWait::Intent, intent, None).await.map_err(|e| {
             tracing::error!(request_id = %trail.request_id, error = %e, "upstream call not made: intent not durable");
             ApiError::AuditUnavailable
         })?;
