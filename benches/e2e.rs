@@ -115,6 +115,135 @@ fn cpu_ticks(pid: u32) -> u64 {
         + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
+/// Where the machine's CPU time went, read from `/proc`: each core's busy
+/// and total time, and the CPU time of the proxy, of this process (the load
+/// generator and the simulator) and of the warehouse (every PostgreSQL
+/// process this bench started).
+struct CpuSample {
+    cores: Vec<(u64, u64)>,
+    proxy: u64,
+    bench: u64,
+    warehouse: u64,
+}
+
+impl CpuSample {
+    fn now(proxy: u32) -> CpuSample {
+        // Per core: busy (user, nice, system, irq, softirq, steal) and all.
+        let cores = std::fs::read_to_string("/proc/stat")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .map(|l| {
+                let f: Vec<u64> = l
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|n| n.parse().ok())
+                    .collect();
+                let busy = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
+                (busy, f.iter().take(8).sum())
+            })
+            .collect();
+        // PostgreSQL runs under a wrapper that drops root, so its processes
+        // are found among this process's descendants by name.
+        let processes: Vec<(u32, u32, String)> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let (head, tail) = stat.rsplit_once(')')?;
+                let comm = head.split_once('(')?.1.to_owned();
+                let ppid = tail.split_whitespace().nth(1)?.parse().ok()?;
+                Some((pid, ppid, comm))
+            })
+            .collect();
+        let mut family = vec![std::process::id()];
+        let mut i = 0;
+        while i < family.len() {
+            let parent = family[i];
+            family.extend(processes.iter().filter(|p| p.1 == parent).map(|p| p.0));
+            i += 1;
+        }
+        let warehouse = processes
+            .iter()
+            .filter(|p| p.2 == "postgres" && family.contains(&p.0))
+            .map(|p| cpu_ticks(p.0))
+            .sum();
+        CpuSample {
+            cores,
+            proxy: cpu_ticks(proxy),
+            bench: cpu_ticks(std::process::id()),
+            warehouse,
+        }
+    }
+
+    /// The run since `before`, which answered `requests`.
+    fn since(&self, before: &CpuSample, requests: usize) -> CpuAccount {
+        let us = |after: u64, before: u64| {
+            after.saturating_sub(before) as f64 / CLK_TCK * 1e6 / requests.max(1) as f64
+        };
+        CpuAccount {
+            busy: self
+                .cores
+                .iter()
+                .zip(&before.cores)
+                .map(|(a, b)| (a.0 - b.0) as f64 / (a.1 - b.1).max(1) as f64)
+                .collect(),
+            proxy: us(self.proxy, before.proxy),
+            bench: us(self.bench, before.bench),
+            warehouse: us(self.warehouse, before.warehouse),
+        }
+    }
+}
+
+/// One run's CPU: each core's busy share, and CPU microseconds per request
+/// of the proxy, of the load generator with the simulator, and of the
+/// warehouse. Kernel work charged to no process (interrupts) is left out.
+struct CpuAccount {
+    busy: Vec<f64>,
+    proxy: f64,
+    bench: f64,
+    warehouse: f64,
+}
+
+impl CpuAccount {
+    /// The most requests per second the machine could carry at these costs,
+    /// and what sets it. Pinned, the proxy has core 0 and the rest core 1;
+    /// otherwise all share every core. Work left out of the account only
+    /// lowers the true bound.
+    fn ceiling(&self, pinned: bool) -> (f64, &'static str) {
+        let rest = self.bench + self.warehouse;
+        let (us, by) = if !pinned {
+            (
+                (self.proxy + rest) / self.busy.len().max(1) as f64,
+                "the whole machine",
+            )
+        } else if self.proxy >= rest {
+            (self.proxy, "core 0 (the proxy)")
+        } else {
+            (rest, "core 1 (load generator, simulator and warehouse)")
+        };
+        (1e6 / us.max(1e-9), by)
+    }
+
+    fn report(&self, name: &str, pinned: bool) {
+        let busy: Vec<String> = self.busy.iter().map(|b| format!("{:.0} %", b * 100.0)).collect();
+        let (ceiling, by) = self.ceiling(pinned);
+        println!(
+            "{name}: CPU µs per request: {name} {:.0}, load generator and simulator {:.0}, warehouse {:.0}; \
+             cores busy {}; at these costs {by} caps the run at {ceiling:.0} req/s",
+            self.proxy,
+            self.bench,
+            self.warehouse,
+            busy.join(" / "),
+        );
+    }
+}
+
+/// Linux's USER_HZ: the unit of the times in `/proc`.
+const CLK_TCK: f64 = 100.0;
+
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -269,12 +398,12 @@ fn mtls_client(ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Pa
 /// A proxy's figures at saturation.
 struct Measured {
     saturation: f64,
-    cpu_us: f64,
+    cpu: CpuAccount,
 }
 
 /// Saturation of one proxy. `metrics` is the gateway's ops port, from
 /// whose histograms its own account of a request's time is printed.
-async fn measure(name: &str, target: Arc<Target>, pid: u32, metrics: Option<u16>) -> Measured {
+async fn measure(name: &str, target: Arc<Target>, pid: u32, metrics: Option<u16>, pinned: bool) -> Measured {
     // Warm-up: tokens cached, pools filled; valgrind runs the proxy some
     // thirty times slower, so it needs longer to see every officer once.
     let callgrind = callgrind_dir();
@@ -285,12 +414,10 @@ async fn measure(name: &str, target: Arc<Target>, pid: u32, metrics: Option<u16>
     // Under callgrind the figures are instructions, and reading the
     // gateway's metrics would be counted with them.
     let scraped = Scraped::now(metrics.filter(|_| callgrind.is_none())).await;
-    let ticks_before = cpu_ticks(pid);
+    let cpu_before = CpuSample::now(pid);
     let mut sat = saturate(target.clone(), SATURATION_SECS).await;
-    let ticks = cpu_ticks(pid) - ticks_before;
+    let cpu = CpuSample::now(pid).since(&cpu_before, sat.ok);
     let inside = scraped.since().await;
-    let clk_tck = 100.0; // Linux USER_HZ
-    let cpu_us = ticks as f64 / clk_tck * 1e6 / sat.ok.max(1) as f64;
     if let Some(dir) = callgrind {
         callgrind_control(pid, &["--instr=off"]);
         callgrind_control(pid, &["--dump"]);
@@ -301,14 +428,15 @@ async fn measure(name: &str, target: Arc<Target>, pid: u32, metrics: Option<u16>
             total as f64 / sat.ok.max(1) as f64
         );
     } else {
-        sat.report(&format!("{name}: saturation"), Some(cpu_us));
+        sat.report(&format!("{name}: saturation"), Some(cpu.proxy));
+        cpu.report(name, pinned);
         if let Some(inside) = inside {
             inside.report(&format!("{name} at saturation"));
         }
     }
     Measured {
         saturation: sat.rate(),
-        cpu_us,
+        cpu,
     }
 }
 
@@ -629,7 +757,7 @@ async fn bench(pinned: bool) {
                 bodies: c06_bodies.clone(),
                 audit_ids: None,
             });
-            let m = measure("nginx", target.clone(), child.id(), None).await;
+            let m = measure("nginx", target.clone(), child.id(), None, pinned).await;
             Some((ChildGuard(child), target, m))
         }
     };
@@ -679,7 +807,7 @@ async fn bench(pinned: bool) {
         scale_checks(&l, port, pid, &target).await;
         return;
     }
-    let popgate = measure("popgate", target.clone(), pid, Some(ops)).await;
+    let popgate = measure("popgate", target.clone(), pid, Some(ops), pinned).await;
     if callgrind_dir().is_some() {
         return;
     }
@@ -765,8 +893,15 @@ async fn bench(pinned: bool) {
             popgate.saturation / n.saturation,
             popgate.saturation,
             n.saturation,
-            popgate.cpu_us,
-            n.cpu_us
+            popgate.cpu.proxy,
+            n.cpu.proxy
+        );
+        // How far this machine lets popgate go at the costs just measured,
+        // whatever the order of its waits: the bound of its busiest core.
+        let (ceiling, by) = popgate.cpu.ceiling(pinned);
+        println!(
+            "popgate: at its measured CPU costs, {by} caps it at {ceiling:.0} req/s, {:.2}× nginx's saturation",
+            ceiling / n.saturation
         );
     }
     scale_checks(&l, port, pid, &target).await;
