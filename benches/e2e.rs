@@ -9,7 +9,10 @@
 //! saturation and at 25/50/75 % of it, the gateway's CPU time per request
 //! and its peak RSS, and, from the gateway's own metrics, where its
 //! requests' time went at saturation (the national database, the waits for
-//! the audit journal). When nginx is installed, the same load (same client
+//! the audit journal). For each proxy's saturation run it also prints the
+//! CPU per request of the proxy, of the load generator with the simulator
+//! and of the warehouse, and the rate that the busier core allows at those
+//! costs. When nginx is installed, the same load (same client
 //! certificate, connections and residents) runs against nginx configured as
 //! an mTLS reverse proxy to the same simulator, pinned the same way, and the
 //! ratio popgate / nginx is printed. The simulator is also called directly
