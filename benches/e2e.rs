@@ -191,7 +191,7 @@ impl CpuSample {
                 .cores
                 .iter()
                 .zip(&before.cores)
-                .map(|(a, b)| (a.0 - b.0) as f64 / (a.1 - b.1).max(1) as f64)
+                .map(|(a, b)| a.0.saturating_sub(b.0) as f64 / a.1.saturating_sub(b.1).max(1) as f64)
                 .collect(),
             proxy: us(self.proxy, before.proxy),
             bench: us(self.bench, before.bench),
