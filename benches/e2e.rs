@@ -110,12 +110,28 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// A process as `/proc/PID/stat` gives it.
+struct ProcStat {
+    comm: String,
+    ppid: u32,
+    /// CPU time, user + system, in ticks of [`CLK_TCK`].
+    ticks: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, tail) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = tail.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some(ProcStat {
+        comm: head.split_once('(')?.1.to_owned(),
+        ppid: u32::try_from(field(1)?).ok()?,
+        ticks: field(11).unwrap_or(0) + field(12).unwrap_or(0),
+    })
+}
+
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    proc_stat(pid).map_or(0, |p| p.ticks)
 }
 
 /// Where the machine's CPU time went, read from `/proc`: each core's busy
@@ -148,30 +164,24 @@ impl CpuSample {
             .collect();
         // PostgreSQL runs under a wrapper that drops root, so its processes
         // are found among this process's descendants by name.
-        let processes: Vec<(u32, u32, String)> = std::fs::read_dir("/proc")
+        let processes: Vec<(u32, ProcStat)> = std::fs::read_dir("/proc")
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter_map(|pid| {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-                let (head, tail) = stat.rsplit_once(')')?;
-                let comm = head.split_once('(')?.1.to_owned();
-                let ppid = tail.split_whitespace().nth(1)?.parse().ok()?;
-                Some((pid, ppid, comm))
-            })
+            .filter_map(|pid| Some((pid, proc_stat(pid)?)))
             .collect();
         let mut family = vec![std::process::id()];
         let mut i = 0;
         while i < family.len() {
             let parent = family[i];
-            family.extend(processes.iter().filter(|p| p.1 == parent).map(|p| p.0));
+            family.extend(processes.iter().filter(|p| p.1.ppid == parent).map(|p| p.0));
             i += 1;
         }
         let warehouse = processes
             .iter()
-            .filter(|p| p.2 == "postgres" && family.contains(&p.0))
-            .map(|p| cpu_ticks(p.0))
+            .filter(|(pid, p)| p.comm == "postgres" && family.contains(pid))
+            .map(|(_, p)| p.ticks)
             .sum();
         CpuSample {
             cores,
