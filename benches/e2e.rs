@@ -38,11 +38,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use popgate::config::Config;
 use popgate::sim::{Faults, SimSettings, Simulator};
+use popgate::tls::https_client::{https_client, ClientOptions, HttpVersions, HttpsClient};
 use popgate::tls::pki::{self, SAMPLE_APPS};
 use popgate::warehouse::embedded::{free_port, EmbeddedPostgres};
 
@@ -58,8 +56,6 @@ const FIXED_SECS: u64 = 6;
 const OFFICERS: usize = 100;
 const IDLE_CONNECTIONS: usize = 10_000;
 const MANY_OFFICERS: usize = 10_000;
-
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One server under load: where to send, as whom, and what.
 struct Target {
@@ -395,17 +391,14 @@ fn pin(pid: u32, cores: &str) -> bool {
 
 fn mtls_client(ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> HttpsClient {
     let tls = popgate::tls::mutual_client_config(ca, cert, key, &[]).expect("tls");
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(CONCURRENCY)
-        .build(https)
+    https_client(
+        tls,
+        &ClientOptions {
+            versions: HttpVersions::Http1,
+            max_idle_per_host: CONCURRENCY,
+            ..ClientOptions::default()
+        },
+    )
 }
 
 /// A proxy's figures at saturation.
@@ -683,25 +676,20 @@ async fn bench(pinned: bool) {
     // The warehouse on tmpfs when asked (see the top of this file).
     let shm = std::env::var_os("E2E_PG_SHM").map(|_| tempfile::tempdir_in("/dev/shm").expect("shm"));
     let pg_home = shm.as_ref().map_or(dir.path(), |d| d.path()).join("pg-home");
-    let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&pg_home))
-        .await
-        .expect("join")
-        .expect("pg");
-    pg.provision().await.expect("provision");
+    let pg = EmbeddedPostgres::start_provisioned(&pg_home).await.expect("pg");
 
-    let sim = Arc::new(Simulator::new(&SimSettings {
-        seed: 1,
-        population: 1_000_000,
-        province: 79,
-        faults: Faults::default(),
-    }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let sim_addr = listener.local_addr().expect("addr");
-    let (_sim_stop, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(
-        sim.clone()
-            .run(listener, Arc::new(popgate::sim::server_tls(&l).expect("tls")), rx),
-    );
+    let simulator = Simulator::spawn(
+        &SimSettings {
+            seed: 1,
+            population: 1_000_000,
+            province: 79,
+            faults: Faults::default(),
+        },
+        &l,
+    )
+    .await
+    .expect("simulator");
+    let (sim, sim_addr) = (simulator.sim.clone(), simulator.addr);
 
     let population = sim.population();
     let residents: Vec<String> = (0..20_000u32)
@@ -778,12 +766,7 @@ async fn bench(pinned: bool) {
     let port = free_port().expect("port");
     let ops = free_port().expect("port");
     let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let mut config = Config::development(
-        &l,
-        format!("https://{sim_addr}"),
-        policies,
-        dir.path().join("data"),
-    );
+    let mut config = Config::development(&l, simulator.url(), policies, dir.path().join("data"));
     config.gateway.listen = ([127, 0, 0, 1], port).into();
     config.gateway.ops_listen = ([127, 0, 0, 1], ops).into();
     config.gateway.instance_id = "bench-1".into();

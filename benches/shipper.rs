@@ -46,11 +46,9 @@ fn main() {
 async fn bench() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("pg-home");
-    let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&home))
+    let pg = EmbeddedPostgres::start_provisioned(&home)
         .await
-        .expect("join")
         .expect("postgres");
-    pg.provision().await.expect("provision");
     popgate::warehouse::migrate(&pg.admin_url())
         .await
         .expect("migrate");

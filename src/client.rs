@@ -5,12 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::tls::https_client::{https_client, ClientOptions, HttpsClient};
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 /// How to reach the gateway and as whom.
@@ -45,7 +43,7 @@ pub struct ConsoleArgs {
 pub struct ConsoleClient {
     base: String,
     token: String,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpsClient,
 }
 
 /// A gateway answer.
@@ -136,18 +134,10 @@ impl ConsoleClient {
             }
         };
         let tls = crate::tls::mutual_client_config(&ca, &cert, &key, &[])?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
         Ok(ConsoleClient {
             base: base.trim_end_matches('/').to_owned(),
             token,
-            client: Client::builder(TokioExecutor::new()).build(https),
+            client: https_client(tls, &ClientOptions::default()),
         })
     }
 

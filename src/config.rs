@@ -7,40 +7,48 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::Uri;
 use serde::{Deserialize, Serialize};
 
+pub use crate::server::{
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CERTIFICATE,
+    DEFAULT_MAX_HEADER_BYTES,
+};
+
 pub const DEFAULT_PROVINCE: u16 = 79;
-pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8443";
-pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:9090";
-pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 5_000;
-pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_GATEWAY_LISTEN: SocketAddr = SocketAddr::new(LOOPBACK, 8443);
+pub const DEFAULT_OPS_LISTEN: SocketAddr = SocketAddr::new(LOOPBACK, 9090);
+pub const DEFAULT_INSTANCE_ID: &str = "gw-1";
+pub const DEFAULT_ADMIN_APP: &str = "admin-cli";
+pub const DEFAULT_AUDIT_APP: &str = "audit-cli";
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_SERVICE_CODE: &str = "POPGATE";
+pub const DEFAULT_INTEGRATION_CODE: &str = "POPGATE-79";
 pub const DEFAULT_CIRCUIT_FAILURES: u32 = 5;
-pub const DEFAULT_CIRCUIT_OPEN_SECS: u64 = 10;
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-pub const DEFAULT_MAX_CONNECTIONS_PER_CERTIFICATE: usize = 1_000;
-pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
-pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
-pub const DEFAULT_TOKEN_LEEWAY_SECS: u64 = 30;
+pub const DEFAULT_CIRCUIT_OPEN: Duration = Duration::from_secs(10);
+pub const DEFAULT_TOKEN_ALGORITHMS: [&str; 2] = ["ES256", "EdDSA"];
+pub const DEFAULT_TOKEN_LEEWAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
-pub const DEFAULT_JWKS_REFETCH_SECS: u64 = 30;
+pub const DEFAULT_JWKS_REFETCH: Duration = Duration::from_secs(30);
 pub const DEFAULT_PER_APP_PER_MINUTE: u32 = 3_000;
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1_000;
-pub const DEFAULT_CHECKPOINT_INTERVAL_SECS: u64 = 10;
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_BACKLOG_EVENTS: u64 = 5_000_000;
-pub const DEFAULT_MAX_BACKLOG_AGE_SECS: u64 = 6 * 3600;
+pub const DEFAULT_MAX_BACKLOG_AGE: Duration = Duration::from_secs(6 * 3600);
 pub const DEFAULT_SHIP_BATCH: usize = 1_000;
-pub const DEFAULT_JOURNAL_RETENTION_HOURS: u64 = 24;
-pub const DEFAULT_PURGE_INTERVAL_SECS: u64 = 3_600;
+pub const DEFAULT_JOURNAL_RETENTION: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(3_600);
 pub const DEFAULT_PER_OFFICER_PER_MINUTE: u32 = 60;
 pub const DEFAULT_UPSTREAM_PER_SECOND: u32 = 200;
 pub const DEFAULT_DISTINCT_CITIZENS_PER_HOUR: u32 = 300;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
-pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 15_000;
-pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
-pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,7 +79,7 @@ pub struct GatewaySection {
     #[serde(default = "default_instance_id")]
     pub instance_id: String,
     /// Province code (post-2025) whose jurisdiction `province` grants mean.
-    #[serde(default = "default_province")]
+    #[serde(default = "default_province", deserialize_with = "de::province")]
     pub province: u16,
     /// Directory with fields.toml, purposes.toml and apps/.
     pub policies: PathBuf,
@@ -86,10 +94,10 @@ pub struct GatewaySection {
 }
 
 fn default_admin_apps() -> Vec<String> {
-    vec!["admin-cli".to_owned()]
+    vec![DEFAULT_ADMIN_APP.to_owned()]
 }
 fn default_audit_apps() -> Vec<String> {
-    vec!["audit-cli".to_owned()]
+    vec![DEFAULT_AUDIT_APP.to_owned()]
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,17 +118,27 @@ pub struct TlsSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
-    /// Base URL of the national database's services.
-    pub url: String,
+    /// Base URL of the national database's services (https only).
+    #[serde(with = "de::https_uri")]
+    pub url: Uri,
     /// CA of the national database's server certificate.
     pub ca: PathBuf,
     /// The province's client certificate and key for the national database.
     pub cert: PathBuf,
     pub key: PathBuf,
-    #[serde(default = "default_upstream_timeout_ms")]
-    pub timeout_ms: u64,
-    #[serde(default = "default_upstream_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
+    /// A whole query (`"5s"`; the old `timeout_ms` in milliseconds).
+    #[serde(
+        default = "default_upstream_timeout",
+        alias = "timeout_ms",
+        with = "de::millis"
+    )]
+    pub timeout: Duration,
+    #[serde(
+        default = "default_upstream_connect_timeout",
+        alias = "connect_timeout_ms",
+        with = "de::millis"
+    )]
+    pub connect_timeout: Duration,
     #[serde(default = "default_upstream_max_response_bytes")]
     pub max_response_bytes: usize,
     /// `MaDVC` sent with every query.
@@ -133,15 +151,19 @@ pub struct UpstreamSection {
     #[serde(default = "default_circuit_failures")]
     pub circuit_failures: u32,
     /// How long the circuit stays open before one probe is let through.
-    #[serde(default = "default_circuit_open_secs")]
-    pub circuit_open_secs: u64,
+    #[serde(
+        default = "default_circuit_open",
+        alias = "circuit_open_secs",
+        with = "de::secs"
+    )]
+    pub circuit_open: Duration,
 }
 
 fn default_circuit_failures() -> u32 {
     DEFAULT_CIRCUIT_FAILURES
 }
-fn default_circuit_open_secs() -> u64 {
-    DEFAULT_CIRCUIT_OPEN_SECS
+fn default_circuit_open() -> Duration {
+    DEFAULT_CIRCUIT_OPEN
 }
 
 /// How officer tokens are verified.
@@ -151,21 +173,26 @@ pub struct TokensSection {
     /// The identity provider's JWK set, from a file ...
     pub jwks: Option<PathBuf>,
     /// ... or from an HTTPS URL, trusted through `jwks_ca`.
-    pub jwks_url: Option<String>,
+    #[serde(default, with = "de::optional_https_uri")]
+    pub jwks_url: Option<Uri>,
     pub jwks_ca: Option<PathBuf>,
     pub issuer: String,
     pub audience: String,
     /// Accepted signing algorithms (asymmetric only).
-    #[serde(default = "default_token_algorithms")]
+    #[serde(default = "default_token_algorithms", deserialize_with = "de::algorithms")]
     pub algorithms: Vec<String>,
     /// Clock-skew allowance for exp/nbf/iat, at most 30 s.
-    #[serde(default = "default_token_leeway_secs")]
-    pub leeway_secs: u64,
+    #[serde(default = "default_token_leeway", alias = "leeway_secs", with = "de::leeway")]
+    pub leeway: Duration,
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
     /// An unknown `kid` reloads the key set at most this often.
-    #[serde(default = "default_jwks_refetch_secs")]
-    pub jwks_refetch_secs: u64,
+    #[serde(
+        default = "default_jwks_refetch",
+        alias = "jwks_refetch_secs",
+        with = "de::secs"
+    )]
+    pub jwks_refetch: Duration,
 }
 
 /// The audit journal, checkpoints and shipping to the warehouse.
@@ -178,10 +205,14 @@ pub struct AuditSection {
     pub signing_key: PathBuf,
     /// 32-byte hex secret of the citizen pseudonyms (HMAC-SHA-256).
     pub pseudonym_key: PathBuf,
-    #[serde(default = "default_checkpoint_every")]
+    #[serde(default = "default_checkpoint_every", deserialize_with = "de::positive")]
     pub checkpoint_every: u64,
-    #[serde(default = "default_checkpoint_interval_secs")]
-    pub checkpoint_interval_secs: u64,
+    #[serde(
+        default = "default_checkpoint_interval",
+        alias = "checkpoint_interval_secs",
+        with = "de::secs"
+    )]
+    pub checkpoint_interval: Duration,
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
     /// Undelivered events beyond which the gateway fails closed (503).
@@ -189,16 +220,24 @@ pub struct AuditSection {
     pub max_backlog_events: u64,
     /// How long the warehouse may make no progress on a backlog before the
     /// gateway fails closed.
-    #[serde(default = "default_max_backlog_age_secs")]
-    pub max_backlog_age_secs: u64,
-    #[serde(default = "default_ship_batch")]
+    #[serde(
+        default = "default_max_backlog_age",
+        alias = "max_backlog_age_secs",
+        with = "de::secs"
+    )]
+    pub max_backlog_age: Duration,
+    #[serde(default = "default_ship_batch", deserialize_with = "de::positive")]
     pub ship_batch: usize,
     /// Delivered journal segments are kept this long.
-    #[serde(default = "default_retention_hours")]
-    pub retention_hours: u64,
+    #[serde(default = "default_retention", alias = "retention_hours", with = "de::hours")]
+    pub retention: Duration,
     /// How often expired warehouse records are purged.
-    #[serde(default = "default_purge_interval_secs")]
-    pub purge_interval_secs: u64,
+    #[serde(
+        default = "default_purge_interval",
+        alias = "purge_interval_secs",
+        with = "de::secs"
+    )]
+    pub purge_interval: Duration,
     /// Checkpoint keys `GET /audit/v1/verify` trusts (JSON, see docs/audit.md);
     /// without it the keys recorded in the warehouse are used.
     #[serde(default)]
@@ -213,13 +252,13 @@ impl AuditSection {
             signing_key,
             pseudonym_key,
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
-            checkpoint_interval_secs: DEFAULT_CHECKPOINT_INTERVAL_SECS,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             max_backlog_events: DEFAULT_MAX_BACKLOG_EVENTS,
-            max_backlog_age_secs: DEFAULT_MAX_BACKLOG_AGE_SECS,
+            max_backlog_age: DEFAULT_MAX_BACKLOG_AGE,
             ship_batch: DEFAULT_SHIP_BATCH,
-            retention_hours: DEFAULT_JOURNAL_RETENTION_HOURS,
-            purge_interval_secs: DEFAULT_PURGE_INTERVAL_SECS,
+            retention: DEFAULT_JOURNAL_RETENTION,
+            purge_interval: DEFAULT_PURGE_INTERVAL,
             trusted_keys: None,
         }
     }
@@ -234,8 +273,8 @@ impl AuditSection {
 fn default_checkpoint_every() -> u64 {
     DEFAULT_CHECKPOINT_EVERY
 }
-fn default_checkpoint_interval_secs() -> u64 {
-    DEFAULT_CHECKPOINT_INTERVAL_SECS
+fn default_checkpoint_interval() -> Duration {
+    DEFAULT_CHECKPOINT_INTERVAL
 }
 fn default_segment_bytes() -> u64 {
     DEFAULT_SEGMENT_BYTES
@@ -243,17 +282,17 @@ fn default_segment_bytes() -> u64 {
 fn default_max_backlog_events() -> u64 {
     DEFAULT_MAX_BACKLOG_EVENTS
 }
-fn default_max_backlog_age_secs() -> u64 {
-    DEFAULT_MAX_BACKLOG_AGE_SECS
+fn default_max_backlog_age() -> Duration {
+    DEFAULT_MAX_BACKLOG_AGE
 }
 fn default_ship_batch() -> usize {
     DEFAULT_SHIP_BATCH
 }
-fn default_retention_hours() -> u64 {
-    DEFAULT_JOURNAL_RETENTION_HOURS
+fn default_retention() -> Duration {
+    DEFAULT_JOURNAL_RETENTION
 }
-fn default_purge_interval_secs() -> u64 {
-    DEFAULT_PURGE_INTERVAL_SECS
+fn default_purge_interval() -> Duration {
+    DEFAULT_PURGE_INTERVAL
 }
 
 /// Rate limits (per minute unless named otherwise).
@@ -267,6 +306,7 @@ pub struct RateLimitsSection {
     /// Anti-scraping: distinct citizens one officer may look up per hour.
     pub distinct_citizens_per_officer_per_hour: u32,
     /// Multiplies every limit; limits remain enforced.
+    #[serde(deserialize_with = "de::positive_scale")]
     pub scale: f64,
 }
 
@@ -310,13 +350,17 @@ pub struct WarehouseSection {
 pub struct LimitsSection {
     pub max_connections: usize,
     pub max_connections_per_certificate: usize,
-    pub handshake_timeout_ms: u64,
-    pub header_read_timeout_ms: u64,
+    #[serde(alias = "handshake_timeout_ms", with = "de::millis")]
+    pub handshake_timeout: Duration,
+    #[serde(alias = "header_read_timeout_ms", with = "de::millis")]
+    pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
-    pub request_timeout_ms: u64,
+    #[serde(alias = "request_timeout_ms", with = "de::millis")]
+    pub request_timeout: Duration,
     pub max_concurrent_streams: u32,
-    pub drain_timeout_ms: u64,
+    #[serde(alias = "drain_timeout_ms", with = "de::millis")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for LimitsSection {
@@ -324,13 +368,13 @@ impl Default for LimitsSection {
         LimitsSection {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_certificate: DEFAULT_MAX_CONNECTIONS_PER_CERTIFICATE,
-            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
-            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
-            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -340,11 +384,11 @@ impl LimitsSection {
         crate::server::ServerLimits {
             max_connections: self.max_connections,
             max_connections_per_certificate: self.max_connections_per_certificate,
-            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
-            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            handshake_timeout: self.handshake_timeout,
+            header_read_timeout: self.header_read_timeout,
             max_header_bytes: self.max_header_bytes,
             max_concurrent_streams: self.max_concurrent_streams,
-            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            drain_timeout: self.drain_timeout,
             ..crate::server::ServerLimits::default()
         }
     }
@@ -352,46 +396,42 @@ impl LimitsSection {
 
 fn default_gateway_listen() -> SocketAddr {
     DEFAULT_GATEWAY_LISTEN
-        .parse()
-        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8443)))
 }
 fn default_ops_listen() -> SocketAddr {
     DEFAULT_OPS_LISTEN
-        .parse()
-        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9090)))
 }
 fn default_instance_id() -> String {
-    "gw-1".to_owned()
+    DEFAULT_INSTANCE_ID.to_owned()
 }
 fn default_province() -> u16 {
     DEFAULT_PROVINCE
 }
-fn default_upstream_timeout_ms() -> u64 {
-    DEFAULT_UPSTREAM_TIMEOUT_MS
+fn default_upstream_timeout() -> Duration {
+    DEFAULT_UPSTREAM_TIMEOUT
 }
-fn default_upstream_connect_timeout_ms() -> u64 {
-    DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS
+fn default_upstream_connect_timeout() -> Duration {
+    DEFAULT_UPSTREAM_CONNECT_TIMEOUT
 }
 fn default_upstream_max_response_bytes() -> usize {
     DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES
 }
 fn default_token_algorithms() -> Vec<String> {
-    vec!["ES256".to_owned(), "EdDSA".to_owned()]
+    DEFAULT_TOKEN_ALGORITHMS.iter().map(|a| (*a).to_owned()).collect()
 }
-fn default_token_leeway_secs() -> u64 {
-    DEFAULT_TOKEN_LEEWAY_SECS
+fn default_token_leeway() -> Duration {
+    DEFAULT_TOKEN_LEEWAY
 }
 fn default_max_token_bytes() -> usize {
     DEFAULT_MAX_TOKEN_BYTES
 }
-fn default_jwks_refetch_secs() -> u64 {
-    DEFAULT_JWKS_REFETCH_SECS
+fn default_jwks_refetch() -> Duration {
+    DEFAULT_JWKS_REFETCH
 }
 fn default_service_code() -> String {
-    "POPGATE".to_owned()
+    DEFAULT_SERVICE_CODE.to_owned()
 }
 fn default_integration_code() -> String {
-    "POPGATE-79".to_owned()
+    DEFAULT_INTEGRATION_CODE.to_owned()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -426,7 +466,7 @@ impl TokensSection {
         let source = match (&self.jwks, &self.jwks_url) {
             (Some(path), _) => JwksSource::File(path.clone()),
             (None, url) => JwksSource::Url {
-                url: url.clone().unwrap_or_default(),
+                url: url.as_ref().map(Uri::to_string).unwrap_or_default(),
                 ca: self.jwks_ca.clone(),
             },
         };
@@ -435,9 +475,9 @@ impl TokensSection {
             issuer: self.issuer.clone(),
             audience: self.audience.clone(),
             algorithms: self.algorithm_list().unwrap_or_default(),
-            leeway_secs: self.leeway_secs,
+            leeway_secs: self.leeway.as_secs(),
             max_token_bytes: self.max_token_bytes,
-            refetch_interval: Duration::from_secs(self.jwks_refetch_secs),
+            refetch_interval: self.jwks_refetch,
         }
     }
 }
@@ -449,12 +489,12 @@ impl Config {
     /// chosen by the caller (`127.0.0.1:0` here).
     pub fn development(
         layout: &crate::tls::pki::PkiLayout,
-        upstream_url: String,
+        upstream_url: Uri,
         policies: PathBuf,
         data_dir: PathBuf,
     ) -> Config {
         use crate::tls::pki::{DEMO_TOKEN_AUDIENCE, DEMO_TOKEN_ISSUER};
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let loopback = SocketAddr::new(LOOPBACK, 0);
         Config {
             gateway: GatewaySection {
                 listen: loopback,
@@ -478,13 +518,13 @@ impl Config {
                 ca: layout.national_ca_cert(),
                 cert: layout.upstream_client_cert(),
                 key: layout.upstream_client_key(),
-                timeout_ms: DEFAULT_UPSTREAM_TIMEOUT_MS,
-                connect_timeout_ms: DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
+                timeout: DEFAULT_UPSTREAM_TIMEOUT,
+                connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
                 max_response_bytes: DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES,
                 service_code: default_service_code(),
                 integration_code: default_integration_code(),
                 circuit_failures: DEFAULT_CIRCUIT_FAILURES,
-                circuit_open_secs: DEFAULT_CIRCUIT_OPEN_SECS,
+                circuit_open: DEFAULT_CIRCUIT_OPEN,
             },
             tokens: TokensSection {
                 jwks: Some(layout.jwks()),
@@ -493,9 +533,9 @@ impl Config {
                 issuer: DEMO_TOKEN_ISSUER.to_owned(),
                 audience: DEMO_TOKEN_AUDIENCE.to_owned(),
                 algorithms: default_token_algorithms(),
-                leeway_secs: DEFAULT_TOKEN_LEEWAY_SECS,
+                leeway: DEFAULT_TOKEN_LEEWAY,
                 max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
-                jwks_refetch_secs: DEFAULT_JWKS_REFETCH_SECS,
+                jwks_refetch: DEFAULT_JWKS_REFETCH,
             },
             audit: AuditSection::with_keys(layout.audit_signing_key(), layout.pseudonym_key()),
             rate_limits: RateLimitsSection::default(),
@@ -525,49 +565,18 @@ impl Config {
                 message,
             }
         };
+        // Checks of one value run as it is read (see `de`), so the error
+        // carries that value's position.
         let mut config: Config =
             toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
-        if crate::units::Units::get()
-            .province(config.gateway.province)
-            .is_none()
-        {
-            return Err(invalid(
-                None,
-                format!(
-                    "gateway.province {} is not a province code",
-                    config.gateway.province
-                ),
-            ));
-        }
-        if !config.upstream.url.starts_with("https://") {
-            return Err(invalid(None, "upstream.url must be an https:// URL".to_owned()));
-        }
         let t = &config.tokens;
         if t.jwks.is_some() == t.jwks_url.is_some() {
+            let at = key_span(text, "tokens", if t.jwks.is_some() { "jwks_url" } else { "jwks" })
+                .or_else(|| key_span(text, "tokens", "jwks"))
+                .or_else(|| section_span(text, "tokens"));
             return Err(invalid(
-                None,
+                at,
                 "tokens: set exactly one of jwks (a file) and jwks_url".to_owned(),
-            ));
-        }
-        if t.leeway_secs > crate::auth::token::MAX_LEEWAY_SECS {
-            return Err(invalid(
-                None,
-                format!(
-                    "tokens.leeway_secs must be at most {}",
-                    crate::auth::token::MAX_LEEWAY_SECS
-                ),
-            ));
-        }
-        if let Err(bad) = config.tokens.algorithm_list() {
-            return Err(invalid(
-                None,
-                format!("tokens.algorithms: '{bad}' is not an allowed asymmetric algorithm"),
-            ));
-        }
-        if !(config.rate_limits.scale > 0.0 && config.rate_limits.scale.is_finite()) {
-            return Err(invalid(
-                None,
-                "rate_limits.scale must be a positive number".to_owned(),
             ));
         }
         if let Some(ca) = config.tokens.jwks_ca.as_mut() {
@@ -589,12 +598,6 @@ impl Config {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
             }
-        }
-        if config.audit.checkpoint_every == 0 || config.audit.ship_batch == 0 {
-            return Err(invalid(
-                None,
-                "audit.checkpoint_every and audit.ship_batch must be positive".to_owned(),
-            ));
         }
         for crl in config.tls.crls.iter_mut() {
             if crl.is_relative() {
@@ -623,6 +626,198 @@ impl Config {
     /// The config as TOML text (for the demo's `gateway.toml`).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// The span of `key` in `[section]`, when the file sets it.
+fn key_span(text: &str, section: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    type Spans =
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, toml::Spanned<toml::Value>>>;
+    let spans: Spans = toml::from_str(text).ok()?;
+    spans.get(section)?.get(key).map(toml::Spanned::span)
+}
+
+/// The span of the `[section]` header line.
+fn section_span(text: &str, section: &str) -> Option<std::ops::Range<usize>> {
+    let header = format!("[{section}]");
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim() == header {
+            return Some(at..at + line.len());
+        }
+        at += line.len();
+    }
+    None
+}
+
+/// Reading (and writing back) the values that need more than their type:
+/// durations with units, https URLs, and the one-value checks, which fail
+/// as the value is read so that the error points at it.
+mod de {
+    use std::time::Duration;
+
+    use http::Uri;
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// `"250ms"`, `"5s"`, `"2m"`, `"6h"`, `"1d"`.
+    pub fn parse_duration(text: &str) -> Option<Duration> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit())?;
+        let (number, unit) = t.split_at(split);
+        let n: u64 = number.parse().ok()?;
+        let secs = |k: u64| n.checked_mul(k).map(Duration::from_secs);
+        match unit.trim() {
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => secs(1),
+            "m" | "min" => secs(60),
+            "h" => secs(3600),
+            "d" => secs(86_400),
+            _ => None,
+        }
+    }
+
+    /// A duration as text, in the largest unit that states it exactly.
+    pub fn format_duration(d: Duration) -> String {
+        let ms = d.as_millis();
+        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+            if ms > 0 && ms.is_multiple_of(size) {
+                return format!("{}{unit}", ms / size);
+            }
+        }
+        format!("{ms}ms")
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Text(String),
+        Number(u64),
+    }
+
+    /// A duration given as text with a unit, or as a bare number in
+    /// `unit` (the unit of the older `*_ms`, `*_secs`, `*_hours` keys).
+    fn duration<'de, D: Deserializer<'de>>(d: D, unit: Duration) -> Result<Duration, D::Error> {
+        match Given::deserialize(d)? {
+            Given::Number(n) => unit
+                .checked_mul(u32::try_from(n).map_err(|_| D::Error::custom("this duration is too long"))?)
+                .ok_or_else(|| D::Error::custom("this duration is too long")),
+            Given::Text(t) => parse_duration(&t).ok_or_else(|| {
+                D::Error::custom(format!(
+                    "'{t}' is not a duration such as \"250ms\", \"5s\", \"10m\", \"6h\" or \"1d\""
+                ))
+            }),
+        }
+    }
+
+    macro_rules! duration_in {
+        ($name:ident, $unit:expr) => {
+            pub mod $name {
+                use super::*;
+                pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+                    duration(d, $unit)
+                }
+                pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+                    s.serialize_str(&format_duration(*v))
+                }
+            }
+        };
+    }
+    duration_in!(millis, Duration::from_millis(1));
+    duration_in!(secs, Duration::from_secs(1));
+    duration_in!(hours, Duration::from_secs(3600));
+
+    /// The token leeway: a duration of at most `MAX_LEEWAY_SECS`.
+    pub mod leeway {
+        use super::*;
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+            let max = crate::auth::token::MAX_LEEWAY_SECS;
+            let v = duration(d, Duration::from_secs(1))?;
+            if v > Duration::from_secs(max) {
+                return Err(D::Error::custom(format!(
+                    "tokens.leeway must be at most {max} seconds"
+                )));
+            }
+            Ok(v)
+        }
+        pub use super::secs::serialize;
+    }
+
+    fn https<E: Error>(text: &str) -> Result<Uri, E> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|_| E::custom(format!("'{text}' is not a URL")))?;
+        if uri.scheme_str() != Some("https") || uri.host().is_none() {
+            return Err(E::custom("this must be an https:// URL with a host"));
+        }
+        Ok(uri)
+    }
+
+    pub mod https_uri {
+        use super::*;
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Uri, D::Error> {
+            https(&String::deserialize(d)?)
+        }
+        pub fn serialize<S: Serializer>(v: &Uri, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&v.to_string())
+        }
+    }
+
+    pub mod optional_https_uri {
+        use super::*;
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Uri>, D::Error> {
+            Option::<String>::deserialize(d)?.map(|t| https(&t)).transpose()
+        }
+        pub fn serialize<S: Serializer>(v: &Option<Uri>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(uri) => s.serialize_str(&uri.to_string()),
+                None => s.serialize_none(),
+            }
+        }
+    }
+
+    pub fn province<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+        let code = u16::deserialize(d)?;
+        match crate::units::Units::get().province(code) {
+            Some(_) => Ok(code),
+            None => Err(D::Error::custom(format!(
+                "{code} is not a province code (after the 2025 reorganisation)"
+            ))),
+        }
+    }
+
+    pub fn algorithms<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        for name in &names {
+            let allowed = name
+                .parse::<jsonwebtoken::Algorithm>()
+                .is_ok_and(|a| crate::auth::token::ASYMMETRIC_ALGORITHMS.contains(&a));
+            if !allowed {
+                return Err(D::Error::custom(format!(
+                    "'{name}' is not an allowed asymmetric algorithm"
+                )));
+            }
+        }
+        Ok(names)
+    }
+
+    pub fn positive<'de, D: Deserializer<'de>, T>(d: D) -> Result<T, D::Error>
+    where
+        T: Deserialize<'de> + Default + PartialEq,
+    {
+        let v = T::deserialize(d)?;
+        if v == T::default() {
+            return Err(D::Error::custom("this must be a positive number"));
+        }
+        Ok(v)
+    }
+
+    pub fn positive_scale<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(v > 0.0 && v.is_finite()) {
+            return Err(D::Error::custom("rate_limits.scale must be a positive number"));
+        }
+        Ok(v)
     }
 }
 
@@ -667,6 +862,90 @@ pseudonym_key = "certs/pseudonym.key"
         assert_eq!(c.tokens.algorithm_list().map(|a| a.len()), Ok(2));
     }
 
+    /// Where `needle` (a line of `text`) is, as `FILE:LINE:COL`'s LINE.
+    fn line_of(text: &str, needle: &str) -> usize {
+        1 + text
+            .lines()
+            .position(|l| l.trim_start().starts_with(needle))
+            .expect("needle in text")
+    }
+
+    fn refused_at(text: &str, needle: &str, says: &str) {
+        let err = Config::parse(text, "gw.toml", Path::new(".")).expect_err(needle);
+        let msg = err.to_string();
+        let line = line_of(text, needle);
+        assert!(msg.starts_with(&format!("gw.toml:{line}:")), "{needle}: {msg}");
+        assert!(msg.contains(says), "{needle}: {msg}");
+    }
+
+    #[test]
+    fn each_semantic_check_names_the_line_of_the_value() {
+        let with = |section: &str, line: &str| {
+            MINIMAL.replacen(&format!("[{section}]\n"), &format!("[{section}]\n{line}\n"), 1)
+        };
+        refused_at(
+            &with("gateway", "province = 99"),
+            "province = 99",
+            "not a province code",
+        );
+        refused_at(
+            &MINIMAL.replace(
+                "url = \"https://127.0.0.1:7443\"",
+                "url = \"http://127.0.0.1:7443\"",
+            ),
+            "url = \"http://",
+            "https:// URL",
+        );
+        refused_at(
+            &with("tokens", "jwks_url = \"https://idp.example/jwks.json\""),
+            "jwks_url",
+            "exactly one of jwks",
+        );
+        refused_at(&with("tokens", "leeway_secs = 300"), "leeway_secs", "at most 30");
+        refused_at(&with("tokens", "algorithms = [\"HS256\"]"), "algorithms", "HS256");
+        refused_at(
+            &format!("{MINIMAL}\n[rate_limits]\nscale = 0.0\n"),
+            "scale",
+            "positive",
+        );
+        refused_at(
+            &with("audit", "checkpoint_every = 0"),
+            "checkpoint_every",
+            "positive",
+        );
+        refused_at(&with("audit", "ship_batch = 0"), "ship_batch", "positive");
+    }
+
+    #[test]
+    fn durations_take_units_and_the_old_keys() {
+        let text = MINIMAL.replace(
+            "[upstream]\n",
+            "[upstream]\ntimeout = \"750ms\"\nconnect_timeout_ms = 1500\n",
+        );
+        let c = Config::parse(&text, "gw.toml", Path::new(".")).expect("valid");
+        assert_eq!(c.upstream.timeout, Duration::from_millis(750));
+        assert_eq!(c.upstream.connect_timeout, Duration::from_millis(1500));
+        let text = MINIMAL.replace(
+            "[audit]\n",
+            "[audit]\nretention = \"2d\"\npurge_interval_secs = 60\n",
+        );
+        let c = Config::parse(&text, "gw.toml", Path::new(".")).expect("valid");
+        assert_eq!(c.audit.retention, Duration::from_secs(2 * 86_400));
+        assert_eq!(c.audit.purge_interval, Duration::from_secs(60));
+        let text = MINIMAL.replace("[upstream]\n", "[upstream]\ntimeout = \"soon\"\n");
+        refused_at(&text, "timeout = \"soon\"", "a duration such as");
+    }
+
+    #[test]
+    fn listener_defaults_are_the_servers() {
+        let c = Config::parse(MINIMAL, "gw.toml", Path::new(".")).expect("valid");
+        let from_config = c.limits.server_limits();
+        let server = crate::server::ServerLimits::default();
+        assert_eq!(from_config.max_header_bytes, server.max_header_bytes);
+        assert_eq!(from_config.handshake_timeout, server.handshake_timeout);
+        assert_eq!(from_config.drain_timeout, server.drain_timeout);
+    }
+
     #[test]
     fn hmac_algorithms_and_large_leeway_are_refused() {
         let text = MINIMAL.replace("audience = ", "algorithms = [\"HS256\"]\naudience = ");
@@ -689,5 +968,7 @@ pseudonym_key = "certs/pseudonym.key"
         let c = Config::parse(MINIMAL, "gw.toml", Path::new("/x")).expect("valid");
         let again = Config::parse(&c.to_toml(), "again.toml", Path::new("/y")).expect("valid");
         assert_eq!(again.tls.cert, c.tls.cert);
+        assert_eq!(again.upstream.url, c.upstream.url);
+        assert_eq!(again.upstream.timeout, c.upstream.timeout);
     }
 }

@@ -5,14 +5,12 @@
 //! the cluster.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::gateway::Gateway;
 use crate::sim::{Faults, SimSettings, Simulator};
 use crate::tls::pki::{self, PkiLayout, DEMO_TOKEN_AUDIENCE, DEMO_TOKEN_ISSUER, SAMPLE_APPS};
 use crate::warehouse::embedded::free_port;
@@ -21,7 +19,9 @@ use crate::warehouse::embedded::free_port;
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub dir: PathBuf,
-    pub policies: PathBuf,
+    /// The policy directory; `None`: `policies/` of the working directory
+    /// when there is one, else the sample set built into the binary.
+    pub policies: Option<PathBuf>,
     pub province: u16,
     pub seed: u64,
     pub population: u32,
@@ -39,12 +39,7 @@ const SAMPLE_IDS: usize = 24;
 pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.dir).with_context(|| format!("cannot create {}", opts.dir.display()))?;
     let dir = std::fs::canonicalize(&opts.dir)?;
-    let policies = std::fs::canonicalize(&opts.policies).with_context(|| {
-        format!(
-            "policy directory {} not found: run from the popgate checkout or pass --policies",
-            opts.policies.display()
-        )
-    })?;
+    let policies = policy_dir(opts.policies.as_deref(), &dir)?;
     let layout = PkiLayout::new(dir.join("certs"));
     if !layout.is_complete() {
         pki::init(&layout.dir, SAMPLE_APPS, true)?;
@@ -52,19 +47,15 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     }
 
     // The national-DB simulator.
-    let sim = Arc::new(Simulator::new(&SimSettings {
+    let settings = SimSettings {
         seed: opts.seed,
         population: opts.population,
         province: opts.province,
         faults: Faults::default(),
-    }));
-    let sim_tls = crate::sim::server_tls(&layout)?;
-    let sim_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let sim_addr = sim_listener.local_addr()?;
-    let (sim_stop, sim_stop_rx) = watch::channel(false);
-    let sim_task = tokio::spawn(sim.clone().run(sim_listener, Arc::new(sim_tls), sim_stop_rx));
+    };
+    let mut sim = Simulator::spawn(&settings, &layout).await?;
 
-    let mut config = Config::development(&layout, format!("https://{sim_addr}"), policies, dir.clone());
+    let mut config = Config::development(&layout, sim.url(), policies, dir.clone());
     config.gateway.listen = ([127, 0, 0, 1], free_port()?).into();
     config.gateway.ops_listen = ([127, 0, 0, 1], free_port()?).into();
     config.gateway.instance_id = "demo-1".to_owned();
@@ -73,11 +64,10 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     config.upstream.integration_code = format!("POPGATE-{:02}", opts.province);
     config.rate_limits.scale = opts.limit_scale;
     pki::write_file(&dir.join("gateway.toml"), config.to_toml().as_bytes(), 0o600)?;
-    let gateway = match crate::api::start(&config).await {
+    let gateway = match Gateway::start(&config).await {
         Ok(g) => g,
         Err(e) => {
-            let _ = sim_stop.send(true);
-            let _ = sim_task.await;
+            sim.stop().await;
             return Err(e);
         }
     };
@@ -92,11 +82,11 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
             .as_bytes(),
         0o644,
     )?;
-    let sample_ids = sim.population().sample_ids(SAMPLE_IDS);
+    let sample_ids = sim.sim.population().sample_ids(SAMPLE_IDS);
     let ready = json!({
         "gateway_url": format!("https://{}", gateway.gateway_addr),
         "ops_url": format!("http://{}", gateway.ops_addr),
-        "upstream_url": format!("https://{sim_addr}"),
+        "upstream_url": sim.url().to_string().trim_end_matches('/'),
         "warehouse_url": gateway.warehouse_url,
         "ca_cert": layout.apps_ca_cert(),
         "apps": SAMPLE_APPS.iter().map(|a| (a.to_string(), json!({
@@ -129,9 +119,27 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     eprintln!("popgate demo: stopping");
     let _ = std::fs::remove_file(&ready_path);
     gateway.stop().await;
-    let _ = sim_stop.send(true);
-    let _ = sim_task.await;
+    sim.stop().await;
     served
+}
+
+/// The policy directory the demo imports: the one given, else `policies/`
+/// of the working directory, else the built-in sample set written into
+/// `DIR/policies` (kept there for later runs and SIGHUP reloads).
+fn policy_dir(given: Option<&Path>, dir: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(given) = given {
+        return std::fs::canonicalize(given)
+            .with_context(|| format!("policy directory {} not found", given.display()));
+    }
+    let here = Path::new("policies");
+    if here.join("fields.toml").is_file() {
+        return Ok(std::fs::canonicalize(here)?);
+    }
+    let built_in = dir.join("policies");
+    crate::policy::samples::write_to(&built_in)
+        .with_context(|| format!("cannot write the sample policies to {}", built_in.display()))?;
+    tracing::info!(dir = %built_in.display(), "no policies/ here: using the sample policies built into popgate");
+    Ok(built_in)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

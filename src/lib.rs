@@ -28,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod demo;
+pub mod gateway;
 pub mod limits;
 pub mod metrics;
 pub mod personal_id;

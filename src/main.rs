@@ -36,9 +36,10 @@ enum Command {
         /// Directory for the dev PKI, the PostgreSQL cluster and ready.json.
         #[arg(long, default_value = "var/demo")]
         dir: PathBuf,
-        /// Policy directory imported as version 1 when the store is empty.
-        #[arg(long, default_value = "policies")]
-        policies: PathBuf,
+        /// Policy directory imported as version 1 when the store is empty
+        /// [default: ./policies when present, else the built-in sample set].
+        #[arg(long)]
+        policies: Option<PathBuf>,
         /// Province (post-2025 code) the demo serves.
         #[arg(long, default_value_t = DEFAULT_PROVINCE)]
         province: u16,
@@ -244,7 +245,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            let gateway = popgate::api::start(&config).await?;
+            let gateway = popgate::gateway::Gateway::start(&config).await?;
             let served = gateway.run_until(shutdown_signal()).await;
             gateway.stop().await;
             served?;

@@ -20,7 +20,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -57,6 +56,17 @@ impl http_body::Body for ChannelBody {
     }
 }
 
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS_PER_CERTIFICATE: usize = 1_000;
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+pub const DEFAULT_MAX_HEADER_COUNT: usize = 64;
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+pub const DEFAULT_MAX_PENDING_RESET_STREAMS: usize = 20;
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Bounds applied to every connection of a listener.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
@@ -78,16 +88,16 @@ pub struct ServerLimits {
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
-            max_connections: 10_000,
-            max_connections_per_certificate: 1_000,
-            handshake_timeout: Duration::from_secs(5),
-            header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 16 * 1024,
-            max_header_count: 64,
-            max_concurrent_streams: 100,
-            max_pending_reset_streams: 20,
-            idle_timeout: Duration::from_secs(60),
-            drain_timeout: Duration::from_secs(10),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_certificate: DEFAULT_MAX_CONNECTIONS_PER_CERTIFICATE,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_header_count: DEFAULT_MAX_HEADER_COUNT,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_pending_reset_streams: DEFAULT_MAX_PENDING_RESET_STREAMS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -119,7 +129,7 @@ impl Peer {
 /// Serves `listener` until `shutdown` turns true, then drains.
 pub async fn serve<H, F>(
     listener: TcpListener,
-    tls: Option<Arc<arc_swap::ArcSwap<ServerConfig>>>,
+    tls: Option<crate::tls::ActiveServerTls>,
     limits: ServerLimits,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
@@ -152,7 +162,7 @@ pub async fn serve<H, F>(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = tls.as_ref().map(|t| TlsAcceptor::from(t.load_full()));
+        let acceptor = tls.as_ref().map(|t| TlsAcceptor::from(t.load().config.clone()));
         let handler = handler.clone();
         let limits = limits.clone();
         let per_certificate = per_certificate.clone();

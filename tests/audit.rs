@@ -353,7 +353,7 @@ async fn every_kind_of_tampering_is_named_by_the_verifier() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journal_that_cannot_be_written_releases_nothing_and_recovers() {
     let fail = Arc::new(AtomicBool::new(false));
-    let options = popgate::api::StartOptions {
+    let options = popgate::gateway::StartOptions {
         journal_fail_writes: Some(fail.clone()),
     };
     let env = TestEnv::start_full(|_| {}, options).await;
@@ -490,7 +490,7 @@ async fn a_postgresql_outage_under_load_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_warehouse_records_are_purged_and_the_purge_is_audited() {
-    let env = TestEnv::start_with(|c| c.audit.purge_interval_secs = 1).await;
+    let env = TestEnv::start_with(|c| c.audit.purge_interval = Duration::from_secs(1)).await;
     let db = env.admin_db().await;
     db.execute(
         "INSERT INTO popgate.citizen_records (audit_id, citizen_key, app_id, purpose, policy_version, released_at, fields, retain_until)

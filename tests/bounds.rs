@@ -17,7 +17,7 @@ const LOOKUP: &str = "/v1/citizens/lookup";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_tcp_client_is_dropped_at_the_handshake_deadline() {
-    let env = TestEnv::start_with(|c| c.limits.handshake_timeout_ms = 500).await;
+    let env = TestEnv::start_with(|c| c.limits.handshake_timeout = Duration::from_millis(500)).await;
     let mut tcp = tokio::net::TcpStream::connect(env.gateway().gateway_addr)
         .await
         .expect("tcp");
@@ -112,9 +112,9 @@ async fn a_request_that_takes_too_long_is_ended_with_503() {
         }
     });
     let env = TestEnv::start_with(|c| {
-        c.upstream.url = url.clone();
-        c.upstream.timeout_ms = 10_000;
-        c.limits.request_timeout_ms = 700;
+        c.upstream.url = url.parse().expect("url");
+        c.upstream.timeout = Duration::from_secs(10);
+        c.limits.request_timeout = Duration::from_millis(700);
     })
     .await;
     let id = env.citizen(true).personal_id().as_str().to_owned();

@@ -58,7 +58,7 @@ async fn a_revoked_certificate_is_refused_at_once_even_on_a_live_connection() {
             std::fs::write(&path, crl(&pki.apps_ca, &[])).expect("write crl");
             c.tls.crls = vec![path.clone()];
         },
-        popgate::api::StartOptions::default(),
+        popgate::gateway::StartOptions::default(),
     )
     .await;
     let id = env.citizen(true).personal_id().as_str().to_owned();

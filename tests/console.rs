@@ -25,7 +25,7 @@ async fn auditor(env: &TestEnv, path: &str, body: Option<Value>) -> common::Test
 
 async fn wait_for_version(env: &TestEnv, version: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while env.gateway().policy.load().version != version {
+    while env.gateway().policy.version() != version {
         assert!(
             std::time::Instant::now() < deadline,
             "instance did not switch to version {version}"
@@ -47,7 +47,7 @@ async fn policy_lifecycle_with_four_eyes_across_two_instances() {
         c.gateway.instance_id = "test-2".into();
     })
     .await;
-    assert_eq!(b.gateway().policy.load().version, 1);
+    assert_eq!(b.gateway().policy.version(), 1);
 
     let listed = admin(&a, "admin-an", "/admin/v1/policies", None).await;
     assert_eq!(listed.status, 200, "{}", listed.body);
@@ -64,7 +64,7 @@ async fn policy_lifecycle_with_four_eyes_across_two_instances() {
     let v = r.body["version"].as_u64().expect("version");
     assert_eq!(v, 2);
     // Nothing changes before approval.
-    assert_eq!(a.gateway().policy.load().version, 1);
+    assert_eq!(a.gateway().policy.version(), 1);
     // An cannot approve An's own proposal.
     let r = admin(
         &a,

@@ -79,32 +79,17 @@ async fn sigkill_under_load_loses_no_audit_event() {
     let l = pki.layout.clone();
 
     let pg_home = dir.path().join("pg-home");
-    let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&pg_home))
-        .await
-        .expect("join")
-        .expect("pg");
-    pg.provision().await.expect("provision");
+    let pg = EmbeddedPostgres::start_provisioned(&pg_home).await.expect("pg");
 
-    let sim = Arc::new(Simulator::new(&SimSettings {
+    let settings = SimSettings {
         seed: 5,
-        population: 20_000,
-        province: 79,
-        faults: Faults::default(),
-    }));
-    let sim_tls = popgate::sim::server_tls(&l).expect("tls");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let sim_addr = listener.local_addr().expect("addr");
-    let (sim_stop, rx) = tokio::sync::watch::channel(false);
-    let sim_task = tokio::spawn(sim.clone().run(listener, Arc::new(sim_tls), rx));
+        ..common::sim_settings(Faults::default())
+    };
+    let mut sim = Simulator::spawn(&settings, &l).await.expect("simulator");
 
     let gateway_port = free_port().expect("port");
     let ops_port = free_port().expect("port");
-    let mut config = Config::development(
-        &l,
-        format!("https://{sim_addr}"),
-        common::policies_dir(),
-        dir.path().join("data"),
-    );
+    let mut config = Config::development(&l, sim.url(), common::policies_dir(), dir.path().join("data"));
     config.gateway.listen = ([127, 0, 0, 1], gateway_port).into();
     config.gateway.ops_listen = ([127, 0, 0, 1], ops_port).into();
     config.gateway.instance_id = "crash-1".into();
@@ -154,7 +139,7 @@ async fn sigkill_under_load_loses_no_audit_event() {
                 600,
             )
             .expect("token");
-            let sim = sim.clone();
+            let sim = sim.sim.clone();
             workers.push(tokio::spawn(async move {
                 let mut i = w + round as u32 * 1000;
                 while !stop.load(Ordering::Relaxed) {
@@ -242,7 +227,7 @@ async fn sigkill_under_load_loses_no_audit_event() {
         received.len()
     );
     for index in asked.lock().expect("lock").iter() {
-        let c = sim.population().citizen(*index);
+        let c = sim.sim.population().citizen(*index);
         assert!(
             !log.contains(c.personal_id().as_str()),
             "a personal ID is in the gateway's log"
@@ -252,7 +237,6 @@ async fn sigkill_under_load_loses_no_audit_event() {
             "a citizen's name is in the gateway's log"
         );
     }
-    let _ = sim_stop.send(true);
-    let _ = sim_task.await;
+    sim.stop().await;
     drop(pg);
 }

@@ -142,7 +142,8 @@ async fn smuggling_attempts_get_400_and_a_closed_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_neither_starves_others_nor_holds_connections() {
-    let env = Arc::new(TestEnv::start_with(|c| c.limits.header_read_timeout_ms = 1500).await);
+    let env =
+        Arc::new(TestEnv::start_with(|c| c.limits.header_read_timeout = Duration::from_millis(1500)).await);
     let mut slow = Vec::new();
     for _ in 0..200 {
         let mut s = connect(&env, "mot-cua").await;

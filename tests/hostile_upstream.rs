@@ -135,8 +135,8 @@ async fn a_misbehaving_upstream_gets_clean_audited_errors() {
     let url = format!("https://{}", listener.local_addr().expect("addr"));
     let env = TestEnv::start_prepared(
         |pki, c| {
-            c.upstream.url = url.clone();
-            c.upstream.timeout_ms = 1_000;
+            c.upstream.url = url.parse().expect("url");
+            c.upstream.timeout = Duration::from_secs(1);
             // The circuit must stay closed for this test to see each failure.
             c.upstream.circuit_failures = 1_000;
             let mut tls = popgate::sim::server_tls(&pki.layout).expect("tls");
@@ -155,7 +155,7 @@ async fn a_misbehaving_upstream_gets_clean_audited_errors() {
                 }
             });
         },
-        popgate::api::StartOptions::default(),
+        popgate::gateway::StartOptions::default(),
     )
     .await;
     let id = env.citizen(true).personal_id().as_str().to_owned();
@@ -229,7 +229,7 @@ async fn failed_reads_are_retried_once_within_a_budget() {
     let (count, reset) = (connections.clone(), always_reset.clone());
     let env = TestEnv::start_prepared(
         move |pki, c| {
-            c.upstream.url = url.clone();
+            c.upstream.url = url.parse().expect("url");
             c.upstream.circuit_failures = 1_000;
             let mut tls = popgate::sim::server_tls(&pki.layout).expect("tls");
             tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -252,7 +252,7 @@ async fn failed_reads_are_retried_once_within_a_budget() {
                 }
             });
         },
-        popgate::api::StartOptions::default(),
+        popgate::gateway::StartOptions::default(),
     )
     .await;
     let body = json!({"personal_id": "079203001234", "purpose": "administrative-procedure", "case_ref": "R"})

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::TestEnv;
-use popgate::api::app::ROUTES;
+use popgate::api::ROUTES;
 
 /// `(METHOD, /path)` pairs of the document's `paths:` section (two-space
 /// indented paths, four-space indented methods).

@@ -166,7 +166,7 @@ async fn reload_under_load_swaps_atomically_and_refuses_an_invalid_set() {
     std::fs::write(dir.join("apps/broken.toml"), "id = 1\n").expect("write");
     let err = gateway.reload_policy().await.expect_err("invalid");
     assert!(err.to_string().contains("broken.toml:1:6"), "{err}");
-    assert_eq!(gateway.policy.load().version, 2);
+    assert_eq!(gateway.policy.version(), 2);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut versions = Vec::new();
     for w in workers {

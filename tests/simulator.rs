@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use popgate::personal_id::PersonalId;
-use popgate::sim::{Faults, SimSettings, Simulator};
+use popgate::sim::{Faults, RunningSimulator, SimSettings, Simulator};
 use popgate::tls;
 use popgate::tls::pki::{self, PkiLayout};
 use popgate::upstream::{
@@ -16,19 +16,16 @@ use popgate::upstream::{
 };
 use serde_json::Value;
 
-async fn start(l: &PkiLayout, faults: Faults) -> (Arc<Simulator>, String, tokio::sync::watch::Sender<bool>) {
-    let sim = Arc::new(Simulator::new(&SimSettings {
+/// A simulator and its URL; it serves while the third value lives.
+async fn start(l: &PkiLayout, faults: Faults) -> (Arc<Simulator>, String, RunningSimulator) {
+    let settings = SimSettings {
         seed: 3,
         population: 5000,
         province: 79,
         faults,
-    }));
-    let tls = popgate::sim::server_tls(l).expect("tls");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("https://{}", listener.local_addr().expect("addr"));
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(sim.clone().run(listener, Arc::new(tls), rx));
-    (sim, url, stop)
+    };
+    let running = Simulator::spawn(&settings, l).await.expect("simulator");
+    (running.sim.clone(), format!("https://{}", running.addr), running)
 }
 
 fn client(

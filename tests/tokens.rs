@@ -341,7 +341,7 @@ async fn keys_can_come_from_an_https_jwks_url() {
     let ca = idp.layout.apps_ca_cert();
     let env = TestEnv::start_with(|c| {
         c.tokens.jwks = None;
-        c.tokens.jwks_url = Some(url.clone());
+        c.tokens.jwks_url = Some(url.parse().expect("url"));
         c.tokens.jwks_ca = Some(ca.clone());
     })
     .await;

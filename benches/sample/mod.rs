@@ -14,21 +14,13 @@ use serde_json::json;
 /// An outcome event of a granted lookup, as the gateway writes one.
 pub fn event(i: u64) -> AuditEvent {
     AuditEvent {
-        audit_id: uuid::Uuid::now_v7().to_string(),
-        instance_id: String::new(),
-        seq: 0,
-        ts: String::new(),
-        kind: EventKind::Outcome,
         request_id: format!("req-{i}"),
         intent_id: Some(uuid::Uuid::now_v7().to_string()),
         app_id: Some("mot-cua".into()),
         officer_id: Some("canbo-01".into()),
         officer_unit: Some("26734".into()),
-        operation: "lookup".into(),
         purpose: Some("administrative-procedure".into()),
         case_ref: Some("HS-2026-000123".into()),
-        decision: "granted".into(),
-        reason: None,
         citizen_key: Some("9f".repeat(32)),
         fields: vec![
             "full_name".into(),
@@ -42,7 +34,7 @@ pub fn event(i: u64) -> AuditEvent {
         upstream_ms: Some(3),
         upstream_digest: Some("ab".repeat(32)),
         released_digest: Some("cd".repeat(32)),
-        details: None,
+        ..AuditEvent::new(EventKind::Outcome, "lookup", "granted")
     }
 }
 

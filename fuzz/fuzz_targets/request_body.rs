@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use popgate::api::app::check_request_body;
+use popgate::api::citizens::check_request_body;
 use popgate::policy::Operation;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,8 +4,6 @@
 //! log. A personal ID given by an auditor is turned into its pseudonym
 //! before any query; none is ever stored or logged.
 
-use std::sync::Arc;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
@@ -16,11 +14,27 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use super::app::{AppApi, Caller, Trail};
 use super::problem::ApiError;
+use super::request::{parse_json, parse_json_or_empty, Trail};
+use crate::audit::event::Pseudonymiser;
+use crate::audit::verify::TrustedKeys;
 use crate::personal_id::PersonalId;
+use crate::policy::PolicySet;
 use crate::server::{json_response, Body, ChannelBody};
 use crate::warehouse::audit_queries::{EventFilter, EventKey, StoredEvent};
+use crate::warehouse::Warehouse;
+
+/// What the audit surface uses.
+pub struct AuditApi {
+    pub warehouse: Warehouse,
+    pub pseudonyms: Pseudonymiser,
+    /// Checkpoint keys `verify` pins; `None`: those the warehouse records.
+    pub trusted_keys: Option<TrustedKeys>,
+}
+
+/// What each call's body takes, for error details.
+const TAKES_SEARCH: &str = "the body takes personal_id, app, officer, purpose, decision, kind, from, to, cursor (strings) and limit (a number), all optional";
+const TAKES_CITIZEN: &str = "the body takes personal_id (a string)";
 
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
@@ -75,11 +89,6 @@ fn bad(detail: impl Into<String>) -> ApiError {
     ApiError::InvalidRequest(detail.into())
 }
 
-fn unavailable(e: anyhow::Error) -> ApiError {
-    tracing::error!(error = %e, "warehouse query failed");
-    ApiError::WarehouseUnavailable
-}
-
 fn timestamp(s: &Option<String>, name: &str) -> Result<Option<OffsetDateTime>, ApiError> {
     s.as_deref()
         .map(|t| {
@@ -110,7 +119,7 @@ fn decode_cursor(s: &str) -> Result<EventKey, ApiError> {
     Ok(EventKey { ts, instance_id, seq })
 }
 
-impl AppApi {
+impl AuditApi {
     fn pseudonym_of(&self, personal_id: &str) -> Result<String, ApiError> {
         let pid = PersonalId::parse(personal_id, OffsetDateTime::now_utc().year())
             .map_err(|e| bad(e.to_string()))?;
@@ -142,103 +151,95 @@ fn event_json(e: &StoredEvent) -> Value {
     body
 }
 
-fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| bad(super::app::describe_json_error(&e)))
-}
-
-pub(super) async fn handle(
-    api: &Arc<AppApi>,
-    op: AuditOp,
-    _caller: &Caller<'_>,
-    parts: &http::request::Parts,
-    body: Bytes,
-    trail: &mut Trail,
-) -> Result<Response<Body>, ApiError> {
-    match op {
-        AuditOp::Search => {
-            let b: SearchBody = parse(&body)?;
-            let limit = b.limit.unwrap_or(DEFAULT_PAGE);
-            if !(1..=MAX_PAGE).contains(&limit) {
-                return Err(bad(format!("limit must be 1 to {MAX_PAGE}")));
+impl AuditApi {
+    /// Serves one audit operation; `policy` (this request's snapshot) names
+    /// apps, purposes and fields in citizen reports.
+    pub async fn handle(
+        &self,
+        op: AuditOp,
+        policy: &PolicySet,
+        parts: &http::request::Parts,
+        body: &[u8],
+        trail: &mut Trail,
+    ) -> Result<Response<Body>, ApiError> {
+        let api = self;
+        match op {
+            AuditOp::Search => {
+                let b: SearchBody = parse_json_or_empty(body, TAKES_SEARCH)?;
+                let limit = b.limit.unwrap_or(DEFAULT_PAGE);
+                if !(1..=MAX_PAGE).contains(&limit) {
+                    return Err(bad(format!("limit must be 1 to {MAX_PAGE}")));
+                }
+                let filter = api.filter(&b)?;
+                trail.citizen_key.clone_from(&filter.citizen_key);
+                trail.details = Some(search_details(&b));
+                let cursor = b.cursor.as_deref().map(decode_cursor).transpose()?;
+                let page = api
+                    .warehouse
+                    .search_events(&filter, cursor.as_ref(), limit)
+                    .await?;
+                let next = (page.len() as i64 == limit)
+                    .then(|| page.last().map(|e| encode_cursor(&e.key)))
+                    .flatten();
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "events": page.iter().map(event_json).collect::<Vec<_>>(), "next_cursor": next }),
+                ))
             }
-            let filter = api.filter(&b)?;
-            trail.citizen_key.clone_from(&filter.citizen_key);
-            trail.details = Some(search_details(&b));
-            let cursor = b.cursor.as_deref().map(decode_cursor).transpose()?;
-            let page = api
-                .warehouse
-                .search_events(&filter, cursor.as_ref(), limit)
-                .await
-                .map_err(unavailable)?;
-            let next = (page.len() as i64 == limit)
-                .then(|| page.last().map(|e| encode_cursor(&e.key)))
-                .flatten();
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({ "events": page.iter().map(event_json).collect::<Vec<_>>(), "next_cursor": next }),
-            ))
-        }
-        AuditOp::Get(id) => {
-            let event = api.warehouse.event_by_id(&id).await.map_err(unavailable)?;
-            let event = event.ok_or_else(|| {
-                ApiError::NotFound("no audit event with this id has reached the warehouse".into())
-            })?;
-            Ok(json_response(StatusCode::OK, &event_json(&event)))
-        }
-        AuditOp::Export => {
-            let b: SearchBody = parse(&body)?;
-            if b.cursor.is_some() || b.limit.is_some() {
-                return Err(bad(
-                    "export takes the search filters only (no limit or cursor): it returns every match",
-                ));
+            AuditOp::Get(id) => {
+                let event = api.warehouse.event_by_id(&id).await?;
+                let event = event.ok_or_else(|| {
+                    ApiError::NotFound("no audit event with this id has reached the warehouse".into())
+                })?;
+                Ok(json_response(StatusCode::OK, &event_json(&event)))
             }
-            let csv = wants_csv(parts)?;
-            let filter = api.filter(&b)?;
-            trail.citizen_key.clone_from(&filter.citizen_key);
-            trail.details = Some(search_details(&b));
-            Ok(export(api.clone(), filter, csv))
-        }
-        AuditOp::CitizenAccesses => {
-            let b: CitizenBody = parse_required(&body)?;
-            let key = api.pseudonym_of(&b.personal_id)?;
-            trail.citizen_key = Some(key.clone());
-            let vietnamese = parts
-                .headers
-                .get(http::header::ACCEPT_LANGUAGE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("vi"));
-            Ok(json_response(
-                StatusCode::OK,
-                &accesses(api, key, vietnamese).await?,
-            ))
-        }
-        AuditOp::Verify => {
-            let client = api.warehouse.client().await.map_err(unavailable)?;
-            let report = crate::audit::verify::verify(&client, api.trusted_keys.as_ref())
-                .await
-                .map_err(unavailable)?;
-            trail.details = Some(json!({ "whole": report.is_whole(), "findings": report.findings.len() }));
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({
-                    "whole": report.is_whole(),
-                    "summary": report.summary(),
-                    "events": report.events,
-                    "checkpoints": report.checkpoints,
-                    "keys_pinned": report.keys_pinned,
-                    "findings": report.findings.iter().map(|f| json!({ "instance": f.instance, "seq": f.seq, "what": f.what })).collect::<Vec<_>>(),
-                    "unanchored": report.unanchored.iter().map(|(i, a, b)| json!({ "instance": i, "from": a, "to": b })).collect::<Vec<_>>(),
-                }),
-            ))
+            AuditOp::Export => {
+                let b: SearchBody = parse_json_or_empty(body, TAKES_SEARCH)?;
+                if b.cursor.is_some() || b.limit.is_some() {
+                    return Err(bad(
+                        "export takes the search filters only (no limit or cursor): it returns every match",
+                    ));
+                }
+                let csv = wants_csv(parts)?;
+                let filter = api.filter(&b)?;
+                trail.citizen_key.clone_from(&filter.citizen_key);
+                trail.details = Some(search_details(&b));
+                Ok(export(api.warehouse.clone(), filter, csv))
+            }
+            AuditOp::CitizenAccesses => {
+                let b: CitizenBody = parse_json(body, TAKES_CITIZEN)?;
+                let key = api.pseudonym_of(&b.personal_id)?;
+                trail.citizen_key = Some(key.clone());
+                let vietnamese = parts
+                    .headers
+                    .get(http::header::ACCEPT_LANGUAGE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("vi"));
+                Ok(json_response(
+                    StatusCode::OK,
+                    &accesses(api, policy, key, vietnamese).await?,
+                ))
+            }
+            AuditOp::Verify => {
+                let client = api.warehouse.client().await?;
+                let report = crate::audit::verify::verify(&client, api.trusted_keys.as_ref()).await?;
+                trail.details =
+                    Some(json!({ "whole": report.is_whole(), "findings": report.findings.len() }));
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "whole": report.is_whole(),
+                        "summary": report.summary(),
+                        "events": report.events,
+                        "checkpoints": report.checkpoints,
+                        "keys_pinned": report.keys_pinned,
+                        "findings": report.findings.iter().map(|f| json!({ "instance": f.instance, "seq": f.seq, "what": f.what })).collect::<Vec<_>>(),
+                        "unanchored": report.unanchored.iter().map(|(i, a, b)| json!({ "instance": i, "from": a, "to": b })).collect::<Vec<_>>(),
+                    }),
+                ))
+            }
         }
     }
-}
-
-fn parse_required<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| bad(super::app::describe_json_error(&e)))
 }
 
 /// The filters of a search, for its audit event (never the personal ID).
@@ -320,7 +321,7 @@ fn csv_row(e: &StoredEvent) -> String {
 }
 
 /// Streams every matching event, a page at a time, as it is read.
-fn export(api: Arc<AppApi>, filter: EventFilter, csv: bool) -> Response<Body> {
+fn export(warehouse: Warehouse, filter: EventFilter, csv: bool) -> Response<Body> {
     let (body, tx) = ChannelBody::new(4);
     tokio::spawn(async move {
         if csv && tx.send(Bytes::from_static(CSV_HEADER.as_bytes())).await.is_err() {
@@ -328,8 +329,7 @@ fn export(api: Arc<AppApi>, filter: EventFilter, csv: bool) -> Response<Body> {
         }
         let mut cursor: Option<EventKey> = None;
         loop {
-            let page = match api
-                .warehouse
+            let page = match warehouse
                 .search_events(&filter, cursor.as_ref(), EXPORT_PAGE)
                 .await
             {
@@ -372,19 +372,19 @@ fn export(api: Arc<AppApi>, filter: EventFilter, csv: bool) -> Response<Body> {
 
 /// Who accessed this citizen's data: time, app, purpose, case reference and
 /// fields — not the officer.
-async fn accesses(api: &AppApi, key: String, vietnamese: bool) -> Result<Value, ApiError> {
+async fn accesses(
+    api: &AuditApi,
+    policy: &PolicySet,
+    key: String,
+    vietnamese: bool,
+) -> Result<Value, ApiError> {
     let filter = EventFilter {
         citizen_key: Some(key),
         decision: Some("granted".to_owned()),
         kind: Some("outcome".to_owned()),
         ..EventFilter::default()
     };
-    let events = api
-        .warehouse
-        .search_events(&filter, None, MAX_ACCESSES)
-        .await
-        .map_err(unavailable)?;
-    let policy = api.policy.load();
+    let events = api.warehouse.search_events(&filter, None, MAX_ACCESSES).await?;
     let list: Vec<Value> = events
         .iter()
         .map(|e| {

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -13,7 +12,7 @@ use serde_json::json;
 use super::problem::{problem_response, ApiError};
 use super::status::GatewayStatus;
 use crate::audit::journal::JournalState;
-use crate::policy::PolicySet;
+use crate::policy::store::PolicyStore;
 use crate::server::{json_response, Body, Peer};
 use crate::warehouse::Warehouse;
 
@@ -24,7 +23,7 @@ pub struct OpsApi {
     pub tokens: Arc<crate::auth::token::TokenVerifier>,
     pub status: Arc<GatewayStatus>,
     pub journal: Arc<JournalState>,
-    pub policy: Arc<ArcSwap<PolicySet>>,
+    pub policy: Arc<PolicyStore>,
     pub warehouse: Warehouse,
     pub instance_id: String,
 }
@@ -47,7 +46,7 @@ impl OpsApi {
         use std::sync::atomic::Ordering;
         let j = &self.journal;
         let text = self.metrics.render(&crate::metrics::Gauges {
-            policy_version: self.policy.load().version,
+            policy_version: self.policy.version(),
             journal_durable_seq: j.durable_seq.load(Ordering::Acquire),
             journal_delivered_seq: j.delivered_seq.load(Ordering::Acquire),
             journal_backlog: j.backlog(),
@@ -69,7 +68,7 @@ impl OpsApi {
 
     async fn readyz(&self) -> Response<Body> {
         let listening = self.status.is_listening();
-        let policy_version = self.policy.load().version;
+        let policy_version = self.policy.version();
         let warehouse = if self.warehouse.is_up().await {
             "up"
         } else {

@@ -10,8 +10,9 @@ use crate::auth::token::TokenError;
 use crate::limits::Limited;
 use crate::policy::Denial;
 use crate::server::{json_response, Body};
+use crate::warehouse::WarehouseError;
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("no route")]
     NoRoute,
@@ -52,7 +53,7 @@ pub enum ApiError {
     #[error("invalid policy set ({} problems)", .0.len())]
     InvalidPolicy(Vec<String>),
     #[error("warehouse unavailable")]
-    WarehouseUnavailable,
+    Warehouse(#[from] WarehouseError),
     #[error("not acceptable")]
     NotAcceptable(&'static str),
     #[error("upstream circuit open")]
@@ -105,7 +106,7 @@ impl ApiError {
                 format!("The national population database has been failing; calls resume in about {} seconds.", wait.as_secs().max(1))),
             RevocationUnknown => (StatusCode::SERVICE_UNAVAILABLE, "revocation-unknown", "Certificate status unknown",
                 "The gateway's certificate revocation list is out of date, so it trusts no certificate until a fresh one is loaded; retry later.".into()),
-            WarehouseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "warehouse-unavailable", "Warehouse unavailable",
+            Warehouse(_) => (StatusCode::SERVICE_UNAVAILABLE, "warehouse-unavailable", "Warehouse unavailable",
                 "The provincial warehouse cannot be reached right now; retry later.".into()),
             NotAcceptable(offer) => (StatusCode::NOT_ACCEPTABLE, "not-acceptable", "Not acceptable",
                 format!("This endpoint answers {offer}; set the accept header to one of them.")),
@@ -118,6 +119,10 @@ impl ApiError {
 /// The problem document for `err`, with the request id (and the audit id
 /// of the event that records it, when there is one).
 pub fn problem_response(err: &ApiError, request_id: &str, audit_id: Option<&str>) -> Response<Body> {
+    if let ApiError::Warehouse(e) = err {
+        // The cause is for the operator; the caller is told to retry.
+        tracing::error!(%request_id, error = %e, "warehouse unavailable");
+    }
     let (status, slug, title, detail) = err.parts();
     let mut doc = json!({
         "type": format!("urn:popgate:problem:{slug}"),

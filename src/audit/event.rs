@@ -71,6 +71,38 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// An event of `kind` with fresh audit and request ids and nothing else
+    /// set: the journal fills in instance, seq, time and the chain; callers
+    /// set what they know with struct update syntax.
+    pub fn new(kind: EventKind, operation: &str, decision: &str) -> AuditEvent {
+        AuditEvent {
+            app_id: None,
+            audit_id: uuid::Uuid::now_v7().to_string(),
+            case_ref: None,
+            citizen_key: None,
+            decision: decision.to_owned(),
+            details: None,
+            fields: Vec::new(),
+            http_status: None,
+            instance_id: String::new(),
+            intent_id: None,
+            kind,
+            officer_id: None,
+            officer_unit: None,
+            operation: operation.to_owned(),
+            policy_version: None,
+            purpose: None,
+            reason: None,
+            released_digest: None,
+            request_id: uuid::Uuid::now_v7().to_string(),
+            seq: 0,
+            ts: String::new(),
+            upstream_digest: None,
+            upstream_ms: None,
+            upstream_status: None,
+        }
+    }
+
     /// The canonical bytes that are hashed.
     pub fn canonical(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(768);
@@ -174,26 +206,18 @@ mod tests {
             instance_id: "gw".into(),
             seq: 1,
             ts: "2026-11-27T00:00:00.000000Z".into(),
-            kind: EventKind::Outcome,
             request_id: "r".into(),
-            intent_id: None,
             app_id: Some("mot-cua".into()),
             officer_id: Some("o".into()),
-            officer_unit: None,
-            operation: "lookup".into(),
             purpose: Some("p".into()),
             case_ref: Some("Hồ sơ 1".into()),
-            decision: "granted".into(),
-            reason: None,
             citizen_key: Some("k".into()),
             fields: vec!["full_name".into()],
             policy_version: Some(1),
             http_status: Some(200),
             upstream_status: Some("200".into()),
             upstream_ms: Some(3),
-            upstream_digest: None,
-            released_digest: None,
-            details: None,
+            ..AuditEvent::new(EventKind::Outcome, "lookup", "granted")
         }
     }
 

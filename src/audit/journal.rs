@@ -867,30 +867,11 @@ mod tests {
 
     fn event(seq: u64) -> Shippable {
         let event = AuditEvent {
-            app_id: None,
             audit_id: format!("a{seq}"),
-            case_ref: None,
-            citizen_key: None,
-            decision: "pending".into(),
-            details: None,
-            fields: Vec::new(),
-            http_status: None,
             instance_id: "gw".into(),
-            intent_id: None,
-            kind: EventKind::Intent,
-            officer_id: None,
-            officer_unit: None,
-            operation: "lookup".into(),
-            policy_version: None,
-            purpose: None,
-            reason: None,
-            released_digest: None,
             request_id: "r".into(),
             seq,
-            ts: String::new(),
-            upstream_digest: None,
-            upstream_ms: None,
-            upstream_status: None,
+            ..AuditEvent::new(EventKind::Intent, "lookup", "pending")
         };
         Shippable::Event(Box::new(DurableEvent::from_frame(
             event,

@@ -5,26 +5,18 @@
 //! point gives neither loss nor duplicates. Segments are deleted only once
 //! every event in them is delivered (and older than the retention).
 //!
-//! Events and records go in with binary `COPY`, typed column by column,
-//! which costs PostgreSQL a fraction of an `INSERT … SELECT` over a JSON
-//! parameter. Should rows of a batch already be there (a watermark lost or
-//! restored from an older backup), the batch is retried row by row with
-//! `ON CONFLICT DO NOTHING`, and the rows found are logged.
+//! The SQL of a delivery is the warehouse's ([`crate::warehouse::delivery`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
-use bytes::{BufMut, BytesMut};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use tokio::sync::watch;
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::checkpoint::Checkpoint;
 use super::journal::{list_segments, DurableEvent, Frame, FrameReader, JournalState};
+use crate::warehouse::delivery::{Committed, Delivery};
 use crate::warehouse::Warehouse;
 
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -86,9 +78,6 @@ impl Cursor {
     }
 }
 
-/// Whether a batch was committed: `None` while it is being delivered.
-type Committed = watch::Receiver<Option<bool>>;
-
 /// One batch read from the journal.
 #[derive(Default)]
 struct Batch {
@@ -97,289 +86,6 @@ struct Batch {
     last_seq: u64,
     /// Where a disk read stopped (`None` for a batch taken from memory).
     end: Option<Position>,
-}
-
-/// JSON text already serialised, sent as a `json` or `jsonb` value.
-#[derive(Debug)]
-struct RawJson<B>(B);
-
-impl<B: AsRef<[u8]> + std::fmt::Debug> ToSql for RawJson<B> {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        if *ty == Type::JSONB {
-            out.put_u8(1); // jsonb's binary format: a version byte, then the text
-        }
-        out.put_slice(self.0.as_ref());
-        Ok(IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB || *ty == Type::JSON
-    }
-
-    to_sql_checked!();
-}
-
-const EVENT_COLUMNS: &str = "instance_id, seq, audit_id, ts, request_id, app_id, officer_id, officer_unit, \
-    operation, purpose, case_ref, decision, reason, citizen_key, fields, policy_version, upstream_status, \
-    upstream_ms, upstream_digest, released_digest, body, prev_hash, hash";
-const EVENT_TYPES: [Type; 23] = [
-    Type::TEXT,
-    Type::INT8,
-    Type::UUID,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT_ARRAY,
-    Type::INT8,
-    Type::TEXT,
-    Type::INT4,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSON,
-    Type::TEXT,
-    Type::TEXT,
-];
-
-const RECORD_COLUMNS: &str = "audit_id, citizen_key, app_id, purpose, policy_version, released_at, \
-    data_as_of, ward_code, ward_name, province_code, province_name, age_band, fields, retain_until";
-const RECORD_TYPES: [Type; 14] = [
-    Type::UUID,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT8,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSONB,
-    Type::TIMESTAMPTZ,
-];
-
-/// A warehouse row, typed column by column.
-trait Row {
-    const TABLE: &'static str;
-    const COLUMNS: &'static str;
-    const TYPES: &'static [Type];
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)>;
-}
-
-/// Writes `rows` with one binary `COPY`, encoded whole before it is sent:
-/// PostgreSQL then reads one long message instead of waiting on a chunk
-/// at a time.
-async fn copy_rows<R: Row>(tx: &tokio_postgres::Transaction<'_>, rows: &[R]) -> anyhow::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let data = encode_copy(rows)?;
-    let sink = tx
-        .copy_in(&format!(
-            "COPY popgate.{} ({}) FROM STDIN (FORMAT binary)",
-            R::TABLE,
-            R::COLUMNS
-        ))
-        .await?;
-    let mut sink = std::pin::pin!(sink);
-    futures_util::SinkExt::send(&mut sink, data).await?;
-    sink.finish().await?;
-    Ok(())
-}
-
-/// `rows` in PostgreSQL's binary `COPY` format: the signature, then per
-/// row its column count and each value as a length and its bytes (-1 for
-/// NULL), then the trailer.
-fn encode_copy<R: Row>(rows: &[R]) -> anyhow::Result<bytes::Bytes> {
-    let mut buf = BytesMut::with_capacity(rows.len() * 1024);
-    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
-    buf.put_i32(0); // flags
-    buf.put_i32(0); // header extension
-    for row in rows {
-        let params = row.params();
-        buf.put_i16(i16::try_from(params.len())?);
-        for (value, ty) in params.iter().zip(R::TYPES) {
-            let at = buf.len();
-            buf.put_i32(0);
-            let len = match value
-                .to_sql_checked(ty, &mut buf)
-                .map_err(|e| anyhow::anyhow!(e))?
-            {
-                IsNull::Yes => -1,
-                IsNull::No => i32::try_from(buf.len() - at - 4)?,
-            };
-            buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        }
-    }
-    buf.put_i16(-1);
-    Ok(buf.freeze())
-}
-
-/// Inserts `rows` one by one, skipping those already there.
-async fn insert_rows<R: Row>(tx: &tokio_postgres::Transaction<'_>, rows: &[R]) -> anyhow::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let placeholders = (1..=R::TYPES.len())
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let insert = tx
-        .prepare_typed(
-            &format!(
-                "INSERT INTO popgate.{} ({}) VALUES ({placeholders}) ON CONFLICT DO NOTHING",
-                R::TABLE,
-                R::COLUMNS
-            ),
-            R::TYPES,
-        )
-        .await?;
-    for row in rows {
-        tx.execute(&insert, &row.params()).await?;
-    }
-    Ok(())
-}
-
-/// The typed columns of one `audit_events` row.
-struct EventRow<'a> {
-    e: &'a DurableEvent,
-    audit_id: uuid::Uuid,
-    ts: OffsetDateTime,
-    seq: i64,
-    policy_version: Option<i64>,
-    upstream_ms: Option<i32>,
-    body: RawJson<&'a [u8]>,
-}
-
-impl<'a> EventRow<'a> {
-    fn new(e: &'a DurableEvent) -> anyhow::Result<EventRow<'a>> {
-        let ev = &e.event;
-        Ok(EventRow {
-            e,
-            audit_id: ev
-                .audit_id
-                .parse()
-                .with_context(|| format!("journal event {} has an invalid audit_id", ev.seq))?,
-            ts: OffsetDateTime::parse(&ev.ts, &Rfc3339)
-                .with_context(|| format!("journal event {} has an invalid ts", ev.seq))?,
-            seq: ev.seq as i64,
-            policy_version: ev.policy_version.map(|v| v as i64),
-            upstream_ms: ev.upstream_ms.map(|m| m.min(i32::MAX as u64) as i32),
-            body: RawJson(&e.canonical),
-        })
-    }
-}
-
-impl Row for EventRow<'_> {
-    const TABLE: &'static str = "audit_events";
-    const COLUMNS: &'static str = EVENT_COLUMNS;
-    const TYPES: &'static [Type] = &EVENT_TYPES;
-
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        let ev = &self.e.event;
-        vec![
-            &ev.instance_id,
-            &self.seq,
-            &self.audit_id,
-            &self.ts,
-            &ev.request_id,
-            &ev.app_id,
-            &ev.officer_id,
-            &ev.officer_unit,
-            &ev.operation,
-            &ev.purpose,
-            &ev.case_ref,
-            &ev.decision,
-            &ev.reason,
-            &ev.citizen_key,
-            &ev.fields,
-            &self.policy_version,
-            &ev.upstream_status,
-            &self.upstream_ms,
-            &ev.upstream_digest,
-            &ev.released_digest,
-            &self.body,
-            &self.e.prev_hash,
-            &self.e.hash,
-        ]
-    }
-}
-
-/// The typed columns of one `citizen_records` row.
-struct RecordRow<'a> {
-    w: &'a super::WarehouseRecord,
-    audit_id: uuid::Uuid,
-    policy_version: i64,
-    released_at: OffsetDateTime,
-    data_as_of: Option<OffsetDateTime>,
-    retain_until: OffsetDateTime,
-    fields: RawJson<Vec<u8>>,
-}
-
-impl<'a> RecordRow<'a> {
-    fn new(row: &EventRow<'a>) -> anyhow::Result<Option<RecordRow<'a>>> {
-        let Some(w) = &row.e.warehouse else {
-            return Ok(None);
-        };
-        let seq = row.seq;
-        let time = |t: &str, what: &str| {
-            OffsetDateTime::parse(t, &Rfc3339)
-                .with_context(|| format!("the warehouse record of event {seq} has an invalid {what}"))
-        };
-        Ok(Some(RecordRow {
-            w,
-            audit_id: row.audit_id,
-            policy_version: w.policy_version as i64,
-            released_at: time(&w.released_at, "released_at")?,
-            // The national database's own timestamp: kept when readable,
-            // never a reason to hold the batch back.
-            data_as_of: w
-                .data_as_of
-                .as_deref()
-                .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()),
-            retain_until: time(&w.retain_until, "retain_until")?,
-            fields: RawJson(serde_json::to_vec(&w.fields)?),
-        }))
-    }
-}
-
-impl Row for RecordRow<'_> {
-    const TABLE: &'static str = "citizen_records";
-    const COLUMNS: &'static str = RECORD_COLUMNS;
-    const TYPES: &'static [Type] = &RECORD_TYPES;
-
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        let w = self.w;
-        vec![
-            &self.audit_id,
-            &w.citizen_key,
-            &w.app_id,
-            &w.purpose,
-            &self.policy_version,
-            &self.released_at,
-            &self.data_as_of,
-            &w.ward_code,
-            &w.ward_name,
-            &w.province_code,
-            &w.province_name,
-            &w.age_band,
-            &self.fields,
-            &self.retain_until,
-        ]
-    }
 }
 
 impl Shipper {
@@ -550,22 +256,9 @@ impl Shipper {
     }
 
     async fn load_watermark(&mut self) -> anyhow::Result<()> {
-        let client = self.warehouse.pool().get().await?;
-        let row = client
-            .query_opt(
-                "SELECT delivered FROM popgate.shipper_watermarks WHERE instance_id = $1",
-                &[&self.settings.instance_id],
-            )
-            .await?;
-        let stored = row.map_or(0, |r| r.get::<_, i64>(0)).max(0) as u64;
-        let checkpoint: Option<i64> = client
-            .query_one(
-                "SELECT max(seq) FROM popgate.audit_checkpoints WHERE instance_id = $1",
-                &[&self.settings.instance_id],
-            )
-            .await?
-            .get(0);
-        self.shipped_checkpoint = checkpoint.unwrap_or(0).max(0) as u64;
+        let delivered = self.warehouse.delivered_up_to(&self.settings.instance_id).await?;
+        let stored = delivered.events;
+        self.shipped_checkpoint = delivered.checkpoint;
         let durable = self.state.durable_seq.load(Ordering::Acquire);
         if stored > durable {
             anyhow::bail!(
@@ -602,86 +295,13 @@ impl Shipper {
     /// Delivers one batch; with `before`, commits only once the batch
     /// before it has.
     async fn deliver(&self, batch: &Batch, before: Option<Committed>) -> anyhow::Result<()> {
-        let events = batch
-            .events
-            .iter()
-            .map(EventRow::new)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut records = Vec::new();
-        for row in &events {
-            records.extend(RecordRow::new(row)?);
-        }
-        let mut client = self.warehouse.pool().get().await?;
-        match self
-            .deliver_in(&mut client, batch, &events, &records, true, before.clone())
-            .await
-        {
-            Err(e) if is_unique_violation(&e) => {
-                tracing::warn!(
-                    first = batch.events.first().map_or(0, |e| e.event.seq),
-                    last = batch.last_seq,
-                    "some audit events of this batch are already in the warehouse; shipping it row by row"
-                );
-                self.deliver_in(&mut client, batch, &events, &records, false, before)
-                    .await
-            }
-            other => other,
-        }
-    }
-
-    /// One transaction: the rows (by `COPY`, or row by row skipping those
-    /// already there), the checkpoints and the watermark.
-    async fn deliver_in(
-        &self,
-        client: &mut deadpool_postgres::Object,
-        batch: &Batch,
-        events: &[EventRow<'_>],
-        records: &[RecordRow<'_>],
-        copy: bool,
-        before: Option<Committed>,
-    ) -> anyhow::Result<()> {
-        let tx = client.transaction().await?;
-        if copy {
-            copy_rows(&tx, events).await?;
-            copy_rows(&tx, records).await?;
-        } else {
-            insert_rows(&tx, events).await?;
-            insert_rows(&tx, records).await?;
-        }
-        for cp in &batch.checkpoints {
-            let seq = cp.seq as i64;
-            tx.execute(
-                INSERT_CHECKPOINT,
-                &[
-                    &cp.instance_id,
-                    &seq,
-                    &cp.head_hash,
-                    &cp.ts,
-                    &cp.public_key,
-                    &cp.signature,
-                ],
-            )
-            .await?;
-        }
-        if let Some(mut before) = before {
-            let committed = before.wait_for(Option::is_some).await.map_or(None, |c| *c);
-            if committed != Some(true) {
-                anyhow::bail!(
-                    "events {}..={} not committed: the batch before them was not delivered",
-                    batch.events.first().map_or(0, |e| e.event.seq),
-                    batch.last_seq
-                );
-            }
-        }
-        let last = batch.last_seq as i64;
-        tx.execute(
-            "INSERT INTO popgate.shipper_watermarks (instance_id, delivered) VALUES ($1, $2)
-             ON CONFLICT (instance_id) DO UPDATE SET delivered = GREATEST(popgate.shipper_watermarks.delivered, EXCLUDED.delivered)",
-            &[&self.settings.instance_id, &last],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let delivery = Delivery {
+            instance_id: &self.settings.instance_id,
+            events: &batch.events,
+            checkpoints: &batch.checkpoints,
+            last_seq: batch.last_seq,
+        };
+        Ok(self.warehouse.deliver(&delivery, before).await?)
     }
 
     /// Deletes segments whose every event is delivered, keeping the newest.
@@ -769,17 +389,4 @@ fn read_batch(
         }
     }
     Ok(batch)
-}
-
-const INSERT_CHECKPOINT: &str = "
-INSERT INTO popgate.audit_checkpoints (instance_id, seq, head_hash, ts, signed_ts, public_key, signature)
-VALUES ($1, $2, $3, CAST($4::text AS timestamptz), $4, $5, $6)
-ON CONFLICT DO NOTHING";
-
-fn is_unique_violation(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<tokio_postgres::Error>()
-            .and_then(tokio_postgres::Error::code)
-            == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
-    })
 }

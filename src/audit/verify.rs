@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 
 use super::checkpoint::Checkpoint;
 use super::event::{canonical_value, chain_hash, hex, unhex32, GENESIS_HASH};
+use crate::warehouse::chain::{self, ChainRow};
 
 const PAGE: i64 = 5_000;
 
@@ -80,20 +81,12 @@ pub fn load_trusted_keys(path: &std::path::Path) -> anyhow::Result<TrustedKeys> 
 }
 
 /// Verifies everything in the warehouse.
-pub async fn verify(client: &Client, trusted: Option<&TrustedKeys>) -> anyhow::Result<Report> {
+pub async fn verify(client: &Client, trusted: Option<&TrustedKeys>) -> crate::warehouse::Result<Report> {
     let mut report = Report {
         keys_pinned: trusted.is_some(),
         ..Report::default()
     };
-    let instances: Vec<String> = client
-        .query(
-            "SELECT instance_id FROM popgate.audit_events UNION SELECT instance_id FROM popgate.audit_checkpoints ORDER BY 1",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let instances = chain::instances(client).await?;
     report.instances = instances.len();
     for instance in instances {
         verify_instance(client, &instance, trusted, &mut report).await?;
@@ -106,55 +99,32 @@ async fn verify_instance(
     instance: &str,
     trusted: Option<&TrustedKeys>,
     report: &mut Report,
-) -> anyhow::Result<()> {
+) -> crate::warehouse::Result<()> {
     let finding = |seq: u64, what: String| Finding {
         instance: instance.to_owned(),
         seq,
         what,
     };
-    let checkpoints: Vec<Checkpoint> = client
-        .query(
-            "SELECT seq, head_hash, signed_ts, public_key, signature FROM popgate.audit_checkpoints
-             WHERE instance_id = $1 ORDER BY seq",
-            &[&instance],
-        )
-        .await?
-        .iter()
-        .map(|r| Checkpoint {
-            instance_id: instance.to_owned(),
-            seq: r.get::<_, i64>(0).max(0) as u64,
-            head_hash: r.get(1),
-            ts: r.get(2),
-            public_key: r.get(3),
-            signature: r.get(4),
-        })
-        .collect();
+    let checkpoints: Vec<Checkpoint> = chain::checkpoints(client, instance).await?;
     let wanted: BTreeMap<u64, ()> = checkpoints.iter().map(|c| (c.seq, ())).collect();
     let mut computed_at: HashMap<u64, String> = HashMap::new();
 
     let mut expected = 1u64;
     let mut prev_stored: Option<String> = None;
     let mut last_seq = 0u64;
-    let mut after: i64 = 0;
+    let mut after = 0u64;
     loop {
-        let rows = client
-            .query(
-                "SELECT seq, prev_hash, hash, body, audit_id::text, decision, app_id, officer_id, operation,
-                        purpose, citizen_key, fields, policy_version
-                 FROM popgate.audit_events WHERE instance_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                &[&instance, &after, &PAGE],
-            )
-            .await?;
+        let rows = chain::events_after(client, instance, after, PAGE).await?;
         if rows.is_empty() {
             break;
         }
         for row in &rows {
-            let seq = row.get::<_, i64>(0).max(0) as u64;
-            after = seq as i64;
+            let seq = row.seq;
+            after = seq;
             report.events += 1;
-            let prev_hash: String = row.get(1);
-            let hash: String = row.get(2);
-            let body: Value = row.get(3);
+            let prev_hash = row.prev_hash.clone();
+            let hash = row.hash.clone();
+            let body = &row.body;
             if seq > expected {
                 let what = if seq - expected == 1 {
                     format!("missing: event {expected} is absent")
@@ -170,7 +140,7 @@ async fn verify_instance(
                     "altered: prev_hash is not a SHA-256 hex digest".into(),
                 )),
                 Some(prev) => {
-                    let recomputed = hex(&chain_hash(&prev, &canonical_value(&body)));
+                    let recomputed = hex(&chain_hash(&prev, &canonical_value(body)));
                     if recomputed != hash {
                         report.findings.push(finding(
                             seq,
@@ -196,7 +166,7 @@ async fn verify_instance(
                     }
                 }
             }
-            for what in column_mismatches(instance, seq, row, &body) {
+            for what in column_mismatches(instance, row) {
                 report.findings.push(finding(seq, what));
             }
             prev_stored = Some(hash);
@@ -263,7 +233,8 @@ async fn verify_instance(
 }
 
 /// The queryable columns must say what the hashed body says.
-fn column_mismatches(instance: &str, seq: u64, row: &tokio_postgres::Row, body: &Value) -> Vec<String> {
+fn column_mismatches(instance: &str, row: &ChainRow) -> Vec<String> {
+    let body = &row.body;
     let text = |v: &Value| v.as_str().map(str::to_owned);
     let mut out = Vec::new();
     let mut check = |column: &str, stored: Option<String>, hashed: Option<String>| {
@@ -278,31 +249,25 @@ fn column_mismatches(instance: &str, seq: u64, row: &tokio_postgres::Row, body: 
     );
     check(
         "seq",
-        Some(seq.to_string()),
+        Some(row.seq.to_string()),
         body["seq"].as_u64().map(|s| s.to_string()),
     );
-    check(
-        "audit_id",
-        row.get::<_, Option<String>>(4),
-        text(&body["audit_id"]),
-    );
-    check("decision", row.get(5), text(&body["decision"]));
-    check("app_id", row.get(6), text(&body["app_id"]));
-    check("officer_id", row.get(7), text(&body["officer_id"]));
-    check("operation", row.get(8), text(&body["operation"]));
-    check("purpose", row.get(9), text(&body["purpose"]));
-    check("citizen_key", row.get(10), text(&body["citizen_key"]));
-    let version: Option<i64> = row.get(12);
+    check("audit_id", row.audit_id.clone(), text(&body["audit_id"]));
+    check("decision", row.decision.clone(), text(&body["decision"]));
+    check("app_id", row.app_id.clone(), text(&body["app_id"]));
+    check("officer_id", row.officer_id.clone(), text(&body["officer_id"]));
+    check("operation", row.operation.clone(), text(&body["operation"]));
+    check("purpose", row.purpose.clone(), text(&body["purpose"]));
+    check("citizen_key", row.citizen_key.clone(), text(&body["citizen_key"]));
     check(
         "policy_version",
-        version.map(|v| v.to_string()),
+        row.policy_version.map(|v| v.to_string()),
         body["policy_version"].as_u64().map(|v| v.to_string()),
     );
-    let fields: Vec<String> = row.get(11);
     let hashed: Vec<String> = body["fields"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
-    check("fields", Some(fields.join(",")), Some(hashed.join(",")));
+    check("fields", Some(row.fields.join(",")), Some(hashed.join(",")));
     out
 }

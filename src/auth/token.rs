@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::tls::https_client::{https_client, ClientOptions, HttpVersions};
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -407,24 +408,17 @@ pub async fn fetch_jwks(source: &JwksSource) -> anyhow::Result<JwkSet> {
 
 async fn fetch_url(url: &str, ca: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context;
-    use http_body_util::{BodyExt, Empty, Limited};
+    use http_body_util::{BodyExt, Limited};
     const MAX_JWKS_BYTES: usize = 256 * 1024;
-    let mut roots = rustls::RootCertStore::empty();
     let ca = ca.context("tokens.jwks_ca is required with tokens.jwks_url")?;
-    for cert in crate::tls::load_certs(ca)? {
-        roots.add(cert)?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .build();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build::<_, Empty<bytes::Bytes>>(https);
+    let tls = crate::tls::server_auth_client_config(ca)?;
+    let client = https_client(
+        tls,
+        &ClientOptions {
+            versions: HttpVersions::Http1,
+            ..ClientOptions::default()
+        },
+    );
     let uri: http::Uri = url.parse().context("tokens.jwks_url is not a URL")?;
     let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
         .await

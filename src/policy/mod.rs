@@ -8,7 +8,10 @@
 //! Every problem found while loading is reported as `FILE:LINE:COL: message`.
 
 pub mod catalog;
+pub mod diff;
 pub mod mask;
+pub mod samples;
+pub mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;

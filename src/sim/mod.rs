@@ -108,10 +108,79 @@ impl Simulator {
             let sim = self.clone();
             async move { sim.handle(req).await }
         };
-        let tls = Arc::new(arc_swap::ArcSwap::new(tls));
+        let tls = Arc::new(arc_swap::ArcSwap::from_pointee(crate::tls::ServerTls {
+            config: tls,
+            revocations: Default::default(),
+        }));
         server::serve(listener, Some(tls), ServerLimits::default(), handler, shutdown).await;
     }
 
+    /// Starts a simulator with `settings` on a free loopback port, with the
+    /// TLS of the development PKI in `layout`: what the demo, the tests and
+    /// the benchmarks each bring up.
+    pub async fn spawn(
+        settings: &SimSettings,
+        layout: &crate::tls::pki::PkiLayout,
+    ) -> anyhow::Result<RunningSimulator> {
+        Simulator::spawn_with_tls(settings, server_tls(layout)?).await
+    }
+
+    /// As [`Simulator::spawn`], with a TLS config of the caller's.
+    pub async fn spawn_with_tls(
+        settings: &SimSettings,
+        tls: rustls::ServerConfig,
+    ) -> anyhow::Result<RunningSimulator> {
+        let sim = Arc::new(Simulator::new(settings));
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(sim.clone().run(listener, Arc::new(tls), stop_rx));
+        Ok(RunningSimulator {
+            sim,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+}
+
+/// A simulator serving on a loopback port until [`RunningSimulator::stop`]
+/// (or its drop, which stops accepting without waiting).
+pub struct RunningSimulator {
+    pub sim: Arc<Simulator>,
+    pub addr: std::net::SocketAddr,
+    stop: Option<watch::Sender<bool>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningSimulator {
+    /// The base URL the gateway's `upstream.url` takes.
+    pub fn url(&self) -> http::Uri {
+        let text = format!("https://{}", self.addr);
+        // An IP address and a port always make a valid URI.
+        text.parse().unwrap_or_default()
+    }
+
+    /// Stops accepting and waits for open connections to drain.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RunningSimulator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+impl Simulator {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         self.served.fetch_add(1, Ordering::Relaxed);
         if req.method() != Method::POST {

@@ -6,6 +6,7 @@
 //! The crypto provider is chosen once here (`ring`) so that no other module
 //! depends on which one is compiled in.
 
+pub mod https_client;
 pub mod pki;
 pub mod revocation;
 
@@ -117,6 +118,14 @@ pub fn mutual_server_config(files: &MutualServerFiles<'_>) -> Result<ServerConfi
     Ok(config)
 }
 
+/// A client config trusting only `ca`, presenting no certificate.
+pub fn server_auth_client_config(ca: &Path) -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(load_roots(ca)?)
+        .with_no_client_auth())
+}
+
 /// A client config trusting only `ca` and presenting `cert`/`key`.
 pub fn mutual_client_config(
     ca: &Path,
@@ -135,18 +144,28 @@ pub fn mutual_client_config(
 /// ALPN identifiers offered by our HTTP servers, preferred first.
 pub const ALPN_H2_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
 
-/// The gateway's server TLS: the config the listener uses for each new
-/// connection and the revocation lists checked on each request, both
-/// swapped atomically on reload (SIGHUP or a file change). A reload that
-/// fails (unreadable file, stale CRL) keeps what is active.
+/// What a listener serves with: the config for each new connection and
+/// the revocation lists checked on each request, built from the same files
+/// and swapped together.
+#[derive(Debug)]
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    pub revocations: revocation::Revocations,
+}
+
+/// The snapshot a listener reads for each connection and request.
+pub type ActiveServerTls = Arc<arc_swap::ArcSwap<ServerTls>>;
+
+/// The gateway's server TLS, reloadable: one [`ServerTls`] snapshot,
+/// swapped whole on reload (SIGHUP or a file change). A reload that fails
+/// (unreadable file, stale CRL) keeps what is active.
 pub struct ReloadableServerTls {
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
     client_ca: std::path::PathBuf,
     crl_files: Vec<std::path::PathBuf>,
     allow_tls12: bool,
-    pub config: Arc<arc_swap::ArcSwap<ServerConfig>>,
-    pub revocations: Arc<arc_swap::ArcSwap<revocation::Revocations>>,
+    pub active: ActiveServerTls,
     seen: std::sync::Mutex<Vec<Option<std::time::SystemTime>>>,
 }
 
@@ -161,15 +180,14 @@ impl ReloadableServerTls {
         let mut files = vec![cert, key, client_ca];
         files.extend(crl_files.iter().map(|p| p.as_path()));
         let stamp = revocation::mtimes(&files);
-        let (config, revocations) = build_server_tls(cert, key, client_ca, crl_files, allow_tls12)?;
+        let tls = build_server_tls(cert, key, client_ca, crl_files, allow_tls12)?;
         Ok(ReloadableServerTls {
             cert: cert.to_owned(),
             key: key.to_owned(),
             client_ca: client_ca.to_owned(),
             crl_files: crl_files.to_vec(),
             allow_tls12,
-            config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
-            revocations: Arc::new(arc_swap::ArcSwap::from_pointee(revocations)),
+            active: Arc::new(arc_swap::ArcSwap::from_pointee(tls)),
             seen: std::sync::Mutex::new(stamp),
         })
     }
@@ -183,15 +201,14 @@ impl ReloadableServerTls {
     /// Rebuilds everything from the files and swaps it in.
     pub fn reload(&self) -> anyhow::Result<()> {
         let stamp = revocation::mtimes(&self.files());
-        let (config, revocations) = build_server_tls(
+        let tls = build_server_tls(
             &self.cert,
             &self.key,
             &self.client_ca,
             &self.crl_files,
             self.allow_tls12,
         )?;
-        self.config.store(Arc::new(config));
-        self.revocations.store(Arc::new(revocations));
+        self.active.store(Arc::new(tls));
         if let Ok(mut seen) = self.seen.lock() {
             *seen = stamp;
         }
@@ -215,7 +232,7 @@ fn build_server_tls(
     client_ca: &Path,
     crl_files: &[std::path::PathBuf],
     allow_tls12: bool,
-) -> anyhow::Result<(ServerConfig, revocation::Revocations)> {
+) -> anyhow::Result<ServerTls> {
     let (crls, revocations) = revocation::load_crls(crl_files)?;
     let config = mutual_server_config(&MutualServerFiles {
         cert,
@@ -225,10 +242,17 @@ fn build_server_tls(
         alpn: ALPN_H2_H1,
         crls,
     })?;
-    Ok((config, revocations))
+    Ok(ServerTls {
+        config: Arc::new(config),
+        revocations,
+    })
 }
 
-/// A TLS config that never changes, in the form listeners take.
-pub fn fixed(config: ServerConfig) -> Arc<arc_swap::ArcSwap<ServerConfig>> {
-    Arc::new(arc_swap::ArcSwap::from_pointee(config))
+/// A TLS config that never changes and revokes nothing, in the form
+/// listeners take.
+pub fn fixed(config: ServerConfig) -> ActiveServerTls {
+    Arc::new(arc_swap::ArcSwap::from_pointee(ServerTls {
+        config: Arc::new(config),
+        revocations: revocation::Revocations::default(),
+    }))
 }

@@ -15,16 +15,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::personal_id::PersonalId;
 use crate::sim::{PATH_HOUSEHOLD, PATH_LOOKUP, PATH_VERIFY};
+use crate::tls::https_client::{https_client, ClientOptions, HttpsClient};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -132,7 +129,7 @@ pub struct HttpSettings {
 
 /// The C06 JSON-over-HTTPS client.
 pub struct HttpNationalDb {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpsClient,
     settings: HttpSettings,
     budget: RetryBudget,
     /// The three operations' addresses, built once.
@@ -198,22 +195,13 @@ impl HttpNationalDb {
     pub fn new(tls: rustls::ClientConfig, settings: HttpSettings) -> anyhow::Result<HttpNationalDb> {
         let uris = OperationUris::new(&settings.base_url)
             .map_err(|e| anyhow::anyhow!("national database address {}: {e}", settings.base_url))?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(settings.connect_timeout));
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(https);
+        let client = https_client(
+            tls,
+            &ClientOptions {
+                connect_timeout: Some(settings.connect_timeout),
+                ..ClientOptions::default()
+            },
+        );
         Ok(HttpNationalDb {
             client,
             settings,

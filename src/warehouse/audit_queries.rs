@@ -2,11 +2,10 @@
 //! pages (newest first, stable while events keep arriving), and a citizen's
 //! access history by pseudonym.
 
-use anyhow::Context;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::Warehouse;
+use super::{Result, Warehouse};
 
 /// Filters of a search; `None` matches everything.
 #[derive(Debug, Clone, Default)]
@@ -73,8 +72,8 @@ impl Warehouse {
         filter: &EventFilter,
         cursor: Option<&EventKey>,
         limit: i64,
-    ) -> anyhow::Result<Vec<StoredEvent>> {
-        let client = self.pool.get().await.context("warehouse unavailable")?;
+    ) -> Result<Vec<StoredEvent>> {
+        let client = self.pool.get().await?;
         let rows = client
             .query(
                 SEARCH,
@@ -98,8 +97,8 @@ impl Warehouse {
     }
 
     /// One event by its audit id.
-    pub async fn event_by_id(&self, audit_id: &uuid::Uuid) -> anyhow::Result<Option<StoredEvent>> {
-        let client = self.pool.get().await.context("warehouse unavailable")?;
+    pub async fn event_by_id(&self, audit_id: &uuid::Uuid) -> Result<Option<StoredEvent>> {
+        let client = self.pool.get().await?;
         let row = client
             .query_opt(
                 "SELECT ts, instance_id, seq, body, prev_hash, hash FROM popgate.audit_events WHERE audit_id = $1",
@@ -110,7 +109,7 @@ impl Warehouse {
     }
 
     /// A connection for the verifier.
-    pub async fn client(&self) -> anyhow::Result<deadpool_postgres::Object> {
-        self.pool.get().await.context("warehouse unavailable")
+    pub async fn client(&self) -> Result<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
     }
 }

@@ -313,6 +313,16 @@ impl EmbeddedPostgres {
         )
     }
 
+    /// Starts (or restarts) the cluster in `home` off the async runtime's
+    /// threads and provisions it: what the gateway, the tests and the
+    /// benchmarks each need before they connect.
+    pub async fn start_provisioned(home: &Path) -> anyhow::Result<EmbeddedPostgres> {
+        let home = home.to_owned();
+        let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&home)).await??;
+        pg.provision().await?;
+        Ok(pg)
+    }
+
     /// Creates the database and the gateway role if they do not exist yet.
     pub async fn provision(&self) -> anyhow::Result<()> {
         let url = format!(
@@ -325,7 +335,7 @@ impl EmbeddedPostgres {
                 Ok(c) => break c,
                 // The port opens slightly before logins are accepted.
                 Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         };
         let exists = client

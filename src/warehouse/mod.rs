@@ -1,17 +1,60 @@
 //! The provincial data warehouse in PostgreSQL (schema `popgate`): the only
 //! module that writes SQL. It owns the embedded cluster ([`embedded`]), the
-//! migrations (plain `.sql` files applied in order at start), and the
-//! connection pool the gateway uses.
+//! migrations (plain `.sql` files applied in order at start), the
+//! connection pool, the policy store ([`policies`]), the shipper's
+//! deliveries ([`delivery`]), the auditors' queries ([`audit_queries`]) and
+//! the verifier's reads of the chains ([`chain`]). Every failure is a
+//! [`WarehouseError`]; `api::problem` turns it into HTTP in one place.
 
 pub mod audit_queries;
+pub mod chain;
+pub mod delivery;
 pub mod embedded;
 pub mod policies;
 
 use std::time::Duration;
 
-use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
+
+/// Why the warehouse could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    #[error("no warehouse connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("{}", describe_db_error(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error("the warehouse holds data popgate cannot read: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Aborted(String),
+    #[error("the warehouse URL is not a valid PostgreSQL URL: {0}")]
+    BadUrl(String),
+    #[error("the policy store has no active version")]
+    NoActivePolicy,
+}
+
+/// `Result` of the warehouse's functions.
+pub type Result<T, E = WarehouseError> = std::result::Result<T, E>;
+
+impl WarehouseError {
+    /// Whether PostgreSQL refused a row because its key is already there.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, WarehouseError::Db(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION))
+    }
+}
+
+/// A driver error with its cause: tokio-postgres's own text is often just
+/// "db error" or "error connecting to server".
+fn describe_db_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("warehouse: {}: {}", db.severity(), db.message());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("warehouse: {e}: {cause}"),
+        None => format!("warehouse: {e}"),
+    }
+}
 
 /// Migrations in the order they are applied; each runs once, in one
 /// transaction, recorded in `popgate.schema_migrations`.
@@ -28,10 +71,8 @@ const POOL_SIZE: usize = 16;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One connection, its driver task spawned.
-pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .context("cannot connect to the warehouse")?;
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "warehouse connection closed");
@@ -41,7 +82,7 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 }
 
 /// Applies the migrations that have not run yet.
-pub async fn migrate(admin_url: &str) -> anyhow::Result<()> {
+pub async fn migrate(admin_url: &str) -> Result<()> {
     let mut client = connect(admin_url).await?;
     client
         .batch_execute(
@@ -51,8 +92,7 @@ pub async fn migrate(admin_url: &str) -> anyhow::Result<()> {
                  name text NOT NULL,
                  applied_at timestamptz NOT NULL DEFAULT now())",
         )
-        .await
-        .context("cannot create the migrations table")?;
+        .await?;
     for (version, name, sql) in MIGRATIONS {
         let tx = client.transaction().await?;
         // Serialise concurrent starters on one database.
@@ -65,9 +105,12 @@ pub async fn migrate(admin_url: &str) -> anyhow::Result<()> {
             )
             .await?;
         if done.is_none() {
-            tx.batch_execute(sql)
-                .await
-                .with_context(|| format!("migration {version} ({name}) failed"))?;
+            tx.batch_execute(sql).await.map_err(|e| {
+                WarehouseError::Aborted(format!(
+                    "migration {version} ({name}) failed: {}",
+                    describe_db_error(&e)
+                ))
+            })?;
             tx.execute(
                 "INSERT INTO popgate.schema_migrations (version, name) VALUES ($1, $2)",
                 &[version, name],
@@ -88,10 +131,10 @@ pub struct Warehouse {
 }
 
 impl Warehouse {
-    pub fn new(url: &str) -> anyhow::Result<Warehouse> {
+    pub fn new(url: &str) -> Result<Warehouse> {
         let config: tokio_postgres::Config = url
             .parse()
-            .context("warehouse URL is not a valid PostgreSQL URL")?;
+            .map_err(|e: tokio_postgres::Error| WarehouseError::BadUrl(e.to_string()))?;
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -105,7 +148,7 @@ impl Warehouse {
             .create_timeout(Some(CHECK_TIMEOUT))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
-            .context("cannot build the warehouse pool")?;
+            .map_err(|e| WarehouseError::Aborted(format!("cannot build the warehouse pool: {e}")))?;
         Ok(Warehouse {
             pool,
             url: url.to_owned(),
@@ -133,8 +176,8 @@ impl Warehouse {
 
 impl Warehouse {
     /// The active policy version and its files, if the store has one.
-    pub async fn active_policy(&self) -> anyhow::Result<Option<(u64, crate::policy::PolicyFiles)>> {
-        let client = self.pool.get().await.context("warehouse unavailable")?;
+    pub async fn active_policy(&self) -> Result<Option<(u64, crate::policy::PolicyFiles)>> {
+        let client = self.pool.get().await?;
         let row = client
             .query_opt(
                 "SELECT version, files FROM popgate.policy_versions WHERE state = 'active'",
@@ -146,19 +189,15 @@ impl Warehouse {
         };
         let version: i64 = row.get(0);
         let files: serde_json::Value = row.get(1);
-        let files = serde_json::from_value(files).context("stored policy files are malformed")?;
+        let files = policies::files_from_json(files)?;
         Ok(Some((u64::try_from(version).unwrap_or_default(), files)))
     }
 
     /// Makes `files` version 1 when the store holds no version at all.
     /// Returns whether it did.
-    pub async fn seed_policy(
-        &self,
-        files: &crate::policy::PolicyFiles,
-        author: &str,
-    ) -> anyhow::Result<bool> {
-        let client = self.pool.get().await.context("warehouse unavailable")?;
-        let doc = serde_json::to_value(files)?;
+    pub async fn seed_policy(&self, files: &crate::policy::PolicyFiles, author: &str) -> Result<bool> {
+        let client = self.pool.get().await?;
+        let doc = policies::files_to_json(files);
         let inserted = client
             .execute(
                 "INSERT INTO popgate.policy_versions (version, state, files, author, reason, activated_at)
@@ -181,12 +220,12 @@ impl Warehouse {
         files: &crate::policy::PolicyFiles,
         author: &str,
         reason: &str,
-    ) -> anyhow::Result<(u64, bool)> {
-        let mut client = self.pool.get().await.context("warehouse unavailable")?;
+    ) -> Result<(u64, bool)> {
+        let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
             .await?;
-        let doc = serde_json::to_value(files)?;
+        let doc = policies::files_to_json(files);
         let active = tx
             .query_opt(
                 "SELECT version, files FROM popgate.policy_versions WHERE state = 'active'",
@@ -223,8 +262,8 @@ impl Warehouse {
 
 impl Warehouse {
     /// Deletes warehouse records whose retention has passed; returns how many.
-    pub async fn purge_expired_records(&self) -> anyhow::Result<u64> {
-        let client = self.pool.get().await.context("warehouse unavailable")?;
+    pub async fn purge_expired_records(&self) -> Result<u64> {
+        let client = self.pool.get().await?;
         Ok(client
             .execute(
                 "DELETE FROM popgate.citizen_records WHERE retain_until < now()",

@@ -3,11 +3,12 @@
 //! version is active; activations are announced on the `popgate_policy`
 //! channel so that every instance swaps to the new version at once.
 
-use anyhow::{bail, Context};
 use serde::Serialize;
 use serde_json::Value;
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{AsyncMessage, NoTls, Socket};
 
-use super::Warehouse;
+use super::{Result, Warehouse, WarehouseError};
 use crate::policy::PolicyFiles;
 
 /// The notification channel instances listen on.
@@ -40,7 +41,7 @@ pub enum StoreRefusal {
 }
 
 /// The number the next version gets; call with the table locked.
-pub(super) async fn next_version(tx: &tokio_postgres::Transaction<'_>) -> anyhow::Result<i64> {
+pub(super) async fn next_version(tx: &tokio_postgres::Transaction<'_>) -> Result<i64> {
     Ok(tx
         .query_one(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM popgate.policy_versions",
@@ -55,13 +56,28 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
+/// A version's files as stored (`jsonb`).
+pub(super) fn files_to_json(files: &PolicyFiles) -> Value {
+    Value::Object(
+        files
+            .iter()
+            .map(|(path, text)| (path.clone(), Value::String(text.clone())))
+            .collect(),
+    )
+}
+
+/// A version's files read back.
+pub(super) fn files_from_json(doc: Value) -> Result<PolicyFiles> {
+    serde_json::from_value(doc).map_err(|_| WarehouseError::Malformed("stored policy files".to_owned()))
+}
+
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or_default()
 }
 
 impl Warehouse {
-    pub async fn policy_versions(&self) -> anyhow::Result<Vec<VersionInfo>> {
-        let client = self.pool.get().await.context("warehouse unavailable")?;
+    pub async fn policy_versions(&self) -> Result<Vec<VersionInfo>> {
+        let client = self.pool.get().await?;
         let rows = client
             .query(
                 "SELECT version, state, author, approver, reason, created_at, activated_at, based_on
@@ -85,19 +101,15 @@ impl Warehouse {
     }
 
     /// The files of one version.
-    pub async fn policy_files(&self, version: u64) -> anyhow::Result<Option<PolicyFiles>> {
-        let client = self.pool.get().await.context("warehouse unavailable")?;
+    pub async fn policy_files(&self, version: u64) -> Result<Option<PolicyFiles>> {
+        let client = self.pool.get().await?;
         let row = client
             .query_opt(
                 "SELECT files FROM popgate.policy_versions WHERE version = $1",
                 &[&(version as i64)],
             )
             .await?;
-        row.map(|r| {
-            serde_json::from_value::<PolicyFiles>(r.get::<_, Value>(0))
-                .context("stored policy files are malformed")
-        })
-        .transpose()
+        row.map(|r| files_from_json(r.get::<_, Value>(0))).transpose()
     }
 
     /// Records a proposal; returns its version number.
@@ -107,8 +119,8 @@ impl Warehouse {
         author: &str,
         reason: &str,
         based_on: u64,
-    ) -> anyhow::Result<u64> {
-        let mut client = self.pool.get().await.context("warehouse unavailable")?;
+    ) -> Result<u64> {
+        let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
             .await?;
@@ -116,13 +128,7 @@ impl Warehouse {
         tx.execute(
             "INSERT INTO popgate.policy_versions (version, state, files, author, reason, based_on)
              VALUES ($1, 'proposed', $2, $3, $4, $5)",
-            &[
-                &next,
-                &serde_json::to_value(files)?,
-                &author,
-                &reason,
-                &(based_on as i64),
-            ],
+            &[&next, &files_to_json(files), &author, &reason, &(based_on as i64)],
         )
         .await?;
         tx.commit().await?;
@@ -132,12 +138,8 @@ impl Warehouse {
     /// Approves a proposal by another admin than its author and makes it the
     /// active version. A proposal made against a version that is no longer
     /// active is refused (it would silently undo the change in between).
-    pub async fn approve_policy(
-        &self,
-        version: u64,
-        approver: &str,
-    ) -> anyhow::Result<Result<(), StoreRefusal>> {
-        let mut client = self.pool.get().await.context("warehouse unavailable")?;
+    pub async fn approve_policy(&self, version: u64, approver: &str) -> Result<Result<(), StoreRefusal>> {
+        let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
             .await?;
@@ -189,8 +191,8 @@ impl Warehouse {
     }
 
     /// Rejects a proposal.
-    pub async fn reject_policy(&self, version: u64, by: &str) -> anyhow::Result<Result<(), StoreRefusal>> {
-        let client = self.pool.get().await.context("warehouse unavailable")?;
+    pub async fn reject_policy(&self, version: u64, by: &str) -> Result<Result<(), StoreRefusal>> {
+        let client = self.pool.get().await?;
         let Some(row) = client
             .query_opt(
                 "SELECT state FROM popgate.policy_versions WHERE version = $1",
@@ -219,7 +221,7 @@ impl Warehouse {
         to: u64,
         author: &str,
         reason: &str,
-    ) -> anyhow::Result<Result<u64, StoreRefusal>> {
+    ) -> Result<Result<u64, StoreRefusal>> {
         let Some(files) = self.policy_files(to).await? else {
             return Ok(Err(StoreRefusal::NoSuchVersion(to)));
         };
@@ -230,8 +232,8 @@ impl Warehouse {
     }
 
     /// The active version number.
-    pub async fn active_version(&self) -> anyhow::Result<u64> {
-        let client = self.pool.get().await.context("warehouse unavailable")?;
+    pub async fn active_version(&self) -> Result<u64> {
+        let client = self.pool.get().await?;
         let row = client
             .query_opt(
                 "SELECT version FROM popgate.policy_versions WHERE state = 'active'",
@@ -240,7 +242,57 @@ impl Warehouse {
             .await?;
         match row {
             Some(r) => Ok(to_u64(r.get(0))),
-            None => bail!("the policy store has no active version"),
+            None => Err(WarehouseError::NoActivePolicy),
+        }
+    }
+}
+
+/// A dedicated connection that listens on [`CHANNEL`]: each activation of
+/// a policy version, by any instance, is a notification.
+pub struct PolicyListener {
+    // Kept so that the session (and its LISTEN) lives as long as this.
+    _client: tokio_postgres::Client,
+    connection: tokio_postgres::Connection<Socket, NoTlsStream>,
+}
+
+impl Warehouse {
+    /// Opens a connection of its own and `LISTEN`s on [`CHANNEL`].
+    pub async fn listen_for_policy_changes(&self) -> Result<PolicyListener> {
+        let (client, mut connection) = tokio_postgres::connect(self.url(), NoTls).await?;
+        let command = format!("LISTEN {CHANNEL}");
+        // The connection must be driven for the command to complete.
+        {
+            let listen = client.batch_execute(&command);
+            tokio::pin!(listen);
+            loop {
+                tokio::select! {
+                    done = &mut listen => { done?; break; }
+                    message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(e.into()),
+                        None => return Err(WarehouseError::Aborted("the listening connection closed".into())),
+                    },
+                }
+            }
+        }
+        Ok(PolicyListener {
+            _client: client,
+            connection,
+        })
+    }
+}
+
+impl PolicyListener {
+    /// Resolves at the next activation; an error once the connection is
+    /// gone (open a new listener then). Cancel-safe.
+    pub async fn next_change(&mut self) -> Result<()> {
+        loop {
+            match std::future::poll_fn(|cx| self.connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(_))) => return Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(WarehouseError::Aborted("the listening connection closed".into())),
+            }
         }
     }
 }

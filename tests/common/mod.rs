@@ -8,16 +8,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use popgate::config::Config;
-use popgate::sim::{Faults, SimSettings, Simulator};
+use popgate::gateway::{Gateway, StartOptions};
+use popgate::sim::{Faults, RunningSimulator, SimSettings, Simulator};
 use popgate::tls;
+use popgate::tls::https_client::{https_client, ClientOptions, HttpVersions, HttpsClient};
 use popgate::tls::pki::{self, DevPki, SAMPLE_APPS};
 
 pub const POPULATION: u32 = 20_000;
@@ -26,14 +23,20 @@ pub const POPULATION: u32 = 20_000;
 /// that stop and restart it), provisioned; keep the directory alive with it.
 pub async fn external_pg() -> (popgate::warehouse::embedded::EmbeddedPostgres, tempfile::TempDir) {
     let home = tempfile::tempdir().expect("tempdir");
-    let path = home.path().to_owned();
-    let pg =
-        tokio::task::spawn_blocking(move || popgate::warehouse::embedded::EmbeddedPostgres::start(&path))
-            .await
-            .expect("join")
-            .expect("pg");
-    pg.provision().await.expect("provision");
+    let pg = popgate::warehouse::embedded::EmbeddedPostgres::start_provisioned(home.path())
+        .await
+        .expect("pg");
     (pg, home)
+}
+
+/// The simulator the tests use: seed 11, province 79, `POPULATION` people.
+pub fn sim_settings(faults: Faults) -> SimSettings {
+    SimSettings {
+        seed: 11,
+        population: POPULATION,
+        province: 79,
+        faults,
+    }
 }
 
 /// Points a config at an external cluster.
@@ -49,9 +52,8 @@ pub struct TestEnv {
     pub pki: DevPki,
     pub sim: Arc<Simulator>,
     pub sim_addr: SocketAddr,
-    sim_stop: Option<watch::Sender<bool>>,
-    sim_task: Option<tokio::task::JoinHandle<()>>,
-    pub gateway: Option<popgate::api::RunningGateway>,
+    simulator: RunningSimulator,
+    pub gateway: Option<Gateway>,
 }
 
 pub fn policies_dir() -> PathBuf {
@@ -65,14 +67,11 @@ impl TestEnv {
 
     /// Starts with the default test config changed by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestEnv {
-        Self::start_full(adjust, popgate::api::StartOptions::default()).await
+        Self::start_full(adjust, StartOptions::default()).await
     }
 
     /// Starts with a changed config and test seams.
-    pub async fn start_full(
-        adjust: impl FnOnce(&mut Config),
-        options: popgate::api::StartOptions,
-    ) -> TestEnv {
+    pub async fn start_full(adjust: impl FnOnce(&mut Config), options: StartOptions) -> TestEnv {
         Self::start_prepared(|_, c| adjust(c), options).await
     }
 
@@ -80,48 +79,34 @@ impl TestEnv {
     /// (for files that must be signed by the test CAs before start).
     pub async fn start_prepared(
         prepare: impl FnOnce(&DevPki, &mut Config),
-        options: popgate::api::StartOptions,
+        options: StartOptions,
     ) -> TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = pki::init(&dir.path().join("certs"), SAMPLE_APPS, false).expect("pki");
-        let sim = Arc::new(Simulator::new(&SimSettings {
-            seed: 11,
-            population: POPULATION,
-            province: 79,
-            faults: Faults::default(),
-        }));
         let l = &pki.layout;
-        let sim_tls = popgate::sim::server_tls(l).expect("sim tls");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let sim_addr = listener.local_addr().expect("addr");
-        let (sim_stop, rx) = watch::channel(false);
-        let sim_task = tokio::spawn(sim.clone().run(listener, Arc::new(sim_tls), rx));
-        let mut config = Config::development(
-            l,
-            format!("https://{sim_addr}"),
-            policies_dir(),
-            dir.path().join("data"),
-        );
+        let simulator = Simulator::spawn(&sim_settings(Faults::default()), l)
+            .await
+            .expect("simulator");
+        let mut config = Config::development(l, simulator.url(), policies_dir(), dir.path().join("data"));
         config.gateway.instance_id = "test-1".into();
-        config.upstream.timeout_ms = 3_000;
-        config.upstream.connect_timeout_ms = 1_000;
-        config.tokens.jwks_refetch_secs = 0;
+        config.upstream.timeout = std::time::Duration::from_secs(3);
+        config.upstream.connect_timeout = std::time::Duration::from_secs(1);
+        config.tokens.jwks_refetch = std::time::Duration::ZERO;
         prepare(&pki, &mut config);
-        let gateway = popgate::api::start_with(&config, options)
+        let gateway = Gateway::start_with(&config, options)
             .await
             .expect("gateway starts");
         TestEnv {
             dir,
             pki,
-            sim,
-            sim_addr,
-            sim_stop: Some(sim_stop),
-            sim_task: Some(sim_task),
+            sim: simulator.sim.clone(),
+            sim_addr: simulator.addr,
+            simulator,
             gateway: Some(gateway),
         }
     }
 
-    pub fn gateway(&self) -> &popgate::api::RunningGateway {
+    pub fn gateway(&self) -> &Gateway {
         self.gateway.as_ref().expect("running")
     }
 
@@ -228,12 +213,7 @@ impl TestEnv {
     }
 
     pub async fn stop_sim(&mut self) {
-        if let Some(s) = self.sim_stop.take() {
-            let _ = s.send(true);
-        }
-        if let Some(t) = self.sim_task.take() {
-            let _ = t.await;
-        }
+        self.simulator.stop().await;
     }
 
     pub async fn stop(mut self) {
@@ -245,7 +225,7 @@ impl TestEnv {
 }
 
 pub struct TestClient {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpsClient,
 }
 
 pub struct TestResponse {
@@ -262,34 +242,21 @@ impl TestClient {
     pub fn with_versions(ca: &Path, identity: Option<(&Path, &Path)>, h1: bool, h2: bool) -> TestClient {
         let config = match identity {
             Some((cert, key)) => tls::mutual_client_config(ca, cert, key, &[]).expect("client tls"),
-            None => {
-                let mut roots = rustls::RootCertStore::empty();
-                for c in tls::load_certs(ca).expect("ca") {
-                    roots.add(c).expect("root");
-                }
-                rustls::ClientConfig::builder_with_provider(tls::provider())
-                    .with_safe_default_protocol_versions()
-                    .expect("versions")
-                    .with_root_certificates(roots)
-                    .with_no_client_auth()
-            }
+            None => tls::server_auth_client_config(ca).expect("client tls"),
         };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_only();
-        let https = match (h1, h2) {
-            (true, true) => builder.enable_http1().enable_http2().wrap_connector(http),
-            (false, true) => builder.enable_http2().wrap_connector(http),
-            _ => builder.enable_http1().wrap_connector(http),
+        let versions = match (h1, h2) {
+            (true, true) => HttpVersions::Both,
+            (false, true) => HttpVersions::Http2,
+            _ => HttpVersions::Http1,
         };
-        let mut client = Client::builder(TokioExecutor::new());
-        if !h1 {
-            client.http2_only(true);
-        }
         TestClient {
-            client: client.build(https),
+            client: https_client(
+                config,
+                &ClientOptions {
+                    versions,
+                    ..ClientOptions::default()
+                },
+            ),
         }
     }
 

@@ -1,0 +1,406 @@
+//! The app surface, `/v1/...` on the mTLS listener (role `officer`): look
+//! up a citizen, verify a citizen's name and date of birth, look up a
+//! household. The pipeline after the frame has identified the caller, as
+//! named steps — read and validate the body, authorise, apply the grant's
+//! limits, ask the national database, check jurisdiction, release the
+//! granted fields — each a function that can be read alone.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use hyper::Response;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::problem::ApiError;
+use super::request::{parse_json, AuditRecorder, Caller, Trail};
+use super::status::GatewayStatus;
+use crate::audit::event::{digest_hex, EventKind, Pseudonymiser};
+use crate::audit::record::{Released, WarehouseRecord};
+use crate::limits::RateLimits;
+use crate::metrics::{AuditWait, Metrics};
+use crate::personal_id::PersonalId;
+use crate::policy::{Denial, Grant, Operation, PolicySet};
+use crate::server::{self, Body};
+use crate::upstream::breaker::CircuitBreaker;
+use crate::upstream::{NationalDb, QueryKind, UpstreamAnswer, UpstreamError, UpstreamQuery};
+
+/// Longest accepted case reference, in characters.
+pub const MAX_CASE_REF_CHARS: usize = 64;
+/// Longest accepted purpose id and full name, in characters.
+const MAX_SHORT_TEXT_CHARS: usize = 200;
+
+/// What the bodies of this surface take, for error details.
+const TAKES: &str = "the body takes personal_id, purpose and case_ref (verify also full_name and date_of_birth), all JSON strings";
+
+/// What the app surface uses.
+pub struct CitizensApi {
+    pub upstream: Arc<dyn NationalDb>,
+    pub pseudonyms: Pseudonymiser,
+    pub limits: Arc<RateLimits>,
+    pub breaker: Arc<CircuitBreaker>,
+    pub status: Arc<GatewayStatus>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: AuditRecorder,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupBody {
+    personal_id: String,
+    purpose: String,
+    #[serde(default)]
+    case_ref: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    personal_id: String,
+    full_name: String,
+    date_of_birth: String,
+    purpose: String,
+    #[serde(default)]
+    case_ref: Option<String>,
+}
+
+impl CitizensApi {
+    /// Serves one app operation for `caller`, judged by `policy`.
+    pub async fn handle(
+        &self,
+        op: Operation,
+        policy: &PolicySet,
+        caller: &Caller<'_>,
+        body: &[u8],
+        trail: &mut Trail,
+    ) -> Result<Response<Body>, ApiError> {
+        match op {
+            Operation::Lookup | Operation::Household => {
+                let b: LookupBody = parse_json(body, TAKES)?;
+                let pid = self.validate_subject(&b.personal_id, &b.purpose, &b.case_ref, trail)?;
+                let grant = authorize(policy, caller, op, &b.purpose, b.case_ref.as_deref())?;
+                self.check_grant_limits(caller, grant, &pid)?;
+                let kind = if op == Operation::Lookup {
+                    QueryKind::Lookup
+                } else {
+                    QueryKind::Household
+                };
+                let answer = self.ask_upstream(caller, pid, kind, trail).await?;
+                let (key, released) = release(policy, grant, caller, answer, trail)?;
+                Ok(envelope(trail, policy.version, key, &released))
+            }
+            Operation::Verify => {
+                let b: VerifyBody = parse_json(body, TAKES)?;
+                let pid = self.validate_subject(&b.personal_id, &b.purpose, &b.case_ref, trail)?;
+                let full_name = validate_full_name(&b.full_name)?;
+                let date_of_birth = validate_date(&b.date_of_birth)?;
+                let grant = authorize(policy, caller, op, &b.purpose, b.case_ref.as_deref())?;
+                self.check_grant_limits(caller, grant, &pid)?;
+                let kind = QueryKind::Verify {
+                    full_name,
+                    date_of_birth,
+                };
+                match self.ask_upstream(caller, pid, kind, trail).await? {
+                    UpstreamAnswer::Match(m) => {
+                        trail.released = vec!["match".to_owned()];
+                        Ok(envelope(trail, policy.version, "match", &Value::Bool(m)))
+                    }
+                    _ => Err(ApiError::UpstreamFailed),
+                }
+            }
+        }
+    }
+
+    /// Step: who the question is about and why — the personal ID, purpose
+    /// and case reference every operation carries, recorded as validated.
+    fn validate_subject(
+        &self,
+        personal_id: &str,
+        purpose: &str,
+        case_ref: &Option<String>,
+        trail: &mut Trail,
+    ) -> Result<PersonalId, ApiError> {
+        let pid = validate_personal_id(personal_id)?;
+        trail.citizen_key = Some(self.pseudonyms.citizen_key(&pid));
+        validate_purpose(purpose)?;
+        trail.purpose = Some(purpose.to_owned());
+        validate_case_ref(case_ref.as_deref())?;
+        trail.case_ref.clone_from(case_ref);
+        Ok(pid)
+    }
+
+    /// The grant's own rate, the officer's distinct-citizen cap, and the
+    /// province's quota at the national database, in that order.
+    fn check_grant_limits(
+        &self,
+        caller: &Caller<'_>,
+        grant: &Grant,
+        citizen: &PersonalId,
+    ) -> Result<(), ApiError> {
+        let app = &caller.app.id;
+        self.limits
+            .check_grant(app, &grant.purpose, grant.limits.per_minute)
+            .map_err(ApiError::RateLimited)?;
+        self.limits
+            .check_distinct(app, &caller.officer_id, citizen)
+            .map_err(ApiError::RateLimited)?;
+        self.limits.check_upstream().map_err(ApiError::RateLimited)
+    }
+
+    /// Appends `event` to the journal and times the wait.
+    async fn record(&self, wait: AuditWait, event: crate::audit::event::AuditEvent) -> Result<(), ApiError> {
+        self.recorder
+            .record(wait, event, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::error!(error = %e, "upstream call not made: intent not durable");
+                ApiError::AuditUnavailable
+            })
+    }
+
+    /// Step: the national database — only after an intent event naming the
+    /// question is durable, so no question is ever asked unrecorded.
+    async fn ask_upstream(
+        &self,
+        caller: &Caller<'_>,
+        personal_id: PersonalId,
+        kind: QueryKind,
+        trail: &mut Trail,
+    ) -> Result<UpstreamAnswer, ApiError> {
+        self.breaker.allow().map_err(ApiError::CircuitOpen)?;
+        let intent_id = uuid::Uuid::now_v7().to_string();
+        let intent = trail.event(EventKind::Intent, &intent_id, "pending", None);
+        self.record(AuditWait::Intent, intent).await?;
+        trail.intent_id = Some(intent_id);
+        let query = UpstreamQuery {
+            request_id: trail.request_id.clone(),
+            officer: caller.officer_id.clone(),
+            personal_id,
+            kind,
+        };
+        let started = std::time::Instant::now();
+        let result = self.upstream.query(query).await;
+        trail.upstream_ms = Some(started.elapsed().as_millis() as u64);
+        self.metrics.observe_upstream(started.elapsed());
+        self.breaker
+            .record(matches!(result, Ok(_) | Err(UpstreamError::NotFound)));
+        self.status.record_upstream(&result);
+        match result {
+            Ok(answered) => {
+                trail.upstream_status = Some("ok".to_owned());
+                trail.upstream_digest = Some(answered.digest);
+                Ok(answered.answer)
+            }
+            Err(e) => {
+                trail.upstream_status = Some(
+                    match &e {
+                        UpstreamError::NotFound => "not-found",
+                        UpstreamError::Timeout => "timeout",
+                        UpstreamError::Failed(_) => "failed",
+                    }
+                    .to_owned(),
+                );
+                Err(match e {
+                    UpstreamError::NotFound => ApiError::CitizenNotFound,
+                    UpstreamError::Timeout => ApiError::UpstreamTimeout,
+                    UpstreamError::Failed(why) => {
+                        tracing::warn!(request_id = %trail.request_id, why, "upstream failed");
+                        ApiError::UpstreamFailed
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// The 200 answer: audit and request ids, policy version and the answer
+/// under `key`, keys in the order a JSON map would sort them. Its digest
+/// goes into the outcome event as evidence of what was released.
+fn envelope(trail: &mut Trail, policy_version: u64, key: &str, answer: &Value) -> Response<Body> {
+    fn put(out: &mut Vec<u8>, before: &str, value: &impl serde::Serialize) {
+        out.extend_from_slice(before.as_bytes());
+        // Plain data written into a Vec: this cannot fail.
+        let _ = serde_json::to_writer(out, value);
+    }
+    let mut out = Vec::with_capacity(1024);
+    put(&mut out, "{\"audit_id\":", &trail.audit_id);
+    put(&mut out, ",", &key);
+    put(&mut out, ":", answer);
+    put(&mut out, ",\"policy_version\":", &policy_version);
+    put(&mut out, ",\"request_id\":", &trail.request_id);
+    out.push(b'}');
+    trail.released_digest = Some(digest_hex(&out));
+    server::json_bytes_response(StatusCode::OK, out)
+}
+
+/// Parses and validates an app request body as the pipeline does, without
+/// the rest of the pipeline. Peer-controlled input: fuzzed
+/// (`fuzz/fuzz_targets/request_body.rs`).
+pub fn check_request_body(op: Operation, body: &[u8]) -> Result<(), ApiError> {
+    let (personal_id, purpose, case_ref) = match op {
+        Operation::Lookup | Operation::Household => {
+            let b: LookupBody = parse_json(body, TAKES)?;
+            (b.personal_id, b.purpose, b.case_ref)
+        }
+        Operation::Verify => {
+            let b: VerifyBody = parse_json(body, TAKES)?;
+            validate_full_name(&b.full_name)?;
+            validate_date(&b.date_of_birth)?;
+            (b.personal_id, b.purpose, b.case_ref)
+        }
+    };
+    validate_personal_id(&personal_id)?;
+    validate_purpose(&purpose)?;
+    validate_case_ref(case_ref.as_deref())
+}
+
+fn validate_personal_id(s: &str) -> Result<PersonalId, ApiError> {
+    PersonalId::parse(s, time::OffsetDateTime::now_utc().year())
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
+fn validate_purpose(s: &str) -> Result<(), ApiError> {
+    if s.is_empty() || s.chars().count() > MAX_SHORT_TEXT_CHARS {
+        return Err(ApiError::InvalidRequest(
+            "purpose must name one of the purposes of the policy".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_case_ref(s: Option<&str>) -> Result<(), ApiError> {
+    match s {
+        Some(c) if c.trim().is_empty() => Err(ApiError::InvalidRequest(
+            "case_ref must not be empty when given".into(),
+        )),
+        Some(c) if c.chars().count() > MAX_CASE_REF_CHARS => Err(ApiError::InvalidRequest(format!(
+            "case_ref must be at most {MAX_CASE_REF_CHARS} characters"
+        ))),
+        Some(c) if c.chars().any(char::is_control) => Err(ApiError::InvalidRequest(
+            "case_ref must not contain control characters".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn validate_full_name(s: &str) -> Result<String, ApiError> {
+    let n = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if n.is_empty() || n.chars().count() > MAX_SHORT_TEXT_CHARS || n.chars().any(char::is_control) {
+        return Err(ApiError::InvalidRequest(format!(
+            "full_name must be 1 to {MAX_SHORT_TEXT_CHARS} characters of text"
+        )));
+    }
+    Ok(n)
+}
+
+fn validate_date(s: &str) -> Result<String, ApiError> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, format)
+        .map(|_| s.to_owned())
+        .map_err(|_| ApiError::InvalidRequest("date_of_birth must be a real date written YYYY-MM-DD".into()))
+}
+
+/// Step 2: the grant for this app, role, operation and purpose.
+fn authorize<'a>(
+    policy: &'a PolicySet,
+    caller: &Caller<'a>,
+    op: Operation,
+    purpose: &str,
+    case_ref: Option<&str>,
+) -> Result<&'a Grant, ApiError> {
+    let grant = policy
+        .authorize(caller.app, &caller.roles, op, purpose)
+        .map_err(ApiError::Denied)?;
+    if grant.case_ref_required && case_ref.is_none() {
+        return Err(ApiError::InvalidRequest(format!(
+            "{}; send the reference of the case this lookup serves",
+            Denial::CaseRefRequired(purpose.to_owned())
+        )));
+    }
+    Ok(grant)
+}
+
+/// Step: jurisdiction, then the granted fields only, masks applied; the
+/// warehouse copy of what the grant allows to store. Returns the answer's
+/// key in the envelope and the answer.
+fn release(
+    policy: &PolicySet,
+    grant: &Grant,
+    caller: &Caller<'_>,
+    answer: UpstreamAnswer,
+    trail: &mut Trail,
+) -> Result<(&'static str, Value), ApiError> {
+    let outside = || ApiError::Denied(Denial::OutsideJurisdiction);
+    match answer {
+        UpstreamAnswer::Citizen { record, as_of } => {
+            let mapped = policy.catalog.map_json(&record);
+            if !policy.within_jurisdiction(grant, &mapped, caller.unit) {
+                return Err(outside());
+            }
+            let (doc, released) = policy.release(grant, &mapped);
+            trail.released = released;
+            trail.warehouse = match (&trail.citizen_key, &trail.app_id) {
+                (Some(citizen_key), Some(app_id)) => WarehouseRecord::enrich(
+                    policy,
+                    grant,
+                    Released {
+                        citizen_key,
+                        app_id,
+                        mapped: &mapped,
+                        released: &doc,
+                        as_of,
+                    },
+                ),
+                _ => None,
+            };
+            Ok(("citizen", Value::Object(doc)))
+        }
+        UpstreamAnswer::Household { head, members, .. } => {
+            let head = policy.catalog.map_json(&head);
+            if !policy.within_jurisdiction(grant, &head, caller.unit) {
+                return Err(outside());
+            }
+            let (head_doc, released) = policy.release(grant, &head);
+            trail.released = released;
+            let members: Vec<Value> = members
+                .iter()
+                .map(|m| Value::Object(policy.release(grant, &policy.catalog.map_json(m)).0))
+                .collect();
+            let household = Map::from_iter([
+                ("head".to_owned(), Value::Object(head_doc)),
+                ("members".to_owned(), Value::Array(members)),
+            ]);
+            Ok(("household", Value::Object(household)))
+        }
+        UpstreamAnswer::Match(_) => Err(ApiError::UpstreamFailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_never_echo_values() {
+        let e = serde_json::from_slice::<LookupBody>(br#"{"personal_id": 79203001234, "purpose": "x"}"#)
+            .expect_err("bad");
+        let d = super::super::request::describe_json_error(&e, TAKES);
+        assert!(!d.contains("79203001234"), "{d}");
+        assert!(d.contains("wrong type"), "{d}");
+        let e = serde_json::from_slice::<LookupBody>(br#"{"personal_id": "1", "purpose": "x", "extra": 1}"#)
+            .expect_err("bad");
+        assert!(super::super::request::describe_json_error(&e, TAKES).starts_with("unknown field `extra`"));
+        let e = serde_json::from_slice::<LookupBody>(b"{").expect_err("bad");
+        assert!(super::super::request::describe_json_error(&e, TAKES).contains("not valid JSON"));
+    }
+
+    #[test]
+    fn case_ref_and_dates_are_checked() {
+        assert!(validate_case_ref(Some(&"x".repeat(65))).is_err());
+        assert!(validate_case_ref(Some("HS-2026-001")).is_ok());
+        assert!(validate_case_ref(Some("a\u{0}")).is_err());
+        assert!(validate_date("2003-02-30").is_err());
+        assert!(validate_date("2003-02-28").is_ok());
+    }
+}

@@ -1,0 +1,551 @@
+//! Building a gateway from its [`Config`] and running it: the warehouse
+//! (connected or embedded, migrated), the first policy snapshot, TLS, the
+//! upstream client, the journal and its shipper, the two listeners, and the
+//! background tasks — limiter pruning, certificate watching, following the
+//! store's active policy version, retention purges. [`Gateway::stop`] ends
+//! them in order: stop accepting and drain, anchor the journal, deliver,
+//! close the pool, stop an embedded warehouse.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::admin::AdminApi;
+use crate::api::auditor::AuditApi;
+use crate::api::citizens::CitizensApi;
+use crate::api::ops::OpsApi;
+use crate::api::request::{AuditRecorder, ConsoleAccess};
+use crate::api::status::GatewayStatus;
+use crate::api::Api;
+use crate::audit::checkpoint::Signer;
+use crate::audit::event::{AuditEvent, EventKind, Pseudonymiser};
+use crate::audit::journal::{Journal, JournalSettings};
+use crate::audit::shipper::{Shipper, ShipperSettings};
+use crate::auth::token::TokenVerifier;
+use crate::config::Config;
+use crate::limits::RateLimits;
+use crate::metrics::Metrics;
+use crate::policy::store::PolicyStore;
+use crate::policy::{self, PolicyFiles};
+use crate::server;
+use crate::tls;
+use crate::upstream::breaker::CircuitBreaker;
+use crate::upstream::{HttpNationalDb, HttpSettings, NationalDb};
+use crate::warehouse::embedded::EmbeddedPostgres;
+use crate::warehouse::{self, Warehouse};
+
+/// How long start-up waits for the warehouse before giving up.
+const WAREHOUSE_START_WAIT: Duration = Duration::from_secs(30);
+/// How often idle rate-limit keys are forgotten.
+const LIMITS_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often certificate and CRL files are checked for changes.
+const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the active version is re-checked besides notifications.
+const POLICY_RECHECK: Duration = Duration::from_secs(5);
+/// How long to wait before listening again after the connection dropped.
+const POLICY_RELISTEN: Duration = Duration::from_millis(500);
+
+/// Test seams that no config file can set.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// While set, every journal write fails as on a full disk.
+    pub journal_fail_writes: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// A gateway that is serving; [`Gateway::stop`] ends it.
+pub struct Gateway {
+    pub gateway_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    pub policy: Arc<PolicyStore>,
+    /// The gateway's own warehouse login.
+    pub warehouse_url: String,
+    /// The login that migrated the schema (the embedded cluster's superuser).
+    pub warehouse_admin_url: String,
+    pub journal: Journal,
+    warehouse: Warehouse,
+    server_tls: Arc<tls::ReloadableServerTls>,
+    policy_dir: std::path::PathBuf,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    ship_stop: watch::Sender<bool>,
+    shipper_task: Option<JoinHandle<()>>,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Gateway {
+    /// Brings up a gateway as `config` says.
+    pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
+        Gateway::start_with(config, StartOptions::default()).await
+    }
+
+    /// Brings up a gateway as `config` says, with test seams.
+    pub async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Gateway> {
+        start_with(config, options).await
+    }
+
+    /// Serves until `stop` resolves, reloading the policy and the
+    /// certificates on each SIGHUP.
+    pub async fn run_until(&self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                _ = hangups.recv() => {
+                    match self.reload_policy().await {
+                        Ok(version) => tracing::info!(version, "SIGHUP: policy version {version} active"),
+                        Err(error) => tracing::error!(%error, "SIGHUP: policy reload failed"),
+                    }
+                    match self.reload_tls() {
+                        Ok(()) => tracing::info!("SIGHUP: certificates and revocation lists reloaded"),
+                        Err(error) => tracing::error!(%error, "SIGHUP: TLS reload failed; the active certificates stay"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-reads the server certificate, key, client CA and CRLs (on SIGHUP;
+    /// file changes are noticed by themselves). New connections use them at
+    /// once; revocations apply to the next request of every connection.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        self.server_tls.reload()
+    }
+
+    /// Re-reads the policy directory (on SIGHUP). A valid set that differs
+    /// from the active one becomes a new version in the store and is swapped
+    /// in atomically: requests in flight finish on the version they started
+    /// with. An invalid set is refused and the active version stays.
+    pub async fn reload_policy(&self) -> anyhow::Result<u64> {
+        let files = policy::read_dir(&self.policy_dir).map_err(|p| anyhow::anyhow!("{p}"))?;
+        if let Err(p) = policy::parse(&files, self.policy.province()) {
+            tracing::warn!(problems = %p, "policy reload refused; the active version stays");
+            anyhow::bail!("the policy directory is invalid; the active version stays:\n{p}");
+        }
+        let (version, new) = self
+            .warehouse
+            .activate_policy(
+                &files,
+                "operator (SIGHUP reload)",
+                "reloaded from the policy directory",
+            )
+            .await?;
+        if new || self.policy.version() != version {
+            self.policy
+                .activate(&files, version)
+                .map_err(|p| anyhow::anyhow!("{p}"))?;
+        }
+        Ok(version)
+    }
+
+    /// Stops accepting, drains in-flight requests, anchors and delivers the
+    /// journal, stops an embedded warehouse.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        // Every answer given is journaled; anchor the head, then deliver.
+        self.journal.checkpoint().await;
+        let _ = self.ship_stop.send(true);
+        if let Some(task) = self.shipper_task.take() {
+            let _ = task.await;
+        }
+        // Close pooled connections before the server goes, so that nothing
+        // reports them dying.
+        self.warehouse.pool().close();
+        if let Some(mut pg) = self.embedded.take() {
+            tokio::task::spawn_blocking(move || pg.stop()).await.ok();
+        }
+    }
+}
+
+/// The warehouse, migrated, and the policy store's active version.
+struct Prepared {
+    warehouse: Warehouse,
+    url: String,
+    admin_url: String,
+    embedded: Option<EmbeddedPostgres>,
+    policy: PolicyStore,
+}
+
+/// Connects to (or starts) the warehouse, migrates it, and loads the active
+/// policy — seeding it from the policy directory when the store is empty.
+async fn warehouse_and_policy(config: &Config) -> anyhow::Result<Prepared> {
+    let (url, admin_url, embedded) = match &config.warehouse.url {
+        Some(url) => (
+            url.clone(),
+            config.warehouse.admin_url.clone().unwrap_or_else(|| url.clone()),
+            None,
+        ),
+        None => {
+            let pg = EmbeddedPostgres::start_provisioned(&config.gateway.data_dir).await?;
+            (pg.gateway_url(), pg.admin_url(), Some(pg))
+        }
+    };
+    let deadline = tokio::time::Instant::now() + WAREHOUSE_START_WAIT;
+    loop {
+        match warehouse::migrate(&admin_url).await {
+            Ok(()) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "warehouse not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("the warehouse could not be prepared")),
+        }
+    }
+    let warehouse = Warehouse::new(&url)?;
+    let province = config.gateway.province;
+    let files = policy::read_dir(&config.gateway.policies).map_err(|p| anyhow::anyhow!("{p}"))?;
+    // Refuse to seed the store with a policy that does not load.
+    policy::parse(&files, province).map_err(|p| anyhow::anyhow!("policy directory is invalid:\n{p}"))?;
+    if warehouse.seed_policy(&files, "popgate (initial import)").await? {
+        tracing::info!("policy store was empty; imported the policy directory as version 1");
+    }
+    let (version, stored) = warehouse
+        .active_policy()
+        .await?
+        .context("the policy store has no active version")?;
+    let policy = PolicyStore::new(&stored, province, version)
+        .map_err(|p| anyhow::anyhow!("active policy version {version} is invalid:\n{p}"))?;
+    Ok(Prepared {
+        warehouse,
+        url,
+        admin_url,
+        embedded,
+        policy,
+    })
+}
+
+async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Gateway> {
+    let Prepared {
+        warehouse,
+        url,
+        admin_url,
+        embedded,
+        policy,
+    } = warehouse_and_policy(config).await?;
+    let policy = Arc::new(policy);
+    tracing::info!(
+        version = policy.version(),
+        apps = policy.snapshot().apps.len(),
+        "policy active"
+    );
+
+    let server_tls = Arc::new(tls::ReloadableServerTls::load(
+        &config.tls.cert,
+        &config.tls.key,
+        &config.tls.client_ca,
+        &config.tls.crls,
+        config.tls.allow_tls12,
+    )?);
+    // hyper-rustls sets ALPN itself from the enabled HTTP versions.
+    let client_tls = tls::mutual_client_config(
+        &config.upstream.ca,
+        &config.upstream.cert,
+        &config.upstream.key,
+        &[],
+    )?;
+    let u = &config.upstream;
+    let upstream: Arc<dyn NationalDb> = Arc::new(HttpNationalDb::new(
+        client_tls,
+        HttpSettings {
+            base_url: u.url.clone(),
+            timeout: u.timeout,
+            connect_timeout: u.connect_timeout,
+            max_response_bytes: u.max_response_bytes,
+            service_code: u.service_code.clone(),
+            integration_code: u.integration_code.clone(),
+        },
+    )?);
+
+    let tokens = Arc::new(
+        TokenVerifier::new(config.tokens.verifier_settings())
+            .await
+            .context("cannot load the identity provider's keys")?,
+    );
+    let rate_limits = Arc::new(RateLimits::new(config.rate_limits.settings()));
+    let a = &config.audit;
+    let signer = Arc::new(Signer::from_file(&a.signing_key)?);
+    let pseudonyms = Pseudonymiser::from_file(&a.pseudonym_key)?;
+    let journal_dir = a.journal_dir(&config.gateway.data_dir);
+    let (journal, scan) = Journal::open(
+        JournalSettings {
+            dir: journal_dir.clone(),
+            instance_id: config.gateway.instance_id.clone(),
+            segment_bytes: a.segment_bytes,
+            checkpoint_every: a.checkpoint_every,
+            checkpoint_interval: a.checkpoint_interval,
+            max_backlog_events: a.max_backlog_events,
+            max_backlog_age: a.max_backlog_age,
+            fail_writes: options.journal_fail_writes.clone(),
+        },
+        signer,
+    )?;
+    tracing::info!(head = scan.head_seq, truncated = scan.truncated_bytes, dir = %journal_dir.display(), "audit journal open");
+    let (ship_stop, ship_stop_rx) = watch::channel(false);
+    let shipper = Shipper::new(
+        ShipperSettings {
+            dir: journal_dir,
+            instance_id: config.gateway.instance_id.clone(),
+            batch: a.ship_batch,
+            retention: a.retention,
+        },
+        journal.state.clone(),
+        // A pool of its own, whose connections its own thread drives.
+        Warehouse::new(warehouse.url())?,
+    );
+    let shipper_task = spawn_shipper(shipper, ship_stop_rx)?;
+    let status = Arc::new(GatewayStatus::default());
+    let metrics = Arc::new(Metrics::default());
+    let breaker = Arc::new(CircuitBreaker::new(u.circuit_failures, u.circuit_open));
+    let gateway_listener = TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
+    let ops_listener = TcpListener::bind(config.gateway.ops_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.gateway.ops_listen))?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let ops_addr = ops_listener.local_addr()?;
+
+    let recorder = AuditRecorder {
+        journal: journal.clone(),
+        metrics: metrics.clone(),
+    };
+    let trusted_keys = a
+        .trusted_keys
+        .as_deref()
+        .map(crate::audit::verify::load_trusted_keys)
+        .transpose()?;
+    let api = Arc::new(Api {
+        policy: policy.clone(),
+        tokens: tokens.clone(),
+        limits: rate_limits.clone(),
+        tls: server_tls.active.clone(),
+        metrics: metrics.clone(),
+        recorder: recorder.clone(),
+        console: ConsoleAccess {
+            admin_apps: config.gateway.admin_apps.clone(),
+            audit_apps: config.gateway.audit_apps.clone(),
+        },
+        max_body_bytes: config.limits.max_body_bytes,
+        request_timeout: config.limits.request_timeout,
+        citizens: CitizensApi {
+            upstream,
+            pseudonyms: pseudonyms.clone(),
+            limits: rate_limits.clone(),
+            breaker: breaker.clone(),
+            status: status.clone(),
+            metrics: metrics.clone(),
+            recorder,
+        },
+        admin: AdminApi {
+            policy: policy.clone(),
+            warehouse: warehouse.clone(),
+        },
+        audit: AuditApi {
+            warehouse: warehouse.clone(),
+            pseudonyms,
+            trusted_keys,
+        },
+    });
+    let ops_api = Arc::new(OpsApi {
+        metrics,
+        breaker,
+        limits: rate_limits.clone(),
+        tokens,
+        status: status.clone(),
+        journal: journal.state.clone(),
+        policy: policy.clone(),
+        warehouse: warehouse.clone(),
+        instance_id: config.gateway.instance_id.clone(),
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let limits = config.limits.server_limits();
+    let tasks = vec![
+        tokio::spawn(server::serve(
+            gateway_listener,
+            Some(server_tls.active.clone()),
+            limits.clone(),
+            move |req, peer| api.clone().handle(req, peer),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(server::serve(
+            ops_listener,
+            None,
+            limits,
+            move |req, peer| ops_api.clone().handle(req, peer),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(prune_limits(rate_limits, shutdown_rx.clone())),
+        tokio::spawn(purge_expired(
+            warehouse.clone(),
+            journal.clone(),
+            a.purge_interval,
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(follow_policy(
+            warehouse.clone(),
+            policy.clone(),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(watch_tls_files(server_tls.clone(), shutdown_rx)),
+    ];
+    status.set_listening(true);
+    tracing::info!(%gateway_addr, %ops_addr, "gateway listening");
+    Ok(Gateway {
+        gateway_addr,
+        ops_addr,
+        policy,
+        warehouse_url: url,
+        warehouse_admin_url: admin_url,
+        journal,
+        warehouse,
+        server_tls,
+        policy_dir: config.gateway.policies.clone(),
+        shutdown,
+        tasks,
+        ship_stop,
+        shipper_task: Some(shipper_task),
+        embedded,
+    })
+}
+
+/// Runs the shipper on a thread of its own with a single-threaded runtime.
+/// Encoding a batch of hundreds of rows then never holds up requests on the
+/// gateway's worker threads: the kernel shares a core between the two in
+/// short slices, where a task on the same worker would run to its next
+/// `await`. The handle resolves when the shipper has stopped.
+fn spawn_shipper(shipper: Shipper, stop: watch::Receiver<bool>) -> anyhow::Result<JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the shipper's runtime")?;
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("popgate-shipper".into())
+        .spawn(move || {
+            runtime.block_on(shipper.run(stop));
+            // Its warehouse connections close with the runtime, before the
+            // gateway is told that the shipper has stopped.
+            drop(runtime);
+            drop(done);
+        })
+        .context("cannot start the shipper's thread")?;
+    Ok(tokio::spawn(async move {
+        let _ = finished.await;
+    }))
+}
+
+async fn prune_limits(limits: Arc<RateLimits>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(LIMITS_PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => limits.prune(),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn watch_tls_files(tls: Arc<tls::ReloadableServerTls>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TLS_WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => match tls.reload_if_changed() {
+                Ok(true) => tracing::info!("certificate or CRL files changed: reloaded"),
+                Ok(false) => {}
+                Err(error) => tracing::error!(%error, "certificate or CRL files changed but cannot be loaded; the active ones stay"),
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Swaps this instance's snapshot to the store's active version when they
+/// differ.
+async fn refresh_policy(warehouse: &Warehouse, policy: &PolicyStore) -> anyhow::Result<()> {
+    let active = warehouse.active_version().await?;
+    if active == policy.version() {
+        return Ok(());
+    }
+    let files: PolicyFiles = warehouse
+        .policy_files(active)
+        .await?
+        .context("active version vanished")?;
+    policy
+        .activate(&files, active)
+        .map_err(|p| anyhow::anyhow!("{p}"))?;
+    tracing::info!(version = active, "switched to the store's active policy version");
+    Ok(())
+}
+
+/// Follows the store's active policy version: on every `popgate_policy`
+/// notification and every few seconds.
+async fn follow_policy(warehouse: Warehouse, policy: Arc<PolicyStore>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        // A dedicated connection that LISTENs; rebuilt whenever it drops.
+        let Ok(mut listener) = warehouse.listen_for_policy_changes().await else {
+            tokio::select! {
+                _ = tokio::time::sleep(POLICY_RECHECK) => { let _ = refresh_policy(&warehouse, &policy).await; continue; }
+                _ = shutdown.changed() => return,
+            }
+        };
+        let mut tick = tokio::time::interval(POLICY_RECHECK);
+        loop {
+            tokio::select! {
+                changed = listener.next_change() => match changed {
+                    Ok(()) => {
+                        if let Err(error) = refresh_policy(&warehouse, &policy).await {
+                            tracing::warn!(%error, "cannot load the newly active policy version");
+                        }
+                    }
+                    Err(_) => break,
+                },
+                _ = tick.tick() => {
+                    if let Err(error) = refresh_policy(&warehouse, &policy).await {
+                        tracing::debug!(%error, "policy re-check failed");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+        tokio::time::sleep(POLICY_RELISTEN).await;
+    }
+}
+
+/// Deletes warehouse records past their retention, and audits each purge.
+async fn purge_expired(
+    warehouse: Warehouse,
+    journal: Journal,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match warehouse.purge_expired_records().await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                let event = AuditEvent {
+                    officer_id: Some("popgate (retention)".to_owned()),
+                    reason: Some("warehouse records past their purpose's retention".to_owned()),
+                    details: Some(serde_json::json!({ "deleted_records": deleted })),
+                    ..AuditEvent::new(EventKind::Purge, "purge", "done")
+                };
+                if let Err(error) = journal.append(event, None).await {
+                    tracing::error!(%error, deleted, "purge done but its audit event could not be written");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "retention purge failed; will retry"),
+        }
+    }
+}
