@@ -567,8 +567,14 @@ impl Config {
         };
         // Checks of one value run as it is read (see `de`), so the error
         // carries that value's position.
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim();
+            let message = match e.span().and_then(|span| key_of_value(text, span.start)) {
+                Some(key) => format!("{key}: {message}"),
+                None => message.to_owned(),
+            };
+            invalid(e.span(), message)
+        })?;
         let t = &config.tokens;
         if t.jwks.is_some() == t.jwks_url.is_some() {
             let at = key_span(text, "tokens", if t.jwks.is_some() { "jwks_url" } else { "jwks" })
@@ -637,6 +643,31 @@ fn key_span(text: &str, section: &str, key: &str) -> Option<std::ops::Range<usiz
     spans.get(section)?.get(key).map(toml::Spanned::span)
 }
 
+/// `section.key` of the value that starts at byte `at`, when `at` is a
+/// value after `key =` on its line (not a key, not a header).
+fn key_of_value(text: &str, at: usize) -> Option<String> {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = text[line_start..at].split_once('=')?;
+    let key = key.trim();
+    if key.is_empty()
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    {
+        return None;
+    }
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']'));
+    Some(match section {
+        Some(section) => format!("{section}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
 /// The span of the `[section]` header line.
 fn section_span(text: &str, section: &str) -> Option<std::ops::Range<usize>> {
     let header = format!("[{section}]");
@@ -700,8 +731,8 @@ mod de {
     fn duration<'de, D: Deserializer<'de>>(d: D, unit: Duration) -> Result<Duration, D::Error> {
         match Given::deserialize(d)? {
             Given::Number(n) => unit
-                .checked_mul(u32::try_from(n).map_err(|_| D::Error::custom("this duration is too long"))?)
-                .ok_or_else(|| D::Error::custom("this duration is too long")),
+                .checked_mul(u32::try_from(n).map_err(|_| D::Error::custom("the duration is too long"))?)
+                .ok_or_else(|| D::Error::custom("the duration is too long")),
             Given::Text(t) => parse_duration(&t).ok_or_else(|| {
                 D::Error::custom(format!(
                     "'{t}' is not a duration such as \"250ms\", \"5s\", \"10m\", \"6h\" or \"1d\""
@@ -734,9 +765,7 @@ mod de {
             let max = crate::auth::token::MAX_LEEWAY_SECS;
             let v = duration(d, Duration::from_secs(1))?;
             if v > Duration::from_secs(max) {
-                return Err(D::Error::custom(format!(
-                    "tokens.leeway must be at most {max} seconds"
-                )));
+                return Err(D::Error::custom(format!("must be at most {max} seconds")));
             }
             Ok(v)
         }
@@ -748,7 +777,7 @@ mod de {
             .parse()
             .map_err(|_| E::custom(format!("'{text}' is not a URL")))?;
         if uri.scheme_str() != Some("https") || uri.host().is_none() {
-            return Err(E::custom("this must be an https:// URL with a host"));
+            return Err(E::custom("must be an https:// URL with a host"));
         }
         Ok(uri)
     }
@@ -781,7 +810,7 @@ mod de {
         match crate::units::Units::get().province(code) {
             Some(_) => Ok(code),
             None => Err(D::Error::custom(format!(
-                "{code} is not a province code (after the 2025 reorganisation)"
+                "{code} is not a province code (codes after the 2025 reorganisation)"
             ))),
         }
     }
@@ -807,7 +836,7 @@ mod de {
     {
         let v = T::deserialize(d)?;
         if v == T::default() {
-            return Err(D::Error::custom("this must be a positive number"));
+            return Err(D::Error::custom("must be a positive number"));
         }
         Ok(v)
     }
@@ -815,7 +844,7 @@ mod de {
     pub fn positive_scale<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         let v = f64::deserialize(d)?;
         if !(v > 0.0 && v.is_finite()) {
-            return Err(D::Error::custom("rate_limits.scale must be a positive number"));
+            return Err(D::Error::custom("must be a positive number"));
         }
         Ok(v)
     }
@@ -901,7 +930,11 @@ pseudonym_key = "certs/pseudonym.key"
             "jwks_url",
             "exactly one of jwks",
         );
-        refused_at(&with("tokens", "leeway_secs = 300"), "leeway_secs", "at most 30");
+        refused_at(
+            &with("tokens", "leeway_secs = 300"),
+            "leeway_secs",
+            "tokens.leeway_secs: must be at most 30",
+        );
         refused_at(&with("tokens", "algorithms = [\"HS256\"]"), "algorithms", "HS256");
         refused_at(
             &format!("{MINIMAL}\n[rate_limits]\nscale = 0.0\n"),
@@ -934,6 +967,20 @@ pseudonym_key = "certs/pseudonym.key"
         assert_eq!(c.audit.purge_interval, Duration::from_secs(60));
         let text = MINIMAL.replace("[upstream]\n", "[upstream]\ntimeout = \"soon\"\n");
         refused_at(&text, "timeout = \"soon\"", "a duration such as");
+    }
+
+    #[test]
+    fn the_readme_configuration_block_is_a_valid_config() {
+        let readme = include_str!("../README.md");
+        let block = readme
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("README has a toml block");
+        let c = Config::parse(block, "README.md", Path::new("/etc/popgate")).expect("README's config parses");
+        assert_eq!(c.upstream.timeout, DEFAULT_UPSTREAM_TIMEOUT);
+        assert_eq!(c.audit.max_backlog_age, DEFAULT_MAX_BACKLOG_AGE);
+        assert_eq!(c.limits.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
     }
 
     #[test]

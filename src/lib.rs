@@ -3,18 +3,27 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the gateway's TOML config, defaults as named constants.
-//! - [`tls`]: rustls server/client configs, PEM loading; [`tls::pki`] the dev PKI.
-//! - [`auth`]: which app is calling, from its client certificate.
+//! Each concern is one module; arrows point down (`tests/layout.rs` checks
+//! that no file of `src/` is part of an import circle).
+//!
+//! - [`config`]: the gateway's TOML config, typed once, defaults as named constants.
+//! - [`gateway`]: building a gateway from a config, its background tasks, reload, the ordered stop.
+//! - [`tls`]: rustls server/client configs, PEM loading, the HTTPS client builder; [`tls::pki`] the dev PKI.
+//! - [`auth`]: which app is calling, from its client certificate; officer tokens.
 //! - [`personal_id`]: the 12-digit personal ID and its structural checks.
 //! - [`limits`]: rate limits per app, officer, purpose, upstream quota, anti-scraping.
 //! - [`metrics`]: Prometheus counters, histograms and gauges (no citizen data in labels).
-//! - [`policy`]: field catalog, purposes, apps and grants; evaluation and masks.
+//! - [`policy`]: field catalog, purposes, apps and grants; evaluation and masks;
+//!   [`policy::store`] the one writer of the active snapshot, [`policy::diff`].
 //! - [`upstream`]: the national-DB adapter trait and its mTLS HTTP client.
 //! - [`server`]: accepting connections: TLS, HTTP/1.1 + h2, limits, draining.
-//! - [`api`]: the HTTP surfaces: app `/v1`, ops; problem documents.
-//! - [`audit`]: events, hash chain, journal with group commit, checkpoints, shipper, verifier.
-//! - [`warehouse`]: PostgreSQL: embedded cluster, migrations, pool.
+//! - [`api`]: the HTTP surfaces — the router and request frame, then apps
+//!   ([`api::citizens`]), admins ([`api::admin`]), auditors ([`api::auditor`]),
+//!   ops; problem documents.
+//! - [`audit`]: events, hash chain, journal with group commit, checkpoints, shipper,
+//!   verifier, the enriched warehouse record.
+//! - [`warehouse`]: PostgreSQL and every SQL statement: embedded cluster, migrations,
+//!   pool, policy store, deliveries, queries; [`warehouse::WarehouseError`].
 //! - [`sim`]: the national population DB simulator.
 //! - [`units`]: Vietnam's administrative units (2025).
 //! - [`client`]: the HTTPS client of the `admin` and `audit` commands.

@@ -250,6 +250,25 @@ async fn invalid_proposals_get_422_with_exact_problems_and_simulate_previews() {
     let sim = json!({"app": "y-te", "role": "officer", "operation": "household", "purpose": "health-insurance", "record": {}});
     let r = admin(&env, "admin-an", "/admin/v1/policies/simulate", Some(sim)).await;
     assert_eq!(r.body["decision"], "denied");
+
+    // A malformed body is told what the body of *this* call takes.
+    let r = admin(
+        &env,
+        "admin-an",
+        "/admin/v1/policies/rollback",
+        Some(json!({"version": 1})),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let detail = r.body["detail"].as_str().expect("detail");
+    assert!(detail.contains("missing field `reason`"), "{detail}");
+    assert!(detail.contains("version (a number) and reason"), "{detail}");
+    assert!(!detail.contains("personal_id"), "{detail}");
+    let r = auditor(&env, "/audit/v1/events/search", Some(json!({"limit": "5"}))).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let detail = r.body["detail"].as_str().expect("detail");
+    assert!(detail.contains("limit (a number)"), "{detail}");
+    assert!(!detail.contains("all values are JSON strings"), "{detail}");
     env.stop().await;
 }
 

@@ -1,5 +1,7 @@
-//! `popgate demo` as a user runs it: a real child process, ready.json, a
-//! lookup with the printed certificate paths, then SIGTERM and a clean exit.
+//! `popgate demo` as a user runs it: a real child process started outside
+//! any checkout (from `/`, on the sample policies built into the binary),
+//! ready.json, a lookup with the printed certificate paths, then SIGTERM
+//! and a clean exit.
 
 mod common;
 
@@ -27,11 +29,12 @@ fn wait_for(path: &Path, timeout: Duration) -> Option<Value> {
 async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let demo_dir = dir.path().join("demo");
+    // From `/`, where there is no policies/ directory: as an installed
+    // binary is run.
     let mut child = Command::new(env!("CARGO_BIN_EXE_popgate"))
         .args(["demo", "--population", "50000", "--dir"])
         .arg(&demo_dir)
-        .arg("--policies")
-        .arg(common::policies_dir())
+        .current_dir("/")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -56,6 +59,12 @@ async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
             "{app}"
         );
     }
+    let built_in = popgate::policy::read_dir(&demo_dir.join("policies")).expect("the sample policies");
+    assert_eq!(
+        built_in,
+        popgate::policy::read_dir(&common::policies_dir()).expect("policies/"),
+        "the demo imports the sample set built into the binary"
+    );
     let ids: Vec<String> = serde_json::from_value(ready["sample_personal_ids"].clone()).expect("ids");
     assert!(ids.len() >= 20);
 

@@ -41,7 +41,7 @@ pub enum StoreRefusal {
 }
 
 /// The number the next version gets; call with the table locked.
-pub(super) async fn next_version(tx: &tokio_postgres::Transaction<'_>) -> Result<i64> {
+async fn next_version(tx: &tokio_postgres::Transaction<'_>) -> Result<i64> {
     Ok(tx
         .query_one(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM popgate.policy_versions",
@@ -57,7 +57,7 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 }
 
 /// A version's files as stored (`jsonb`).
-pub(super) fn files_to_json(files: &PolicyFiles) -> Value {
+fn files_to_json(files: &PolicyFiles) -> Value {
     Value::Object(
         files
             .iter()
@@ -67,7 +67,7 @@ pub(super) fn files_to_json(files: &PolicyFiles) -> Value {
 }
 
 /// A version's files read back.
-pub(super) fn files_from_json(doc: Value) -> Result<PolicyFiles> {
+fn files_from_json(doc: Value) -> Result<PolicyFiles> {
     serde_json::from_value(doc).map_err(|_| WarehouseError::Malformed("stored policy files".to_owned()))
 }
 
@@ -244,6 +244,91 @@ impl Warehouse {
             Some(r) => Ok(to_u64(r.get(0))),
             None => Err(WarehouseError::NoActivePolicy),
         }
+    }
+}
+
+impl Warehouse {
+    /// The active policy version and its files, if the store has one.
+    pub async fn active_policy(&self) -> Result<Option<(u64, PolicyFiles)>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT version, files FROM popgate.policy_versions WHERE state = 'active'",
+                &[],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let version: i64 = row.get(0);
+        let files: serde_json::Value = row.get(1);
+        let files = files_from_json(files)?;
+        Ok(Some((u64::try_from(version).unwrap_or_default(), files)))
+    }
+
+    /// Makes `files` version 1 when the store holds no version at all.
+    /// Returns whether it did.
+    pub async fn seed_policy(&self, files: &PolicyFiles, author: &str) -> Result<bool> {
+        let client = self.pool.get().await?;
+        let doc = files_to_json(files);
+        let inserted = client
+            .execute(
+                "INSERT INTO popgate.policy_versions (version, state, files, author, reason, activated_at)
+                 SELECT 1, 'active', $1, $2, 'initial import from the policy directory', now()
+                 WHERE NOT EXISTS (SELECT 1 FROM popgate.policy_versions)
+                 ON CONFLICT DO NOTHING",
+                &[&doc, &author],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+}
+
+impl Warehouse {
+    /// Records `files` as a new active version (the previous one becomes
+    /// superseded) in one transaction, unless they equal the active files.
+    /// Returns the active version afterwards and whether it is new.
+    pub async fn activate_policy(
+        &self,
+        files: &PolicyFiles,
+        author: &str,
+        reason: &str,
+    ) -> Result<(u64, bool)> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
+            .await?;
+        let doc = files_to_json(files);
+        let active = tx
+            .query_opt(
+                "SELECT version, files FROM popgate.policy_versions WHERE state = 'active'",
+                &[],
+            )
+            .await?;
+        if let Some(row) = &active {
+            let current: serde_json::Value = row.get(1);
+            if current == doc {
+                let version: i64 = row.get(0);
+                tx.commit().await?;
+                return Ok((u64::try_from(version).unwrap_or_default(), false));
+            }
+        }
+        let based_on: Option<i64> = active.as_ref().map(|r| r.get(0));
+        let next = next_version(&tx).await?;
+        tx.execute(
+            "UPDATE popgate.policy_versions SET state = 'superseded' WHERE state = 'active'",
+            &[],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO popgate.policy_versions (version, state, files, author, approver, reason, activated_at, based_on)
+             VALUES ($1, 'active', $2, $3, NULL, $4, now(), $5)",
+            &[&next, &doc, &author, &reason, &based_on],
+        )
+        .await?;
+        tx.execute(&format!("NOTIFY {}, '{next}'", CHANNEL), &[]).await?;
+        tx.commit().await?;
+        Ok((u64::try_from(next).unwrap_or_default(), true))
     }
 }
 
