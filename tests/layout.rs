@@ -86,9 +86,43 @@ fn segments(text: &str) -> (Vec<String>, usize) {
     (out, used)
 }
 
+/// The byte ranges of inline `mod NAME { … }` blocks, where `super` means
+/// the file's own module.
+fn inline_modules(code: &str) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(at) = code[from..].find("mod ").map(|i| i + from) {
+        from = at + 4;
+        // `mod $name {` in a macro is an inline module too.
+        let start = from + usize::from(code[from..].starts_with('$'));
+        let (name, used) = segments(&code[start..]);
+        let rest = code[start + used..].trim_start();
+        if name.len() != 1 || !rest.starts_with('{') {
+            continue;
+        }
+        let open = code.len() - rest.len();
+        let mut depth = 0usize;
+        for (i, c) in code[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        out.push(open..open + i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
 /// Every path a file names, from the crate root: `crate::`, `super::`,
 /// `self::`, a child module's name, and the items of `{…}` groups.
 fn paths_named(module: &[String], code: &str, children: &BTreeSet<String>) -> Vec<Vec<String>> {
+    let inline = inline_modules(code);
     let mut found = Vec::new();
     let chars: Vec<(usize, char)> = code.char_indices().collect();
     for (i, &(at, c)) in chars.iter().enumerate() {
@@ -101,6 +135,7 @@ fn paths_named(module: &[String], code: &str, children: &BTreeSet<String>) -> Ve
         let mut base: Vec<String> = match first.as_str() {
             "crate" => Vec::new(),
             "self" => module.to_vec(),
+            "super" if inline.iter().any(|r| r.contains(&at)) => module.to_vec(),
             "super" => module[..module.len().saturating_sub(1)].to_vec(),
             name if children.contains(name) && segs.len() > 1 => module.to_vec(),
             _ => continue,
