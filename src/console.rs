@@ -140,6 +140,11 @@ pub enum AuditCommand {
         #[arg(long)]
         vi: bool,
     },
+    /// The local audit journal of a stopped gateway: inspect it, or salvage a damaged one.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
     /// Recomputes every instance's hash chain and checks the signed checkpoints; exit 0 when whole, else 1 and one line per broken event.
     Verify {
         /// PostgreSQL URL of the warehouse.
@@ -149,6 +154,79 @@ pub enum AuditCommand {
         #[arg(long)]
         trusted_keys: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum JournalCommand {
+    /// Reads the journal and reports its chain and the first damaged frame; exit 0 when it opens, 1 when damaged.
+    Inspect {
+        /// The journal directory (or a demo directory / data_dir holding journal/).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Moves the damaged frame and everything after it into DIR/quarantine-SECONDS/ (nothing is deleted), so that the gateway starts again.
+    Salvage {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn run_journal(command: JournalCommand) -> anyhow::Result<ExitCode> {
+    use crate::audit::salvage;
+    match command {
+        JournalCommand::Inspect { dir } => {
+            let dir = salvage::journal_dir(&dir);
+            let found = salvage::inspect(&dir)?;
+            println!(
+                "{}: {} segment(s), events {}..={} ({} read), last checkpoint at {}",
+                dir.display(),
+                found.segments,
+                found.first_seq,
+                found.head_seq,
+                found.events,
+                found.last_checkpoint_seq
+            );
+            if let Some((path, at, len)) = &found.torn_tail {
+                println!(
+                    "an interrupted write at the end of {} (bytes {at}..{len}) will be cut when the gateway opens the journal",
+                    path.display()
+                );
+            }
+            match found.damage {
+                None => println!("the journal opens"),
+                Some(damage) => {
+                    println!("DAMAGED: {damage}");
+                    println!(
+                        "the gateway will not start on it; `{}` moves it aside",
+                        crate::audit::journal::salvage_command(&dir)
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        JournalCommand::Salvage { dir } => {
+            let dir = salvage::journal_dir(&dir);
+            match salvage::salvage(&dir)? {
+                None => println!("{}: nothing is damaged; nothing moved", dir.display()),
+                Some(s) => {
+                    println!("damaged: {}", s.damage);
+                    println!(
+                        "moved {} byte(s) of that segment and {} later segment(s) to {}",
+                        s.bytes,
+                        s.later_segments,
+                        s.quarantine.display()
+                    );
+                    println!(
+                        "the journal now ends at event {}; the next event continues the chain there. If the warehouse \
+                         already holds events after {} for this instance, the shipper will refuse to deliver: start \
+                         the instance with a new instance_id, and keep the quarantine as evidence",
+                        s.head_seq, s.head_seq
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn run_admin(console: &ConsoleArgs, command: AdminCommand) -> anyhow::Result<ExitCode> {
@@ -402,6 +480,7 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
                 print_table(&headers, &rows);
             }
         }
+        AuditCommand::Journal { command } => return run_journal(command),
         AuditCommand::Verify {
             warehouse,
             trusted_keys,

@@ -24,7 +24,7 @@ use crate::api::status::GatewayStatus;
 use crate::api::Api;
 use crate::audit::checkpoint::Signer;
 use crate::audit::event::{AuditEvent, EventKind, Pseudonymiser};
-use crate::audit::journal::{Journal, JournalSettings};
+use crate::audit::journal::{Journal, JournalLock, JournalSettings};
 use crate::audit::shipper::{Shipper, ShipperSettings};
 use crate::auth::token::TokenVerifier;
 use crate::config::Config;
@@ -224,6 +224,10 @@ async fn warehouse_and_policy(config: &Config) -> anyhow::Result<Prepared> {
 }
 
 async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Gateway> {
+    // One process per journal: refuse before touching anything else (an
+    // embedded warehouse above all, which the other process is using).
+    let journal_dir = config.audit.journal_dir(&config.gateway.data_dir);
+    let journal_lock = JournalLock::acquire(&journal_dir)?;
     let Prepared {
         warehouse,
         url,
@@ -274,8 +278,7 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
     let a = &config.audit;
     let signer = Arc::new(Signer::from_file(&a.signing_key)?);
     let pseudonyms = Pseudonymiser::from_file(&a.pseudonym_key)?;
-    let journal_dir = a.journal_dir(&config.gateway.data_dir);
-    let (journal, scan) = Journal::open(
+    let (journal, scan) = Journal::open_locked(
         JournalSettings {
             dir: journal_dir.clone(),
             instance_id: config.gateway.instance_id.clone(),
@@ -287,6 +290,7 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
             fail_writes: options.journal_fail_writes.clone(),
         },
         signer,
+        journal_lock,
     )?;
     tracing::info!(head = scan.head_seq, truncated = scan.truncated_bytes, dir = %journal_dir.display(), "audit journal open");
     let (ship_stop, ship_stop_rx) = watch::channel(false);

@@ -42,6 +42,23 @@ async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
     let ready_path = demo_dir.join("ready.json");
     let ready = wait_for(&ready_path, Duration::from_secs(90)).expect("ready.json appears");
     assert_eq!(ready["pid"], json!(child.id()));
+
+    // A second demo on the same directory refuses to start, and leaves the
+    // first one's journal and PostgreSQL alone (the lookups below prove it).
+    let second = Command::new(env!("CARGO_BIN_EXE_popgate"))
+        .args(["demo", "--population", "50000", "--dir"])
+        .arg(&demo_dir)
+        .current_dir("/")
+        .output()
+        .expect("second demo");
+    assert!(!second.status.success(), "a second demo on one directory started");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("in use by another popgate process"), "{said}");
+    assert_eq!(
+        wait_for(&ready_path, Duration::from_secs(1)).map(|r| r["pid"].clone()),
+        Some(json!(child.id())),
+        "the first demo's ready.json stays"
+    );
     for key in [
         "gateway_url",
         "ops_url",

@@ -17,6 +17,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -289,6 +290,65 @@ pub struct Journal {
     pub state: Arc<JournalState>,
 }
 
+/// Who may read the journal: it holds what was released (names, dates of
+/// birth, addresses in the warehouse records), so its owner only.
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+/// How long opening waits for a lock that the same process is releasing
+/// (a gateway stopped and started again in one process).
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// The exclusive lock on a journal directory: one process per journal.
+/// Held by the journal's writer for as long as it runs.
+#[derive(Debug)]
+pub struct JournalLock {
+    _file: File,
+}
+
+impl JournalLock {
+    /// Takes the lock of the journal directory `dir` (creating it,
+    /// owner-only), or says which process holds it.
+    pub fn acquire(dir: &Path) -> anyhow::Result<JournalLock> {
+        fs::create_dir_all(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))?;
+        JournalLock::acquire_file(&dir.join("LOCK"), "the audit journal", dir)
+    }
+
+    /// Takes the lock file `path`, which guards `what` at `dir`.
+    pub fn acquire_file(path: &Path, what: &str, dir: &Path) -> anyhow::Result<JournalLock> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(FILE_MODE)
+            .open(path)?;
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    let mut holder = String::new();
+                    let _ = file.read_to_string(&mut holder);
+                    anyhow::bail!(
+                        "{what} {} is in use by another popgate process (pid {}): one process per journal; \
+                         give each instance its own data_dir (or audit.journal_dir) and instance_id",
+                        dir.display(),
+                        holder.trim().parse::<u32>().map_or("unknown".to_owned(), |p| p.to_string())
+                    );
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+            }
+        }
+        file.set_len(0)?;
+        file.write_all(std::process::id().to_string().as_bytes())?;
+        Ok(JournalLock { _file: file })
+    }
+}
+
 /// What the scan of an existing journal found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanResult {
@@ -298,6 +358,10 @@ pub struct ScanResult {
     pub truncated_bytes: u64,
     pub last_checkpoint_seq: u64,
 }
+
+/// The file of the journal directory where every signed checkpoint is
+/// appended (JSON Lines): an anchor kept outside the database.
+pub const CHECKPOINT_LOG: &str = "checkpoints.jsonl";
 
 pub fn segment_name(first_seq: u64) -> String {
     format!("seg-{first_seq:020}.log")
@@ -436,30 +500,50 @@ impl FrameReader {
     /// The next whole frame; `Ok(None)` at a clean end, a torn tail or a
     /// corrupt frame (the caller decides whether that is the end).
     pub fn next_frame(&mut self) -> io::Result<Option<(Frame, u64)>> {
+        Ok(match self.read_next()? {
+            ReadFrame::Frame(frame, at) => Some((frame, at)),
+            ReadFrame::End | ReadFrame::Torn | ReadFrame::Corrupt => None,
+        })
+    }
+
+    /// The next frame, or what stands in its place at `self.offset`.
+    pub fn read_next(&mut self) -> io::Result<ReadFrame> {
         let mut head = [0u8; 8];
         match read_full(&mut self.reader, &mut head)? {
-            0 => return Ok(None),
+            0 => return Ok(ReadFrame::End),
             8 => {}
-            _ => return Ok(None),
+            _ => return Ok(ReadFrame::Torn),
         }
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         if len > MAX_FRAME_BYTES {
-            return Ok(None);
+            return Ok(ReadFrame::Corrupt);
         }
         let mut buf = vec![0u8; 8 + len as usize];
         buf[..8].copy_from_slice(&head);
         if read_full(&mut self.reader, &mut buf[8..])? != len as usize {
-            return Ok(None);
+            return Ok(ReadFrame::Torn);
         }
         match decode_frame(&buf) {
             Ok((frame, n)) => {
                 let at = self.offset;
                 self.offset += n as u64;
-                Ok(Some((frame, at)))
+                Ok(ReadFrame::Frame(frame, at))
             }
-            Err(_) => Ok(None),
+            Err(_) => Ok(ReadFrame::Corrupt),
         }
     }
+}
+
+/// What a reader found at its offset.
+#[allow(clippy::large_enum_variant)] // short-lived, as `Frame`
+pub enum ReadFrame {
+    Frame(Frame, u64),
+    /// A clean end of the file.
+    End,
+    /// The file ends inside a frame: an interrupted write.
+    Torn,
+    /// A frame that fails its length bound, checksum or decoding.
+    Corrupt,
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -475,29 +559,93 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(done)
 }
 
-/// Scans the journal in `dir`, truncating what cannot be part of the chain,
-/// and returns where the chain stands.
-pub fn scan(dir: &Path) -> anyhow::Result<ScanResult> {
-    fs::create_dir_all(dir)?;
+/// What reading a journal directory found, changing nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Examined {
+    pub head_seq: u64,
+    pub head_hash: [u8; 32],
+    pub first_seq: u64,
+    pub last_checkpoint_seq: u64,
+    /// Segments, frames and bytes read.
+    pub segments: usize,
+    pub events: u64,
+    /// An interrupted write at the very end of the last segment: the only
+    /// thing opening may cut (segment, where the whole frames end, length).
+    pub torn_tail: Option<(PathBuf, u64, u64)>,
+    /// The first damaged frame, if any: the journal does not open then.
+    pub damage: Option<Damage>,
+}
+
+/// A frame that is not what the writer wrote: opening stops on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub what: String,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at byte {}: {}", self.segment.display(), self.offset, self.what)
+    }
+}
+
+/// Reads the journal in `dir` and says where the chain stands, where a
+/// torn tail is, and where the first damaged frame is.
+pub fn examine(dir: &Path) -> anyhow::Result<Examined> {
     let segments = list_segments(dir)?;
-    let mut head_seq = segments.first().map_or(0, |(first, _)| first - 1);
-    let first_seq = head_seq + 1;
-    let mut head_hash = GENESIS_HASH;
-    let mut hash_known = head_seq == 0;
-    let mut truncated = 0u64;
-    let mut last_checkpoint_seq = 0;
+    let mut out = Examined {
+        head_seq: segments.first().map_or(0, |(first, _)| first - 1),
+        head_hash: GENESIS_HASH,
+        first_seq: 0,
+        last_checkpoint_seq: 0,
+        segments: segments.len(),
+        events: 0,
+        torn_tail: None,
+        damage: None,
+    };
+    out.first_seq = out.head_seq + 1;
+    let mut hash_known = out.head_seq == 0;
     for (i, (first, path)) in segments.iter().enumerate() {
+        let last_segment = i + 1 == segments.len();
         let limit = segments.get(i + 1).map_or(u64::MAX, |(next, _)| *next);
-        if *first != head_seq + 1 {
-            anyhow::bail!(
-                "the audit journal has a gap before {} (expected sequence {}); refusing to continue the chain",
-                path.display(),
-                head_seq + 1
-            );
+        let damage = |offset: u64, what: String| Damage {
+            segment: path.clone(),
+            offset,
+            what,
+        };
+        if *first != out.head_seq + 1 {
+            out.damage = Some(damage(
+                0,
+                format!(
+                    "the segment starts at sequence {first}, but the chain continues at {}: segments are missing",
+                    out.head_seq + 1
+                ),
+            ));
+            return Ok(out);
         }
         let mut reader = FrameReader::open(path)?;
-        let mut good_end = 0u64;
-        while let Some((frame, at)) = reader.next_frame()? {
+        loop {
+            let at = reader.offset;
+            let frame = match reader.read_next()? {
+                ReadFrame::Frame(frame, _) => frame,
+                ReadFrame::End => break,
+                ReadFrame::Torn if last_segment => {
+                    out.torn_tail = Some((path.clone(), at, fs::metadata(path)?.len()));
+                    break;
+                }
+                ReadFrame::Torn => {
+                    out.damage = Some(damage(at, "the segment ends inside a frame, and a later segment follows".into()));
+                    return Ok(out);
+                }
+                ReadFrame::Corrupt => {
+                    out.damage = Some(damage(
+                        at,
+                        "the frame fails its checksum or cannot be read (a flipped bit, a bad sector, an edit)".into(),
+                    ));
+                    return Ok(out);
+                }
+            };
             match frame {
                 Frame::Event {
                     event,
@@ -506,42 +654,80 @@ pub fn scan(dir: &Path) -> anyhow::Result<ScanResult> {
                     ..
                 } => {
                     let prev = unhex32(&prev_hash);
-                    let linked = event.seq == head_seq + 1
+                    let linked = event.seq == out.head_seq + 1
                         && event.seq < limit
-                        && (!hash_known || prev == Some(head_hash))
+                        && (!hash_known || prev == Some(out.head_hash))
                         && prev.is_some_and(|p| hex(&chain_hash(&p, &event.canonical())) == hash);
                     if !linked {
-                        let _ = at;
-                        break;
+                        out.damage = Some(damage(
+                            at,
+                            format!(
+                                "event {} does not continue the chain after event {}",
+                                event.seq, out.head_seq
+                            ),
+                        ));
+                        return Ok(out);
                     }
-                    head_seq = event.seq;
-                    head_hash = unhex32(&hash).unwrap_or(GENESIS_HASH);
+                    out.head_seq = event.seq;
+                    out.head_hash = unhex32(&hash).unwrap_or(GENESIS_HASH);
+                    out.events += 1;
                     hash_known = true;
                 }
                 Frame::Checkpoint(cp) => {
-                    if cp.seq != head_seq || cp.head_hash != hex(&head_hash) {
-                        break;
+                    if cp.seq != out.head_seq || cp.head_hash != hex(&out.head_hash) {
+                        out.damage = Some(damage(
+                            at,
+                            format!("a checkpoint of sequence {} does not match the chain", cp.seq),
+                        ));
+                        return Ok(out);
                     }
-                    last_checkpoint_seq = cp.seq;
+                    out.last_checkpoint_seq = cp.seq;
                 }
             }
-            good_end = reader.offset;
-        }
-        let len = fs::metadata(path)?.len();
-        if len > good_end {
-            let f = OpenOptions::new().write(true).open(path)?;
-            f.set_len(good_end)?;
-            f.sync_all()?;
-            truncated += len - good_end;
-            tracing::warn!(segment = %path.display(), bytes = len - good_end, "truncated the journal's torn tail");
         }
     }
+    Ok(out)
+}
+
+/// The command that moves a damaged journal's tail aside.
+pub fn salvage_command(dir: &Path) -> String {
+    format!("popgate audit journal salvage --dir {}", dir.display())
+}
+
+/// Opens the journal in `dir` for writing: only an interrupted write at
+/// the very end may be cut; any other damage stops here, with the place
+/// and the recovery command, and nothing after it is touched.
+pub fn scan(dir: &Path) -> anyhow::Result<ScanResult> {
+    fs::create_dir_all(dir)?;
+    // Journals written before files were owner-only become so.
+    for (_, path) in list_segments(dir)? {
+        fs::set_permissions(&path, fs::Permissions::from_mode(FILE_MODE))?;
+    }
+    let found = examine(dir)?;
+    if let Some(damage) = &found.damage {
+        anyhow::bail!(
+            "the audit journal is damaged: {damage}. popgate does not start on a damaged journal, \
+             because the events after this point would be lost. Inspect it with \
+             `popgate audit journal inspect --dir {dir}`; `{salvage}` moves the damaged frame and \
+             everything after it aside (docs/audit.md, \"A damaged journal\")",
+            dir = dir.display(),
+            salvage = salvage_command(dir),
+        );
+    }
+    let mut truncated = 0;
+    if let Some((path, good_end, len)) = &found.torn_tail {
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(*good_end)?;
+        f.sync_all()?;
+        truncated = len - good_end;
+        tracing::warn!(segment = %path.display(), bytes = truncated, "cut an interrupted write at the journal's end");
+    }
     Ok(ScanResult {
-        head_seq,
-        head_hash,
-        first_seq,
+        head_seq: found.head_seq,
+        head_hash: found.head_hash,
+        first_seq: found.first_seq,
         truncated_bytes: truncated,
-        last_checkpoint_seq,
+        last_checkpoint_seq: found.last_checkpoint_seq,
     })
 }
 
@@ -560,11 +746,24 @@ struct Writer {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     checkpoint_log: Mutex<Option<File>>,
+    /// Released when the writer stops.
+    _lock: JournalLock,
 }
 
 impl Journal {
-    /// Opens (scanning and repairing) the journal and starts its writer.
+    /// Locks the journal directory, opens (scanning and repairing) the
+    /// journal and starts its writer.
     pub fn open(settings: JournalSettings, signer: Arc<Signer>) -> anyhow::Result<(Journal, ScanResult)> {
+        let lock = JournalLock::acquire(&settings.dir)?;
+        Journal::open_locked(settings, signer, lock)
+    }
+
+    /// As [`Journal::open`], with the directory's lock already taken.
+    pub fn open_locked(
+        settings: JournalSettings,
+        signer: Arc<Signer>,
+        lock: JournalLock,
+    ) -> anyhow::Result<(Journal, ScanResult)> {
         let scan = scan(&settings.dir)?;
         let epoch = Instant::now();
         let state = Arc::new(JournalState {
@@ -579,7 +778,8 @@ impl Journal {
         let checkpoint_log = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(settings.dir.join("checkpoints.jsonl"))
+            .mode(FILE_MODE)
+            .open(settings.dir.join(CHECKPOINT_LOG))
             .ok();
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = Writer {
@@ -591,6 +791,7 @@ impl Journal {
             since_checkpoint: scan.head_seq - scan.last_checkpoint_seq.min(scan.head_seq),
             last_checkpoint: Instant::now(),
             checkpoint_log: Mutex::new(checkpoint_log),
+            _lock: lock,
             settings,
         };
         let interval = writer.settings.checkpoint_interval;
@@ -813,6 +1014,7 @@ impl Writer {
                 .create(true)
                 .truncate(true)
                 .write(true)
+                .mode(FILE_MODE)
                 .open(&path)?;
             File::open(&self.settings.dir)?.sync_all()?;
             self.segment = Some(Segment { file, len: 0 });
@@ -842,7 +1044,7 @@ impl Writer {
         if let Some(file) = guard.as_mut() {
             let line = serde_json::to_string(cp).unwrap_or_default();
             if writeln!(file, "{line}").and_then(|_| file.sync_data()).is_err() {
-                tracing::warn!("cannot append to checkpoints.jsonl");
+                tracing::warn!("cannot append to {CHECKPOINT_LOG}");
             }
         }
     }

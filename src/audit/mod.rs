@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod event;
 pub mod journal;
 pub mod record;
+pub mod salvage;
 pub mod shipper;
 pub mod verify;
 

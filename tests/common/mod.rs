@@ -54,6 +54,8 @@ pub struct TestEnv {
     pub sim_addr: SocketAddr,
     simulator: RunningSimulator,
     pub gateway: Option<Gateway>,
+    /// The config the gateway runs with.
+    pub config: Config,
 }
 
 pub fn policies_dir() -> PathBuf {
@@ -103,6 +105,7 @@ impl TestEnv {
             sim_addr: simulator.addr,
             simulator,
             gateway: Some(gateway),
+            config,
         }
     }
 
