@@ -41,7 +41,8 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     let dir = std::fs::canonicalize(&opts.dir)?;
     // One demo per directory: a second one would share the first one's
     // journal and PostgreSQL cluster.
-    let _lock = crate::audit::journal::JournalLock::acquire_file(&dir.join("demo.lock"), "the demo directory", &dir)?;
+    let _lock =
+        crate::audit::journal::JournalLock::acquire_file(&dir.join("demo.lock"), "the demo directory", &dir)?;
     let policies = policy_dir(opts.policies.as_deref(), &dir)?;
     let layout = PkiLayout::new(dir.join("certs"));
     if !layout.is_complete() {

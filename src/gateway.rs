@@ -72,6 +72,8 @@ pub struct Gateway {
     policy_dir: std::path::PathBuf,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    in_flight: crate::api::InFlight,
+    drain_timeout: Duration,
     ship_stop: watch::Sender<bool>,
     shipper_task: Option<JoinHandle<()>>,
     embedded: Option<EmbeddedPostgres>,
@@ -150,6 +152,12 @@ impl Gateway {
         let _ = self.shutdown.send(true);
         for task in self.tasks.drain(..) {
             let _ = task.await;
+        }
+        // Pipelines whose clients left run on to their outcome events.
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        let running = self.in_flight.drained(deadline).await;
+        if running > 0 {
+            tracing::warn!(running, "stopping with request pipelines still running");
         }
         // Every answer given is journaled; anchor the head, then deliver.
         self.journal.checkpoint().await;
@@ -327,7 +335,9 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
         .as_deref()
         .map(crate::audit::verify::load_trusted_keys)
         .transpose()?;
+    let in_flight = crate::api::InFlight::default();
     let api = Arc::new(Api {
+        in_flight: in_flight.clone(),
         policy: policy.clone(),
         tokens: tokens.clone(),
         limits: rate_limits.clone(),
@@ -415,6 +425,8 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
         policy_dir: config.gateway.policies.clone(),
         shutdown,
         tasks,
+        in_flight,
+        drain_timeout: config.limits.drain_timeout,
         ship_stop,
         shipper_task: Some(shipper_task),
         embedded,

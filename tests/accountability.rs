@@ -6,6 +6,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 
 use common::TestEnv;
+use rand::SeedableRng;
 use serde_json::json;
 
 const LOOKUP: &str = "/v1/citizens/lookup";
@@ -18,7 +19,8 @@ fn mode(path: &std::path::Path) -> u32 {
 async fn the_journal_is_readable_by_its_owner_only_and_has_one_process() {
     let env = TestEnv::start().await;
     let id = env.citizen(true).personal_id().as_str().to_owned();
-    let body = json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-1"}).to_string();
+    let body =
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-1"}).to_string();
     let r = env.call("mot-cua", LOOKUP, &body).await;
     assert_eq!(r.status, 200, "{}", r.body);
     env.settle().await;
@@ -36,7 +38,10 @@ async fn the_journal_is_readable_by_its_owner_only_and_has_one_process() {
 
     // A second gateway on the same journal refuses to start ...
     let second = popgate::gateway::Gateway::start(&env.config).await;
-    let error = format!("{:#}", second.err().expect("a second gateway on one journal started"));
+    let error = format!(
+        "{:#}",
+        second.err().expect("a second gateway on one journal started")
+    );
     assert!(error.contains("in use by another popgate process"), "{error}");
     // ... and the first one serves on, its warehouse untouched.
     let r = env.call("mot-cua", LOOKUP, &body).await;
@@ -68,7 +73,8 @@ fn popgate(args: &[&str]) -> (bool, String) {
 async fn a_flipped_bit_inside_the_journal_stops_the_start_until_it_is_salvaged() {
     let mut env = TestEnv::start().await;
     let id = env.citizen(true).personal_id().as_str().to_owned();
-    let body = json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-1"}).to_string();
+    let body =
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-1"}).to_string();
     for _ in 0..10 {
         assert_eq!(env.call("mot-cua", LOOKUP, &body).await.status, 200);
     }
@@ -85,9 +91,15 @@ async fn a_flipped_bit_inside_the_journal_stops_the_start_until_it_is_salvaged()
     let mut torn = whole.clone();
     torn.extend_from_slice(&whole[..40]);
     std::fs::write(&segment, &torn).expect("write");
-    let gateway = popgate::gateway::Gateway::start(&env.config).await.expect("starts past a torn tail");
+    let gateway = popgate::gateway::Gateway::start(&env.config)
+        .await
+        .expect("starts past a torn tail");
     gateway.stop().await;
-    assert_eq!(std::fs::read(&segment).expect("segment"), whole, "only the torn tail was cut");
+    assert_eq!(
+        std::fs::read(&segment).expect("segment"),
+        whole,
+        "only the torn tail was cut"
+    );
 
     // One flipped bit in a frame in the middle: the gateway refuses to start
     // and says where, and what to do.
@@ -103,11 +115,18 @@ async fn a_flipped_bit_inside_the_journal_stops_the_start_until_it_is_salvaged()
     assert!(error.contains(&name), "{error}");
     assert!(error.contains(&format!("at byte {at}")), "{error}");
     assert!(error.contains("popgate audit journal salvage --dir"), "{error}");
-    assert_eq!(std::fs::read(&segment).expect("segment"), flipped, "nothing was cut");
+    assert_eq!(
+        std::fs::read(&segment).expect("segment"),
+        flipped,
+        "nothing was cut"
+    );
 
     let dir = journal.to_str().expect("path");
     let (ok, said) = popgate(&["audit", "journal", "inspect", "--dir", dir]);
-    assert!(!ok && said.contains("DAMAGED") && said.contains(&format!("at byte {at}")), "{said}");
+    assert!(
+        !ok && said.contains("DAMAGED") && said.contains(&format!("at byte {at}")),
+        "{said}"
+    );
     let (ok, said) = popgate(&["audit", "journal", "salvage", "--dir", dir]);
     assert!(ok && said.contains("moved"), "{said}");
     let quarantined: Vec<_> = std::fs::read_dir(&journal)
@@ -116,7 +135,9 @@ async fn a_flipped_bit_inside_the_journal_stops_the_start_until_it_is_salvaged()
         .filter(|e| e.file_name().to_string_lossy().starts_with("quarantine-"))
         .collect();
     assert_eq!(quarantined.len(), 1, "the damaged tail is kept aside");
-    let kept = std::fs::read_dir(quarantined[0].path()).expect("quarantine").count();
+    let kept = std::fs::read_dir(quarantined[0].path())
+        .expect("quarantine")
+        .count();
     assert_eq!(kept, 1, "the damaged segment's tail");
     let (ok, said) = popgate(&["audit", "journal", "inspect", "--dir", dir]);
     assert!(ok && said.contains("the journal opens"), "{said}");
@@ -126,4 +147,118 @@ async fn a_flipped_bit_inside_the_journal_stops_the_start_until_it_is_salvaged()
             .expect("starts once salvaged"),
     );
     env.stop().await;
+}
+
+/// Sends `body` to the lookup over a fresh connection, then goes away
+/// after `wait` without reading the answer.
+async fn ask_and_leave(env: &TestEnv, body: &str, wait: std::time::Duration) {
+    use tokio::io::AsyncWriteExt;
+    let token = env.token("mot-cua", "officer-1");
+    let mut tls = env.raw_tls("mot-cua", b"http/1.1").await;
+    let request = format!(
+        "POST {LOOKUP} HTTP/1.1\r\nhost: popgate\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await.expect("write");
+    tls.flush().await.expect("flush");
+    tokio::time::sleep(wait).await;
+    // Reset rather than close, as a killed client would.
+    let (tcp, _) = tls.into_inner();
+    let _ = tcp.set_linger(Some(std::time::Duration::ZERO));
+    drop(tcp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_question_asked_is_audited_to_its_outcome_whatever_the_client_does() {
+    use rand::Rng;
+    let faults = popgate::sim::Faults {
+        latency: std::time::Duration::from_millis(15),
+        jitter: std::time::Duration::from_millis(10),
+        ..Default::default()
+    };
+    let env = std::sync::Arc::new(
+        TestEnv::start_on_faulty_link(faults, |_, c| c.rate_limits.scale = 100.0, Default::default()).await,
+    );
+    let id = env.citizen(true).personal_id().as_str().to_owned();
+    let body =
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-1"}).to_string();
+    let mut clients = Vec::new();
+    for worker in 0..10 {
+        let (env, body) = (env.clone(), body.clone());
+        clients.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(worker);
+            for _ in 0..10 {
+                // From at once (before the answer) to after it.
+                let wait = std::time::Duration::from_millis(rng.gen_range(0..45));
+                ask_and_leave(&env, &body, wait).await;
+            }
+        }));
+    }
+    for c in clients {
+        c.await.expect("client");
+    }
+    // Pipelines run on after their clients are gone: wait for them.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    env.settle().await;
+    let db = env.admin_db().await;
+    let rows = db
+        .query(
+            "SELECT audit_id::text, body->>'kind', decision, body->>'intent_id' FROM popgate.audit_events
+             WHERE app_id = 'mot-cua'",
+            &[],
+        )
+        .await
+        .expect("events");
+    let intents: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, Option<String>>(1).as_deref() == Some("intent"))
+        .map(|r| r.get(0))
+        .collect();
+    let outcomes: Vec<(String, String, Option<String>)> = rows
+        .iter()
+        .filter(|r| r.get::<_, Option<String>>(1).as_deref() == Some("outcome"))
+        .map(|r| (r.get(0), r.get(2), r.get(3)))
+        .collect();
+    assert!(intents.len() >= 50, "{} questions asked of 100", intents.len());
+    for intent in &intents {
+        assert!(
+            outcomes
+                .iter()
+                .any(|(_, _, of)| of.as_deref() == Some(intent.as_str())),
+            "intent {intent} has no outcome"
+        );
+    }
+    let abandoned = outcomes.iter().filter(|(_, d, _)| d == "abandoned").count();
+    let granted: Vec<&String> = outcomes
+        .iter()
+        .filter(|(_, d, _)| d == "granted")
+        .map(|(a, _, _)| a)
+        .collect();
+    assert!(abandoned > 0, "no client left before its answer: {outcomes:?}");
+    // What was released is in the warehouse; what was abandoned is not.
+    for audit_id in &granted {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM popgate.citizen_records WHERE audit_id = $1::text::uuid",
+                &[audit_id],
+            )
+            .await
+            .expect("records")
+            .get(0);
+        assert_eq!(n, 1, "granted {audit_id} has no warehouse record");
+    }
+    let abandoned_records: i64 = db
+        .query_one(
+            "SELECT count(*) FROM popgate.citizen_records r JOIN popgate.audit_events e ON e.audit_id = r.audit_id
+             WHERE e.decision = 'abandoned'",
+            &[],
+        )
+        .await
+        .expect("records")
+        .get(0);
+    assert_eq!(abandoned_records, 0);
+    match std::sync::Arc::try_unwrap(env) {
+        Ok(env) => env.stop().await,
+        Err(_) => panic!("the test still holds the environment"),
+    }
 }

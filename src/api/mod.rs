@@ -14,6 +14,7 @@ pub mod problem;
 pub mod request;
 pub mod status;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,13 +55,81 @@ pub struct Api {
     pub citizens: CitizensApi,
     pub admin: AdminApi,
     pub audit: AuditApi,
+    /// Pipelines still running (the gateway's stop waits for them).
+    pub in_flight: InFlight,
+}
+
+/// Counts the request pipelines that are running, so that a stopping
+/// gateway can wait for their outcome events before it closes the journal.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+/// Held by one running pipeline.
+pub struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl InFlight {
+    pub fn enter(&self) -> Running {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        Running(self.0.clone())
+    }
+
+    /// Waits until no pipeline runs, or `deadline`; returns how many still do.
+    pub async fn drained(&self, deadline: tokio::time::Instant) -> usize {
+        loop {
+            let running = self.0.load(Ordering::Acquire);
+            if running == 0 || tokio::time::Instant::now() >= deadline {
+                return running;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Api {
     /// Entry point for every request on the mTLS listener. Every request is
     /// audited; its answer is released only once the outcome event is
     /// durable, else the caller gets 503 and nothing else.
+    ///
+    /// The pipeline runs in a task of its own: a client that goes away
+    /// drops this future (hyper does so when the connection closes), never
+    /// the pipeline, which runs on to its outcome event — `abandoned` when
+    /// the client left before the answer.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
+        let (present, client) = tokio::sync::oneshot::channel::<std::convert::Infallible>();
+        let in_flight = self.in_flight.enter();
+        let pipeline = tokio::spawn(async move {
+            let _in_flight = in_flight;
+            self.serve(req, peer, client).await
+        });
+        let resp = pipeline.await;
+        drop(present);
+        match resp {
+            Ok(resp) => resp,
+            Err(error) => {
+                tracing::error!(%error, "request pipeline failed");
+                let request_id = uuid::Uuid::now_v7().to_string();
+                finish(
+                    problem_response(&ApiError::AuditUnavailable, &request_id, None),
+                    &request_id,
+                )
+            }
+        }
+    }
+
+    /// The whole life of one request; `client` closes when the client has
+    /// gone.
+    async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Arc<Peer>,
+        mut client: tokio::sync::oneshot::Receiver<std::convert::Infallible>,
+    ) -> Response<Body> {
         let started = std::time::Instant::now();
         let mut trail = Trail {
             audit_id: uuid::Uuid::now_v7().to_string(),
@@ -82,7 +151,7 @@ impl Api {
                 }
             }
         };
-        let (resp, decision, reason) = match result {
+        let (resp, mut decision, mut reason) = match result {
             Ok(resp) => (resp, "granted", None),
             Err(e) => {
                 let decision = match e.status() {
@@ -96,6 +165,21 @@ impl Api {
                 )
             }
         };
+        // The client left before the answer: nothing is released to anyone.
+        let abandoned = matches!(
+            client.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        );
+        if abandoned {
+            decision = "abandoned";
+            reason = Some(match reason {
+                Some(r) => format!("the client left before the answer (which would have been: {r})"),
+                None => "the client left before the answer".to_owned(),
+            });
+            trail.released.clear();
+            trail.released_digest = None;
+            trail.warehouse = None;
+        }
         let kind = if trail.console {
             EventKind::Admin
         } else {
@@ -103,6 +187,7 @@ impl Api {
         };
         let mut event = trail.event(kind, &trail.audit_id, decision, reason);
         event.http_status = Some(resp.status().as_u16());
+        event.http_status = event.http_status.filter(|_| !abandoned);
         event.released_digest = trail
             .released_digest
             .take()

@@ -337,7 +337,10 @@ impl JournalLock {
                         "{what} {} is in use by another popgate process (pid {}): one process per journal; \
                          give each instance its own data_dir (or audit.journal_dir) and instance_id",
                         dir.display(),
-                        holder.trim().parse::<u32>().map_or("unknown".to_owned(), |p| p.to_string())
+                        holder
+                            .trim()
+                            .parse::<u32>()
+                            .map_or("unknown".to_owned(), |p| p.to_string())
                     );
                 }
                 Err(fs::TryLockError::Error(e)) => return Err(e.into()),
@@ -586,7 +589,13 @@ pub struct Damage {
 
 impl std::fmt::Display for Damage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} at byte {}: {}", self.segment.display(), self.offset, self.what)
+        write!(
+            f,
+            "{} at byte {}: {}",
+            self.segment.display(),
+            self.offset,
+            self.what
+        )
     }
 }
 
@@ -635,7 +644,10 @@ pub fn examine(dir: &Path) -> anyhow::Result<Examined> {
                     break;
                 }
                 ReadFrame::Torn => {
-                    out.damage = Some(damage(at, "the segment ends inside a frame, and a later segment follows".into()));
+                    out.damage = Some(damage(
+                        at,
+                        "the segment ends inside a frame, and a later segment follows".into(),
+                    ));
                     return Ok(out);
                 }
                 ReadFrame::Corrupt => {

@@ -59,8 +59,11 @@ pub fn salvage(dir: &Path) -> anyhow::Result<Option<Salvaged>> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let bytes = fs::read(&damage.segment).with_context(|| format!("cannot read {}", damage.segment.display()))?;
-    let cut = usize::try_from(damage.offset).unwrap_or(bytes.len()).min(bytes.len());
+    let bytes =
+        fs::read(&damage.segment).with_context(|| format!("cannot read {}", damage.segment.display()))?;
+    let cut = usize::try_from(damage.offset)
+        .unwrap_or(bytes.len())
+        .min(bytes.len());
     let tail = quarantine.join(format!("{name}.from-byte-{}", damage.offset));
     fs::write(&tail, &bytes[cut..])?;
     fs::set_permissions(&tail, fs::Permissions::from_mode(0o600))?;

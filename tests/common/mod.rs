@@ -83,10 +83,19 @@ impl TestEnv {
         prepare: impl FnOnce(&DevPki, &mut Config),
         options: StartOptions,
     ) -> TestEnv {
+        Self::start_on_faulty_link(Faults::default(), prepare, options).await
+    }
+
+    /// Starts with a simulator that misbehaves as `faults` says.
+    pub async fn start_on_faulty_link(
+        faults: Faults,
+        prepare: impl FnOnce(&DevPki, &mut Config),
+        options: StartOptions,
+    ) -> TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = pki::init(&dir.path().join("certs"), SAMPLE_APPS, false).expect("pki");
         let l = &pki.layout;
-        let simulator = Simulator::spawn(&sim_settings(Faults::default()), l)
+        let simulator = Simulator::spawn(&sim_settings(faults), l)
             .await
             .expect("simulator");
         let mut config = Config::development(l, simulator.url(), policies_dir(), dir.path().join("data"));
