@@ -164,7 +164,7 @@ async fn ask_and_leave(env: &TestEnv, body: &str, wait: std::time::Duration) {
     tokio::time::sleep(wait).await;
     // Reset rather than close, as a killed client would.
     let (tcp, _) = tls.into_inner();
-    let _ = tcp.set_linger(Some(std::time::Duration::ZERO));
+    let _ = tcp.set_zero_linger();
     drop(tcp);
 }
 
