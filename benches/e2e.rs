@@ -701,7 +701,7 @@ async fn bench(pinned: bool) {
         .iter()
         .map(|id| {
             Bytes::from(
-                serde_json::json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "BENCH"})
+                serde_json::json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000923"})
                     .to_string(),
             )
         })

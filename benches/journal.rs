@@ -43,7 +43,7 @@ fn group_commit(c: &mut Criterion) {
                 let handles: Vec<_> = (0..CONCURRENT)
                     .map(|i| {
                         let j = journal.clone();
-                        tokio::spawn(async move { j.append(event(i), None).await })
+                        tokio::spawn(async move { j.append(event(i), Vec::new()).await })
                     })
                     .collect();
                 for h in handles {

@@ -98,8 +98,8 @@ async fn append(journal: &Journal, first: u64, n: u64) {
         .map(|i| {
             let j = journal.clone();
             tokio::spawn(async move {
-                j.append(sample::intent(i), None).await.expect("intent");
-                j.append(sample::event(i), Some(sample::record(i)))
+                j.append(sample::intent(i), Vec::new()).await.expect("intent");
+                j.append(sample::event(i), vec![sample::record(i)])
                     .await
                     .expect("outcome");
             })

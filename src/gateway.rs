@@ -557,7 +557,7 @@ async fn purge_expired(
                     details: Some(serde_json::json!({ "deleted_records": deleted })),
                     ..AuditEvent::new(EventKind::Purge, "purge", "done")
                 };
-                if let Err(error) = journal.append(event, None).await {
+                if let Err(error) = journal.append(event, Vec::new()).await {
                     tracing::error!(%error, deleted, "purge done but its audit event could not be written");
                 }
             }

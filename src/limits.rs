@@ -20,8 +20,6 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 
-use crate::personal_id::PersonalId;
-
 type Keyed<C> = RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 /// Per-grant limiters by "app␟purpose", with the per-minute rate each was built for.
@@ -182,13 +180,15 @@ impl<C: Clock + Clone> RateLimits<C> {
 
     /// Counts `citizen` against the officer's hourly cap of distinct
     /// citizens; looking the same citizen up again costs nothing.
-    pub fn check_distinct(&self, app: &str, officer: &str, citizen: &PersonalId) -> Result<(), Limited> {
+    /// Counts `citizen` (the person's pseudonym) among the distinct people
+    /// `officer` of `app` saw this hour; refused past the cap.
+    pub fn check_distinct(&self, app: &str, officer: &str, citizen: &str) -> Result<(), Limited> {
         let cap = scaled(
             self.settings.distinct_citizens_per_officer_per_hour,
             self.settings.scale,
         )
         .get() as usize;
-        let digest = Sha256::digest(citizen.as_str().as_bytes());
+        let digest = Sha256::digest(citizen.as_bytes());
         let mut short = [0u8; 16];
         short.copy_from_slice(&digest[..16]);
         let now = self.clock.now();
@@ -254,8 +254,8 @@ mod tests {
         }
     }
 
-    fn id(n: u32) -> PersonalId {
-        PersonalId::compose(79, crate::personal_id::Sex::Male, 1980, n)
+    fn id(n: u32) -> String {
+        format!("pseudonym-{n}")
     }
 
     #[test]

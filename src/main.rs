@@ -280,6 +280,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             return Ok(match popgate::policy::load_dir(&path, province) {
                 Ok(set) => {
+                    let files = popgate::policy::read_dir(&path).unwrap_or_default();
+                    for warning in popgate::policy::warnings(&files) {
+                        println!("{}/{warning}", path.display());
+                    }
                     println!(
                         "{}: valid ({} apps, {} fields, {} purposes)",
                         path.display(),

@@ -20,7 +20,8 @@ async fn the_journal_is_readable_by_its_owner_only_and_has_one_process() {
     let env = TestEnv::start().await;
     let id = env.citizen(true).personal_id().as_str().to_owned();
     let body =
-        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-1"}).to_string();
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000907"})
+            .to_string();
     let r = env.call("mot-cua", LOOKUP, &body).await;
     assert_eq!(r.status, 200, "{}", r.body);
     env.settle().await;
@@ -74,7 +75,8 @@ async fn a_flipped_bit_inside_the_journal_stops_the_start_until_it_is_salvaged()
     let mut env = TestEnv::start().await;
     let id = env.citizen(true).personal_id().as_str().to_owned();
     let body =
-        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-1"}).to_string();
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000907"})
+            .to_string();
     for _ in 0..10 {
         assert_eq!(env.call("mot-cua", LOOKUP, &body).await.status, 200);
     }
@@ -181,7 +183,8 @@ async fn every_question_asked_is_audited_to_its_outcome_whatever_the_client_does
     );
     let id = env.citizen(true).personal_id().as_str().to_owned();
     let body =
-        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-1"}).to_string();
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000907"})
+            .to_string();
     let mut clients = Vec::new();
     for worker in 0..10 {
         let (env, body) = (env.clone(), body.clone());

@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 const LOOKUP: &str = "/v1/citizens/lookup";
 
 fn lookup(id: &str) -> String {
-    json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-AUDIT"}).to_string()
+    json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000916"})
+        .to_string()
 }
 
 fn trusted(env: &TestEnv) -> TrustedKeys {

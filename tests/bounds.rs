@@ -119,7 +119,9 @@ async fn a_request_that_takes_too_long_is_ended_with_503() {
     .await;
     let id = env.citizen(true).personal_id().as_str().to_owned();
     let started = Instant::now();
-    let body = json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "T"}).to_string();
+    let body =
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000913"})
+            .to_string();
     let r = env.call("mot-cua", LOOKUP, &body).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.body["type"], "urn:popgate:problem:request-timeout");

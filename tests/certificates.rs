@@ -63,7 +63,8 @@ async fn a_revoked_certificate_is_refused_at_once_even_on_a_live_connection() {
     .await;
     let id = env.citizen(true).personal_id().as_str().to_owned();
     let body =
-        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "C-1"}).to_string();
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000904"})
+            .to_string();
     let client = env.client("mot-cua");
     let token = env.token("mot-cua", "officer-1");
     assert_eq!(
@@ -159,7 +160,8 @@ async fn expired_premature_server_only_and_ca_certificates_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let id = env.citizen(true).personal_id().as_str().to_owned();
     let body =
-        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "C-2"}).to_string();
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000905"})
+            .to_string();
     let token = env.token("mot-cua", "officer-1");
     for (name, params) in cases {
         let issued = ca.issue_as_is(params).expect("issue");

@@ -278,7 +278,8 @@ async fn auditors_search_export_and_answer_a_citizen() {
     let citizen = env.citizen(true);
     let id = citizen.personal_id().as_str().to_owned();
     let lookup =
-        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-55"}).to_string();
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000901"})
+            .to_string();
     let mut granted = Vec::new();
     for _ in 0..3 {
         let r = env.call("mot-cua", LOOKUP, &lookup).await;
@@ -290,7 +291,7 @@ async fn auditors_search_export_and_answer_a_citizen() {
     granted.push(r.body["audit_id"].as_str().expect("id").to_owned());
     // Someone else's lookups and a refusal.
     let other = env.citizen(false);
-    let r = env.call("mot-cua", LOOKUP, &json!({"personal_id": other.personal_id().as_str(), "purpose": "administrative-procedure", "case_ref": "X"}).to_string()).await;
+    let r = env.call("mot-cua", LOOKUP, &json!({"personal_id": other.personal_id().as_str(), "purpose": "administrative-procedure", "case_ref": "HS-2026-000902"}).to_string()).await;
     assert_eq!(r.status, 403);
     env.settle().await;
 
@@ -316,7 +317,7 @@ async fn auditors_search_export_and_answer_a_citizen() {
     // One event by id, with its chain hashes.
     let r = auditor(&env, &format!("/audit/v1/events/{}", granted[0]), None).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.body["case_ref"], "HS-55");
+    assert_eq!(r.body["case_ref"], "HS-2026-000901");
     assert_eq!(r.body["hash"].as_str().map(str::len), Some(64));
 
     // The citizen's report: apps, purposes, fields, labels in Vietnamese; no officer.
@@ -452,7 +453,8 @@ async fn pagination_is_stable_while_events_keep_arriving() {
 async fn role_matrix_separates_duties_and_audits_each_refusal() {
     let env = TestEnv::start().await;
     let id = env.citizen(true).personal_id().as_str().to_owned();
-    let lookup = json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "R"});
+    let lookup =
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000903"});
     let ops: Vec<(&str, Option<Value>, &str)> = vec![
         (LOOKUP, Some(lookup.clone()), "officer"),
         ("/admin/v1/policies", None, "policy-admin"),

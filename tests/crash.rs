@@ -147,7 +147,7 @@ async fn sigkill_under_load_loses_no_audit_event() {
                     let id = sim.population().citizen(index).personal_id().as_str().to_owned();
                     asked.lock().expect("lock").insert(index);
                     let body =
-                        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "K"})
+                        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000920"})
                             .to_string();
                     if let Ok(r) = client.post(&url, Some(&token), &body).await {
                         if let Some(a) = r.body["audit_id"].as_str() {

@@ -113,7 +113,8 @@ async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
     );
     let mut statuses = Vec::new();
     for id in &ids {
-        let body = json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-DEMO"});
+        let body =
+            json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000900"});
         let r = client
             .post(&url, Some(&token), &body.to_string())
             .await

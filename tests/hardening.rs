@@ -41,7 +41,7 @@ async fn json_bombs_are_refused_without_releasing_anything() {
         ),
         (
             format!(
-                r#"{{"personal_id": "{id}", "personal_id": "{id}", "purpose": "administrative-procedure", "case_ref": "D"}}"#
+                r#"{{"personal_id": "{id}", "personal_id": "{id}", "purpose": "administrative-procedure", "case_ref": "HS-2026-000922"}}"#
             ),
             400,
             "duplicate field",

@@ -31,7 +31,9 @@ async fn smuggling_attempts_get_400_and_a_closed_connection() {
     let env = TestEnv::start().await;
     let token = env.token("mot-cua", "officer-1");
     let id = env.citizen(true).personal_id().as_str().to_owned();
-    let body = json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "S"}).to_string();
+    let body =
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000914"})
+            .to_string();
     let head = |extra: &str| {
         format!(
             "POST /v1/citizens/lookup HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\n{extra}"
@@ -183,7 +185,9 @@ async fn slowloris_neither_starves_others_nor_holds_connections() {
     });
     // Meanwhile legitimate requests go through.
     let id = env.citizen(true).personal_id().as_str().to_owned();
-    let body = json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "L"}).to_string();
+    let body =
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000915"})
+            .to_string();
     for _ in 0..10 {
         let started = Instant::now();
         let r = env.call("mot-cua", "/v1/citizens/lookup", &body).await;

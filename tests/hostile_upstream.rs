@@ -159,7 +159,9 @@ async fn a_misbehaving_upstream_gets_clean_audited_errors() {
     )
     .await;
     let id = env.citizen(true).personal_id().as_str().to_owned();
-    let body = json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "U"}).to_string();
+    let body =
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000921"})
+            .to_string();
     // Warm up the client pool and the allocator before counting descriptors.
     env.call("mot-cua", LOOKUP, &body).await;
     let fds_before = open_fds();
@@ -255,7 +257,7 @@ async fn failed_reads_are_retried_once_within_a_budget() {
         popgate::gateway::StartOptions::default(),
     )
     .await;
-    let body = json!({"personal_id": "079203001234", "purpose": "administrative-procedure", "case_ref": "R"})
+    let body = json!({"personal_id": "079203001234", "purpose": "administrative-procedure", "case_ref": "HS-2026-000903"})
         .to_string();
     // The first connection resets; the retry's connection answers.
     let r = env.call("mot-cua", LOOKUP, &body).await;

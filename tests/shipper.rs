@@ -65,9 +65,12 @@ async fn batches_shipped_at_once_commit_in_order() {
     .expect("journal");
     // Forty events, one after another: event n has seq n.
     for i in 0..20 {
-        journal.append(sample::intent(i), None).await.expect("intent");
         journal
-            .append(sample::event(i), Some(sample::record(i)))
+            .append(sample::intent(i), Vec::new())
+            .await
+            .expect("intent");
+        journal
+            .append(sample::event(i), vec![sample::record(i)])
             .await
             .expect("outcome");
     }

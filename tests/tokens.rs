@@ -46,7 +46,8 @@ fn b64(v: &Value) -> String {
 async fn lookup_with(env: &TestEnv, app: &str, token: Option<&str>) -> common::TestResponse {
     let id = env.citizen(true).personal_id().as_str().to_owned();
     let body =
-        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-9"}).to_string();
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000917"})
+            .to_string();
     env.client(app)
         .post(&env.url(LOOKUP), token, &body)
         .await
@@ -197,7 +198,7 @@ async fn roles_and_officer_units_drive_authorisation() {
         .parse()
         .expect("code");
     let body = json!({"personal_id": citizen.personal_id().as_str(), "purpose": "emergency-response",
-                      "case_ref": "SOS-1"})
+                      "case_ref": "HS-2026-000918"})
     .to_string();
     let ioc = env.client("ioc");
     let here = env.token_with("ioc", "ioc-1", &["officer"], Some(ward));
@@ -264,7 +265,8 @@ async fn over_a_rate_limit_is_429_with_retry_after_naming_the_limit() {
         }
     }
     let body =
-        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-10"}).to_string();
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000919"})
+            .to_string();
     let r = env
         .client("mot-cua")
         .post(&env.url(LOOKUP), Some(&other), &body)

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::problem::ApiError;
-use super::request::{parse_json_or_empty, query_param, Caller, Trail};
+use super::request::{check_text, parse_json_or_empty, query_param, Caller, Trail};
 use crate::policy::diff::diff;
 use crate::policy::store::PolicyStore;
 use crate::policy::{self, Operation, PolicyFiles, PolicySet};
@@ -108,6 +108,7 @@ fn reason(text: &str) -> Result<String, ApiError> {
             "reason must be 1 to {MAX_REASON_CHARS} characters"
         )));
     }
+    check_text("reason", t)?;
     Ok(t.to_owned())
 }
 
@@ -162,18 +163,20 @@ impl AdminApi {
             AdminOp::Propose => {
                 let b: ProposeBody = parse_json_or_empty(body, TAKES_PROPOSAL)?;
                 let why = reason(&b.reason)?;
-                for path in b.files.keys().chain(b.delete.iter()) {
+                // File names are the caller's text: named by position, never repeated.
+                for (n, path) in b.files.keys().enumerate() {
                     if !valid_path(path) {
                         return Err(ApiError::InvalidRequest(format!(
-                        "'{path}' is not a policy file: use fields.toml, purposes.toml or apps/NAME.toml (NAME in a-z, 0-9, -)"
+                        "file name {} of 'files' (in sorted order) is not a policy file: use fields.toml, purposes.toml or apps/NAME.toml (NAME in a-z, 0-9, -)",
+                        n + 1
                     )));
                     }
                 }
                 let mut files: PolicyFiles = store.policy_files(policy.version).await?.unwrap_or_default();
-                for path in &b.delete {
-                    if files.remove(path).is_none() {
+                for (n, path) in b.delete.iter().enumerate() {
+                    if !valid_path(path) || files.remove(path).is_none() {
                         return Err(ApiError::InvalidRequest(format!(
-                            "'{path}' is not in the active version; nothing to delete"
+                            "delete[{n}] is not a file of the active version; nothing to delete"
                         )));
                     }
                 }
@@ -194,7 +197,10 @@ impl AdminApi {
                 }));
                 Ok(json_response(
                     StatusCode::CREATED,
-                    &json!({ "version": version, "state": "proposed", "based_on": policy.version }),
+                    &json!({
+                        "version": version, "state": "proposed", "based_on": policy.version,
+                        "warnings": policy::warnings(&files).iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    }),
                 ))
             }
             AdminOp::Approve(version) => {
@@ -286,7 +292,7 @@ impl AdminApi {
 
 fn simulate(policy: &PolicySet, b: &SimulateBody) -> Value {
     let Some(app) = policy.apps.get(&b.app) else {
-        return json!({ "decision": "denied", "reason": format!("no app '{}' in the active policy", b.app) });
+        return json!({ "decision": "denied", "reason": "no app of this id in the policy version simulated" });
     };
     let grant = match policy.authorize(app, std::slice::from_ref(&b.role), b.operation, &b.purpose) {
         Ok(g) => g,

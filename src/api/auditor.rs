@@ -379,7 +379,7 @@ async fn accesses(
     vietnamese: bool,
 ) -> Result<Value, ApiError> {
     let filter = EventFilter {
-        citizen_key: Some(key),
+        citizen_key: Some(key.clone()),
         decision: Some("granted".to_owned()),
         kind: Some("outcome".to_owned()),
         ..EventFilter::default()
@@ -391,7 +391,14 @@ async fn accesses(
             let b = &e.body;
             let app = b["app_id"].as_str().unwrap_or_default();
             let purpose = b["purpose"].as_str().unwrap_or_default();
-            let fields: Vec<Value> = b["fields"]
+            // This citizen's part of the answer: as which person, which
+            // fields (events before subjects were recorded: the citizen).
+            let subject = b["subjects"]
+                .as_array()
+                .and_then(|list| list.iter().find(|s| s["key"].as_str() == Some(key.as_str())));
+            let role = subject.and_then(|s| s["role"].as_str()).unwrap_or("citizen");
+            let fields: Vec<Value> = subject
+                .map_or(&b["fields"], |s| &s["fields"])
                 .as_array()
                 .map(|a| {
                     a.iter()
@@ -414,6 +421,8 @@ async fn accesses(
                 "operation": b["operation"],
                 "purpose": purpose,
                 "case_ref": b["case_ref"],
+                "legal_basis": b["legal_basis"],
+                "role": role,
                 "fields": fields,
                 "audit_id": b["audit_id"],
             });

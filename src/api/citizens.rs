@@ -10,16 +10,17 @@ use std::sync::Arc;
 use http::StatusCode;
 use hyper::Response;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::problem::ApiError;
-use super::request::{parse_json, AuditRecorder, Caller, Trail};
+use super::request::{check_text, parse_json, AuditRecorder, Caller, Trail};
 use super::status::GatewayStatus;
-use crate::audit::event::{digest_hex, EventKind, Pseudonymiser};
-use crate::audit::record::{Released, WarehouseRecord};
+use crate::audit::event::{digest_hex, EventKind, Pseudonymiser, Subject};
+use crate::audit::record::{RecordOf, WarehouseRecord};
 use crate::limits::RateLimits;
 use crate::metrics::{AuditWait, Metrics};
 use crate::personal_id::PersonalId;
+use crate::policy::release::Released;
 use crate::policy::{Denial, Grant, Operation, PolicySet};
 use crate::server::{self, Body};
 use crate::upstream::breaker::CircuitBreaker;
@@ -78,15 +79,16 @@ impl CitizensApi {
             Operation::Lookup | Operation::Household => {
                 let b: LookupBody = parse_json(body, TAKES)?;
                 let pid = self.validate_subject(&b.personal_id, &b.purpose, &b.case_ref, trail)?;
-                let grant = authorize(policy, caller, op, &b.purpose, b.case_ref.as_deref())?;
-                self.check_grant_limits(caller, grant, &pid)?;
+                let grant = authorize(policy, caller, op, &b.purpose, b.case_ref.as_deref(), trail)?;
+                self.check_grant_limits(caller, grant, trail)?;
                 let kind = if op == Operation::Lookup {
                     QueryKind::Lookup
                 } else {
                     QueryKind::Household
                 };
+                let asked = pid.as_str().to_owned();
                 let answer = self.ask_upstream(caller, pid, kind, trail).await?;
-                let (key, released) = release(policy, grant, caller, answer, trail)?;
+                let (key, released) = self.release(policy, grant, caller, &asked, answer, trail)?;
                 Ok(envelope(trail, policy.version, key, &released))
             }
             Operation::Verify => {
@@ -94,8 +96,8 @@ impl CitizensApi {
                 let pid = self.validate_subject(&b.personal_id, &b.purpose, &b.case_ref, trail)?;
                 let full_name = validate_full_name(&b.full_name)?;
                 let date_of_birth = validate_date(&b.date_of_birth)?;
-                let grant = authorize(policy, caller, op, &b.purpose, b.case_ref.as_deref())?;
-                self.check_grant_limits(caller, grant, &pid)?;
+                let grant = authorize(policy, caller, op, &b.purpose, b.case_ref.as_deref(), trail)?;
+                self.check_grant_limits(caller, grant, trail)?;
                 let kind = QueryKind::Verify {
                     full_name,
                     date_of_birth,
@@ -103,6 +105,11 @@ impl CitizensApi {
                 match self.ask_upstream(caller, pid, kind, trail).await? {
                     UpstreamAnswer::Match(m) => {
                         trail.released = vec!["match".to_owned()];
+                        trail.subjects = vec![Subject {
+                            fields: trail.released.clone(),
+                            key: trail.citizen_key.clone(),
+                            role: "citizen".to_owned(),
+                        }];
                         Ok(envelope(trail, policy.version, "match", &Value::Bool(m)))
                     }
                     _ => Err(ApiError::UpstreamFailed),
@@ -131,26 +138,92 @@ impl CitizensApi {
 
     /// The grant's own rate, the officer's distinct-citizen cap, and the
     /// province's quota at the national database, in that order.
-    fn check_grant_limits(
-        &self,
-        caller: &Caller<'_>,
-        grant: &Grant,
-        citizen: &PersonalId,
-    ) -> Result<(), ApiError> {
+    fn check_grant_limits(&self, caller: &Caller<'_>, grant: &Grant, trail: &Trail) -> Result<(), ApiError> {
         let app = &caller.app.id;
         self.limits
             .check_grant(app, &grant.purpose, grant.limits.per_minute)
             .map_err(ApiError::RateLimited)?;
-        self.limits
-            .check_distinct(app, &caller.officer_id, citizen)
-            .map_err(ApiError::RateLimited)?;
+        if let Some(citizen) = &trail.citizen_key {
+            self.limits
+                .check_distinct(app, &caller.officer_id, citizen)
+                .map_err(ApiError::RateLimited)?;
+        }
         self.limits.check_upstream().map_err(ApiError::RateLimited)
+    }
+
+    /// Step: every person of the answer — jurisdiction (the citizen asked
+    /// about refused outside it, other household members withheld), the
+    /// granted fields only, masks applied — recorded as subjects, each
+    /// counted toward the officer's distinct-citizen cap and copied to the
+    /// warehouse as far as the grant allows. Returns the answer's key in the
+    /// envelope and the answer.
+    fn release(
+        &self,
+        policy: &PolicySet,
+        grant: &Grant,
+        caller: &Caller<'_>,
+        asked: &str,
+        answer: UpstreamAnswer,
+        trail: &mut Trail,
+    ) -> Result<(&'static str, Value), ApiError> {
+        let (key, released, as_of) = match answer {
+            UpstreamAnswer::Citizen { record, as_of } => {
+                let mapped = policy.catalog.map_json(&record);
+                let released = policy.release_citizen(grant, mapped, caller.unit);
+                ("citizen", released, as_of)
+            }
+            UpstreamAnswer::Household { head, members, as_of } => {
+                let head = policy.catalog.map_json(&head);
+                let members = members.iter().map(|m| policy.catalog.map_json(m)).collect();
+                let released = policy.release_household(grant, head, members, asked, caller.unit);
+                ("household", released, as_of)
+            }
+            UpstreamAnswer::Match(_) => return Err(ApiError::UpstreamFailed),
+        };
+        let released: Released = released.map_err(ApiError::Denied)?;
+        trail.released = released.fields();
+        let app_id = caller.app.id.clone();
+        let mut subjects = Vec::with_capacity(released.people.len());
+        let mut records = Vec::new();
+        for person in &released.people {
+            let key = person
+                .personal_id
+                .as_deref()
+                .and_then(|id| PersonalId::parse(id, time::OffsetDateTime::now_utc().year()).ok())
+                .map(|id| self.pseudonyms.citizen_key(&id));
+            if let Some(key) = &key {
+                // Each person counts, not each request.
+                self.limits
+                    .check_distinct(&app_id, &caller.officer_id, key)
+                    .map_err(ApiError::RateLimited)?;
+                records.extend(WarehouseRecord::enrich(
+                    policy,
+                    grant,
+                    RecordOf {
+                        citizen_key: key,
+                        app_id: &app_id,
+                        paths: &person.fields,
+                        mapped: &person.mapped,
+                        released: &person.released,
+                        as_of: as_of.clone(),
+                    },
+                ));
+            }
+            subjects.push(Subject {
+                fields: person.fields.clone(),
+                key,
+                role: person.role.as_str().to_owned(),
+            });
+        }
+        trail.subjects = subjects;
+        trail.warehouse = records;
+        Ok((key, released.doc))
     }
 
     /// Appends `event` to the journal and times the wait.
     async fn record(&self, wait: AuditWait, event: crate::audit::event::AuditEvent) -> Result<(), ApiError> {
         self.recorder
-            .record(wait, event, None)
+            .record(wait, event, Vec::new())
             .await
             .map(|_| ())
             .map_err(|e| {
@@ -266,7 +339,7 @@ fn validate_purpose(s: &str) -> Result<(), ApiError> {
             "purpose must name one of the purposes of the policy".into(),
         ));
     }
-    Ok(())
+    check_text("purpose", s)
 }
 
 fn validate_case_ref(s: Option<&str>) -> Result<(), ApiError> {
@@ -277,20 +350,19 @@ fn validate_case_ref(s: Option<&str>) -> Result<(), ApiError> {
         Some(c) if c.chars().count() > MAX_CASE_REF_CHARS => Err(ApiError::InvalidRequest(format!(
             "case_ref must be at most {MAX_CASE_REF_CHARS} characters"
         ))),
-        Some(c) if c.chars().any(char::is_control) => Err(ApiError::InvalidRequest(
-            "case_ref must not contain control characters".into(),
-        )),
-        _ => Ok(()),
+        Some(c) => check_text("case_ref", c),
+        None => Ok(()),
     }
 }
 
 fn validate_full_name(s: &str) -> Result<String, ApiError> {
     let n = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if n.is_empty() || n.chars().count() > MAX_SHORT_TEXT_CHARS || n.chars().any(char::is_control) {
+    if n.is_empty() || n.chars().count() > MAX_SHORT_TEXT_CHARS {
         return Err(ApiError::InvalidRequest(format!(
             "full_name must be 1 to {MAX_SHORT_TEXT_CHARS} characters of text"
         )));
     }
+    check_text("full_name", &n)?;
     Ok(n)
 }
 
@@ -308,73 +380,38 @@ fn authorize<'a>(
     op: Operation,
     purpose: &str,
     case_ref: Option<&str>,
+    trail: &mut Trail,
 ) -> Result<&'a Grant, ApiError> {
     let grant = policy
         .authorize(caller.app, &caller.roles, op, purpose)
         .map_err(ApiError::Denied)?;
+    let defined = policy.purposes.get(&grant.purpose);
+    trail.legal_basis = Some(
+        match (
+            defined.map(|p| p.legal_basis.as_str()),
+            grant.legal_basis.as_deref(),
+        ) {
+            (Some(of_purpose), Some(of_grant)) => format!("{of_purpose}; {of_grant}"),
+            (Some(only), None) | (None, Some(only)) => only.to_owned(),
+            (None, None) => String::new(),
+        },
+    )
+    .filter(|b| !b.is_empty());
     if grant.case_ref_required && case_ref.is_none() {
         return Err(ApiError::InvalidRequest(format!(
             "{}; send the reference of the case this lookup serves",
             Denial::CaseRefRequired(purpose.to_owned())
         )));
     }
-    Ok(grant)
-}
-
-/// Step: jurisdiction, then the granted fields only, masks applied; the
-/// warehouse copy of what the grant allows to store. Returns the answer's
-/// key in the envelope and the answer.
-fn release(
-    policy: &PolicySet,
-    grant: &Grant,
-    caller: &Caller<'_>,
-    answer: UpstreamAnswer,
-    trail: &mut Trail,
-) -> Result<(&'static str, Value), ApiError> {
-    let outside = || ApiError::Denied(Denial::OutsideJurisdiction);
-    match answer {
-        UpstreamAnswer::Citizen { record, as_of } => {
-            let mapped = policy.catalog.map_json(&record);
-            if !policy.within_jurisdiction(grant, &mapped, caller.unit) {
-                return Err(outside());
-            }
-            let (doc, released) = policy.release(grant, &mapped);
-            trail.released = released;
-            trail.warehouse = match (&trail.citizen_key, &trail.app_id) {
-                (Some(citizen_key), Some(app_id)) => WarehouseRecord::enrich(
-                    policy,
-                    grant,
-                    Released {
-                        citizen_key,
-                        app_id,
-                        mapped: &mapped,
-                        released: &doc,
-                        as_of,
-                    },
-                ),
-                _ => None,
-            };
-            Ok(("citizen", Value::Object(doc)))
+    if let (Some(case_ref), Some(pattern)) = (case_ref, defined.and_then(|p| p.case_ref_pattern.as_ref())) {
+        if !pattern.is_match(case_ref) {
+            return Err(ApiError::InvalidRequest(format!(
+                "case_ref does not have the form the purpose '{purpose}' requires (the pattern {} of purposes.toml)",
+                pattern.as_str().trim_start_matches("^(?:").trim_end_matches(")$")
+            )));
         }
-        UpstreamAnswer::Household { head, members, .. } => {
-            let head = policy.catalog.map_json(&head);
-            if !policy.within_jurisdiction(grant, &head, caller.unit) {
-                return Err(outside());
-            }
-            let (head_doc, released) = policy.release(grant, &head);
-            trail.released = released;
-            let members: Vec<Value> = members
-                .iter()
-                .map(|m| Value::Object(policy.release(grant, &policy.catalog.map_json(m)).0))
-                .collect();
-            let household = Map::from_iter([
-                ("head".to_owned(), Value::Object(head_doc)),
-                ("members".to_owned(), Value::Array(members)),
-            ]);
-            Ok(("household", Value::Object(household)))
-        }
-        UpstreamAnswer::Match(_) => Err(ApiError::UpstreamFailed),
     }
+    Ok(grant)
 }
 
 #[cfg(test)]
@@ -390,7 +427,9 @@ mod tests {
         assert!(d.contains("wrong type"), "{d}");
         let e = serde_json::from_slice::<LookupBody>(br#"{"personal_id": "1", "purpose": "x", "extra": 1}"#)
             .expect_err("bad");
-        assert!(super::super::request::describe_json_error(&e, TAKES).starts_with("unknown field `extra`"));
+        let d = super::super::request::describe_json_error(&e, TAKES);
+        assert!(d.starts_with("the body has a key this call does not take"), "{d}");
+        assert!(!d.contains("extra"), "{d}");
         let e = serde_json::from_slice::<LookupBody>(b"{").expect_err("bad");
         assert!(super::super::request::describe_json_error(&e, TAKES).contains("not valid JSON"));
     }
@@ -400,6 +439,7 @@ mod tests {
         assert!(validate_case_ref(Some(&"x".repeat(65))).is_err());
         assert!(validate_case_ref(Some("HS-2026-001")).is_ok());
         assert!(validate_case_ref(Some("a\u{0}")).is_err());
+        assert!(validate_case_ref(Some("HS-\u{202e}1")).is_err());
         assert!(validate_date("2003-02-30").is_err());
         assert!(validate_date("2003-02-28").is_ok());
     }

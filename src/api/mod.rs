@@ -178,7 +178,8 @@ impl Api {
             });
             trail.released.clear();
             trail.released_digest = None;
-            trail.warehouse = None;
+            trail.warehouse.clear();
+            trail.subjects.clear();
         }
         let kind = if trail.console {
             EventKind::Admin
@@ -192,7 +193,7 @@ impl Api {
             .released_digest
             .take()
             .filter(|_| resp.status() == StatusCode::OK);
-        let warehouse = trail.warehouse.take();
+        let warehouse = std::mem::take(&mut trail.warehouse);
         let resp = match self.recorder.record(AuditWait::Outcome, event, warehouse).await {
             Ok(_) => resp,
             Err(e) => {

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::problem::ApiError;
-use crate::audit::event::{AuditEvent, EventKind};
+use crate::audit::event::{AuditEvent, EventKind, Subject};
 use crate::audit::journal::{Appended, Journal, JournalError};
 use crate::audit::WarehouseRecord;
 use crate::auth::token::TokenError;
@@ -89,7 +89,12 @@ pub struct Trail {
     pub upstream_digest: Option<String>,
     pub released: Vec<String>,
     pub released_digest: Option<String>,
-    pub warehouse: Option<WarehouseRecord>,
+    /// What the release relied on (purpose's and grant's legal basis).
+    pub legal_basis: Option<String>,
+    /// Every person the answer carries.
+    pub subjects: Vec<Subject>,
+    /// The warehouse copies, one per released person whose fields may be stored.
+    pub warehouse: Vec<WarehouseRecord>,
 }
 
 impl Trail {
@@ -126,6 +131,8 @@ impl Trail {
             upstream_digest: self.upstream_digest.clone(),
             released_digest: None,
             details: self.details.clone(),
+            legal_basis: self.legal_basis.clone(),
+            subjects: self.subjects.clone(),
         }
     }
 }
@@ -143,7 +150,7 @@ impl AuditRecorder {
         &self,
         wait: AuditWait,
         event: AuditEvent,
-        warehouse: Option<WarehouseRecord>,
+        warehouse: Vec<WarehouseRecord>,
     ) -> Result<Appended, JournalError> {
         let started = std::time::Instant::now();
         let recorded = self.journal.append(event, warehouse).await;
@@ -218,12 +225,13 @@ pub fn describe_json_error(e: &serde_json::Error, takes: &str) -> String {
     let msg = e.to_string();
     let at = format!("line {} column {}", e.line(), e.column());
     match e.classify() {
-        Category::Data
-            if msg.starts_with("unknown field")
-                || msg.starts_with("missing field")
-                || msg.starts_with("duplicate field") =>
-        {
-            // serde names the key (ours or the caller's), never a value.
+        // An unknown key is the caller's text (a personal ID sent as a key
+        // would land in the answer and the audit log): never repeated.
+        Category::Data if msg.starts_with("unknown field") => {
+            format!("the body has a key this call does not take ({at}); {takes}")
+        }
+        Category::Data if msg.starts_with("missing field") || msg.starts_with("duplicate field") => {
+            // serde names one of this call's own keys here, never a value.
             let what = msg.split(" at line").next().unwrap_or(&msg);
             format!("{what}; {takes}")
         }
@@ -231,6 +239,27 @@ pub fn describe_json_error(e: &serde_json::Error, takes: &str) -> String {
         Category::Syntax | Category::Eof => format!("the body is not valid JSON ({at})"),
         Category::Io => "the body could not be read".to_owned(),
     }
+}
+
+/// Characters that reorder or hide text where people read it (auditors'
+/// tables, CSV exports, letters): the Unicode bidirectional controls.
+const BIDI_CONTROLS: &[char] = &[
+    '\u{061c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}',
+    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+];
+
+/// Refuses text with control or bidirectional-control characters; `name`
+/// is the key of the value (ours, never the caller's).
+pub fn check_text(name: &str, value: &str) -> Result<(), ApiError> {
+    if value
+        .chars()
+        .any(|c| c.is_control() || BIDI_CONTROLS.contains(&c))
+    {
+        return Err(ApiError::InvalidRequest(format!(
+            "{name} must not contain control or bidirectional-control characters"
+        )));
+    }
+    Ok(())
 }
 
 /// The value of `name` in a URL query string.

@@ -52,6 +52,10 @@ pub struct AuditEvent {
     /// For an outcome: the audit_id of its intent event, if any.
     pub intent_id: Option<String>,
     pub kind: EventKind,
+    /// What the release relied on: the purpose's legal basis, then the
+    /// grant's own when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal_basis: Option<String>,
     pub officer_id: Option<String>,
     pub officer_unit: Option<String>,
     pub operation: String,
@@ -62,12 +66,29 @@ pub struct AuditEvent {
     pub released_digest: Option<String>,
     pub request_id: String,
     pub seq: u64,
+    /// Every person whose data the answer carried (outcomes of granted
+    /// requests): who, in which role, which fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<Subject>,
     /// RFC 3339 UTC with microseconds.
     pub ts: String,
     /// SHA-256 (hex) of the national database's answer body.
     pub upstream_digest: Option<String>,
     pub upstream_ms: Option<u64>,
     pub upstream_status: Option<String>,
+}
+
+/// One person an answer carried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    /// The released field paths of this person.
+    pub fields: Vec<String>,
+    /// The person's pseudonym; `None` when the record named no valid
+    /// personal ID for them.
+    pub key: Option<String>,
+    /// `citizen`, `head`, `member`, `father`, `mother`, `spouse`,
+    /// `household_head`.
+    pub role: String,
 }
 
 impl AuditEvent {
@@ -87,6 +108,7 @@ impl AuditEvent {
             instance_id: String::new(),
             intent_id: None,
             kind,
+            legal_basis: None,
             officer_id: None,
             officer_unit: None,
             operation: operation.to_owned(),
@@ -96,6 +118,7 @@ impl AuditEvent {
             released_digest: None,
             request_id: uuid::Uuid::now_v7().to_string(),
             seq: 0,
+            subjects: Vec::new(),
             ts: String::new(),
             upstream_digest: None,
             upstream_ms: None,
@@ -227,6 +250,12 @@ mod tests {
         e.details = Some(serde_json::json!({"zeta": [1, {"b": 2, "a": "x"}], "alpha": null}));
         e.intent_id = Some("i".into());
         e.reason = Some("\"quoted\" and ünïcode".into());
+        e.legal_basis = Some("Luật Bảo vệ dữ liệu cá nhân 2025".into());
+        e.subjects = vec![Subject {
+            fields: vec!["full_name".into(), "household_head.full_name".into()],
+            key: Some("k".into()),
+            role: "citizen".into(),
+        }];
         let via_value = canonical_value(&serde_json::to_value(&e).expect("value"));
         assert_eq!(e.canonical(), via_value);
         assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");

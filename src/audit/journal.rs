@@ -50,9 +50,11 @@ pub enum Frame {
         event: AuditEvent,
         prev_hash: String,
         hash: String,
-        /// The enriched warehouse record; not part of the hash (it is a
-        /// copy of released data, not evidence).
-        warehouse: Option<WarehouseRecord>,
+        /// The enriched warehouse records, one per released person; not
+        /// part of the hash (a copy of released data, not evidence). Frames
+        /// of earlier versions hold one record or `null`.
+        #[serde(deserialize_with = "one_or_many")]
+        warehouse: Vec<WarehouseRecord>,
     },
     Checkpoint(Checkpoint),
 }
@@ -120,7 +122,7 @@ pub struct DurableEvent {
     pub canonical: Vec<u8>,
     pub prev_hash: String,
     pub hash: String,
-    pub warehouse: Option<WarehouseRecord>,
+    pub warehouse: Vec<WarehouseRecord>,
 }
 
 impl DurableEvent {
@@ -129,7 +131,7 @@ impl DurableEvent {
         event: AuditEvent,
         prev_hash: String,
         hash: String,
-        warehouse: Option<WarehouseRecord>,
+        warehouse: Vec<WarehouseRecord>,
     ) -> Self {
         DurableEvent {
             canonical: event.canonical(),
@@ -156,7 +158,7 @@ impl Shippable {
     /// Roughly the memory it holds.
     fn size(&self) -> usize {
         match self {
-            Shippable::Event(e) => e.canonical.len() + if e.warehouse.is_some() { 1024 } else { 256 },
+            Shippable::Event(e) => e.canonical.len() + 256 + 1024 * e.warehouse.len(),
             Shippable::Checkpoint(_) => 256,
         }
     }
@@ -272,7 +274,7 @@ pub struct Appended {
 
 struct Job {
     event: AuditEvent,
-    warehouse: Option<WarehouseRecord>,
+    warehouse: Vec<WarehouseRecord>,
     reply: oneshot::Sender<Result<Appended, JournalError>>,
 }
 
@@ -405,13 +407,8 @@ fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
 /// The payload of an event frame, written around the event's canonical
 /// bytes so that the event is serialised once: what serde writes for
 /// [`Frame::Event`], member for member.
-fn event_payload(
-    canonical: &[u8],
-    prev_hash: &str,
-    hash: &str,
-    warehouse: Option<&WarehouseRecord>,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(canonical.len() + 200 + if warehouse.is_some() { 1024 } else { 0 });
+fn event_payload(canonical: &[u8], prev_hash: &str, hash: &str, warehouse: &[WarehouseRecord]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(canonical.len() + 200 + 1024 * warehouse.len());
     out.extend_from_slice(EVENT_FRAME_START);
     out.extend_from_slice(b"\"event\":");
     out.extend_from_slice(canonical);
@@ -421,7 +418,7 @@ fn event_payload(
     out.extend_from_slice(hash.as_bytes());
     out.extend_from_slice(b"\",\"warehouse\":");
     // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, &warehouse);
+    let _ = serde_json::to_writer(&mut out, warehouse);
     out.push(b'}');
     out
 }
@@ -477,7 +474,23 @@ struct EventMembers {
     event: AuditEvent,
     prev_hash: String,
     hash: String,
-    warehouse: Option<WarehouseRecord>,
+    #[serde(deserialize_with = "one_or_many")]
+    warehouse: Vec<WarehouseRecord>,
+}
+
+/// A frame's warehouse records: a list, or (frames of earlier versions)
+/// one record or `null`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<WarehouseRecord>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Records {
+        Many(Vec<WarehouseRecord>),
+        One(Option<Box<WarehouseRecord>>),
+    }
+    Ok(match Records::deserialize(d)? {
+        Records::Many(list) => list,
+        Records::One(one) => one.into_iter().map(|r| *r).collect(),
+    })
 }
 
 /// Reads frames from a segment file one at a time.
@@ -817,7 +830,7 @@ impl Journal {
     pub async fn append(
         &self,
         event: AuditEvent,
-        warehouse: Option<WarehouseRecord>,
+        warehouse: Vec<WarehouseRecord>,
     ) -> Result<Appended, JournalError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -938,7 +951,7 @@ impl Writer {
             hash = chain_hash(&prev, &canonical);
             let hash_hex = hex(&hash);
             let prev_hash = hex(&prev);
-            let payload = event_payload(&canonical, &prev_hash, &hash_hex, job.warehouse.as_ref());
+            let payload = event_payload(&canonical, &prev_hash, &hash_hex, &job.warehouse);
             push_frame(&mut buf, &payload);
             replies.push((
                 job.reply,
@@ -1091,7 +1104,7 @@ mod tests {
             event,
             String::new(),
             String::new(),
-            None,
+            Vec::new(),
         )))
     }
 
@@ -1146,12 +1159,12 @@ mod tests {
         let Shippable::Event(e) = event(7) else {
             unreachable!("event() builds an event")
         };
-        let payload = event_payload(&e.canonical, "aa", "bb", None);
+        let payload = event_payload(&e.canonical, "aa", "bb", &[]);
         let expected = serde_json::to_vec(&Frame::Event {
             event: e.event.clone(),
             prev_hash: "aa".into(),
             hash: "bb".into(),
-            warehouse: None,
+            warehouse: Vec::new(),
         })
         .expect("json");
         let reparse = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).expect("json");
@@ -1167,7 +1180,7 @@ mod tests {
             event: e.event.clone(),
             prev_hash: "aa".into(),
             hash: "bb".into(),
-            warehouse: None,
+            warehouse: Vec::new(),
         };
         let bytes = encode_frame(&frame);
         assert!(

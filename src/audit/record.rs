@@ -32,9 +32,11 @@ pub struct WarehouseRecord {
 }
 
 /// Who a released record is about and who received it.
-pub struct Released<'a> {
+pub struct RecordOf<'a> {
     pub citizen_key: &'a str,
     pub app_id: &'a str,
+    /// The field paths released of this person: only these are stored.
+    pub paths: &'a [String],
     /// The record in the catalog's field names, before masks.
     pub mapped: &'a Map<String, Value>,
     /// What the app received.
@@ -46,13 +48,14 @@ pub struct Released<'a> {
 impl WarehouseRecord {
     /// The enriched warehouse copy of a released citizen, when the grant
     /// lets the warehouse store any of the released fields.
-    pub fn enrich(policy: &PolicySet, grant: &Grant, r: Released<'_>) -> Option<WarehouseRecord> {
-        if grant.store.is_empty() {
+    pub fn enrich(policy: &PolicySet, grant: &Grant, r: RecordOf<'_>) -> Option<WarehouseRecord> {
+        let (mapped, released) = (r.mapped, r.released);
+        let stored: Vec<&String> = grant.store.iter().filter(|p| r.paths.contains(p)).collect();
+        if stored.is_empty() {
             return None;
         }
-        let (mapped, released) = (r.mapped, r.released);
         let mut fields = Map::new();
-        for path in &grant.store {
+        for path in stored {
             let value = match path.split_once('.') {
                 None => released.get(path).cloned(),
                 Some((parent, child)) => released.get(parent).and_then(|p| p.get(child)).cloned(),

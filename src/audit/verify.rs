@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
 use tokio_postgres::Client;
 
 use super::checkpoint::Checkpoint;
@@ -232,42 +233,91 @@ async fn verify_instance(
     Ok(())
 }
 
-/// The queryable columns must say what the hashed body says.
+/// Every stored column must say what the hashed body says: a column
+/// changed on its own (a `ts` moved out of a search window, a case
+/// reference rewritten) is named.
 fn column_mismatches(instance: &str, row: &ChainRow) -> Vec<String> {
     let body = &row.body;
-    let text = |v: &Value| v.as_str().map(str::to_owned);
-    let mut out = Vec::new();
-    let mut check = |column: &str, stored: Option<String>, hashed: Option<String>| {
-        if stored != hashed {
-            out.push(format!("altered: column {column} differs from the hashed event"));
-        }
+    let text = |key: &str| body[key].as_str().map(str::to_owned);
+    let number = |key: &str| body[key].as_u64().map(|v| v.to_string());
+    let list = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
     };
-    check(
-        "instance_id",
-        Some(instance.to_owned()),
-        text(&body["instance_id"]),
-    );
-    check(
-        "seq",
-        Some(row.seq.to_string()),
-        body["seq"].as_u64().map(|s| s.to_string()),
-    );
-    check("audit_id", row.audit_id.clone(), text(&body["audit_id"]));
-    check("decision", row.decision.clone(), text(&body["decision"]));
-    check("app_id", row.app_id.clone(), text(&body["app_id"]));
-    check("officer_id", row.officer_id.clone(), text(&body["officer_id"]));
-    check("operation", row.operation.clone(), text(&body["operation"]));
-    check("purpose", row.purpose.clone(), text(&body["purpose"]));
-    check("citizen_key", row.citizen_key.clone(), text(&body["citizen_key"]));
-    check(
-        "policy_version",
-        row.policy_version.map(|v| v.to_string()),
-        body["policy_version"].as_u64().map(|v| v.to_string()),
-    );
-    let hashed: Vec<String> = body["fields"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+    let hashed_ts = text("ts").and_then(|t| time::OffsetDateTime::parse(&t, &Rfc3339).ok());
+    let hashed_subjects = body.get("subjects").filter(|s| !s.is_null());
+    let hashed_keys: Vec<String> = hashed_subjects
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["key"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
-    check("fields", Some(row.fields.join(",")), Some(hashed.join(",")));
+    let checks: [(&str, Option<String>, Option<String>); 22] = [
+        ("instance_id", Some(instance.to_owned()), text("instance_id")),
+        ("seq", Some(row.seq.to_string()), number("seq")),
+        ("audit_id", row.audit_id.clone(), text("audit_id")),
+        (
+            "ts",
+            Some(row.ts.unix_timestamp_nanos().to_string()),
+            hashed_ts.map(|t| t.unix_timestamp_nanos().to_string()),
+        ),
+        ("request_id", row.request_id.clone(), text("request_id")),
+        ("decision", row.decision.clone(), text("decision")),
+        ("app_id", row.app_id.clone(), text("app_id")),
+        ("officer_id", row.officer_id.clone(), text("officer_id")),
+        ("officer_unit", row.officer_unit.clone(), text("officer_unit")),
+        ("operation", row.operation.clone(), text("operation")),
+        ("purpose", row.purpose.clone(), text("purpose")),
+        ("case_ref", row.case_ref.clone(), text("case_ref")),
+        ("reason", row.reason.clone(), text("reason")),
+        ("citizen_key", row.citizen_key.clone(), text("citizen_key")),
+        (
+            "policy_version",
+            row.policy_version.map(|v| v.to_string()),
+            number("policy_version"),
+        ),
+        (
+            "upstream_status",
+            row.upstream_status.clone(),
+            text("upstream_status"),
+        ),
+        (
+            "upstream_ms",
+            row.upstream_ms.map(|v| v.to_string()),
+            number("upstream_ms"),
+        ),
+        (
+            "upstream_digest",
+            row.upstream_digest.clone(),
+            text("upstream_digest"),
+        ),
+        (
+            "released_digest",
+            row.released_digest.clone(),
+            text("released_digest"),
+        ),
+        ("legal_basis", row.legal_basis.clone(), text("legal_basis")),
+        (
+            "fields",
+            Some(row.fields.join("\u{1f}")),
+            Some(list(&body["fields"]).join("\u{1f}")),
+        ),
+        (
+            "subject_keys",
+            Some(row.subject_keys.join("\u{1f}")),
+            Some(hashed_keys.join("\u{1f}")),
+        ),
+    ];
+    let mut out: Vec<String> = checks
+        .into_iter()
+        .filter(|(_, stored, hashed)| stored != hashed)
+        .map(|(column, _, _)| format!("altered: column {column} differs from the hashed event"))
+        .collect();
+    if row.subjects.as_ref() != hashed_subjects {
+        out.push("altered: column subjects differs from the hashed event".to_owned());
+    }
     out
 }

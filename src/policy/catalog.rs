@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-/// Decree 13/2023 distinguishes basic from sensitive personal data; identity
+/// The Personal Data Protection Law 2025 distinguishes basic from sensitive personal data; identity
 /// fields are the ones that single a person out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

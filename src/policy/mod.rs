@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod diff;
 pub mod mask;
+pub mod release;
 pub mod samples;
 pub mod store;
 
@@ -50,6 +51,9 @@ pub struct Purpose {
     pub label: String,
     pub legal_basis: String,
     pub retention_days: u32,
+    /// The form a `case_ref` must have for this purpose (for example the
+    /// one-stop-shop's dossier number), matched whole.
+    pub case_ref_pattern: Option<regex::Regex>,
 }
 
 /// Where the citizens an app may see must reside.
@@ -99,8 +103,8 @@ pub struct App {
 /// Why a request is not authorised; shown to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denial {
-    #[error("the purpose '{0}' is not defined in the policy")]
-    UnknownPurpose(String),
+    #[error("the purpose is not one the policy defines; use a purpose id of purposes.toml")]
+    UnknownPurpose,
     #[error("the app is not granted the operation '{op}' for the purpose '{purpose}'")]
     NotGranted { op: &'static str, purpose: String },
     #[error("the role(s) of this officer are not granted '{op}' for the purpose '{purpose}'")]
@@ -140,7 +144,7 @@ impl PolicySet {
         purpose: &str,
     ) -> Result<&'a Grant, Denial> {
         if !self.purposes.contains_key(purpose) {
-            return Err(Denial::UnknownPurpose(purpose.to_owned()));
+            return Err(Denial::UnknownPurpose);
         }
         let mut for_op = app
             .grants
@@ -289,6 +293,36 @@ pub fn read_dir(dir: &Path) -> Result<PolicyFiles, Problems> {
     Ok(files)
 }
 
+/// Legal instruments that policies may no longer cite: the citation, what
+/// replaced it, and since when.
+pub const REPEALED: &[(&str, &str, &str)] = &[(
+    "13/2023/NĐ-CP",
+    "Luật Bảo vệ dữ liệu cá nhân 2025 (Luật số 91/2025/QH15) and Nghị định 356/2025/NĐ-CP",
+    "2026-01-01",
+)];
+
+/// Things in a valid policy set that an admin should fix: citations of
+/// repealed instruments, at the line and column where they stand.
+pub fn warnings(files: &PolicyFiles) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (file, text) in files {
+        for (repealed, by, since) in REPEALED {
+            for (at, _) in text.match_indices(repealed) {
+                let (line, col) = line_col(text, at);
+                out.push(Problem {
+                    file: file.clone(),
+                    line,
+                    col,
+                    message: format!(
+                        "warning: {repealed} is cited, but it was replaced on {since} by {by}; cite the instrument in force"
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Loads and validates the policy files of `dir`; problem locations are
 /// prefixed with `dir`.
 pub fn load_dir(dir: &Path, province: u16) -> Result<PolicySet, Problems> {
@@ -334,6 +368,8 @@ struct RawPurpose {
     label: String,
     legal_basis: String,
     retention_days: u32,
+    #[serde(default)]
+    case_ref_pattern: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -483,6 +519,19 @@ pub fn parse(files: &PolicyFiles, province: u16) -> Result<PolicySet, Problems> 
                     if p.legal_basis.trim().is_empty() {
                         fp.at(p.id.span(), format!("purpose '{id}' needs a legal_basis"));
                     }
+                    let case_ref_pattern = p.case_ref_pattern.and_then(|pattern| {
+                        let whole = format!("^(?:{})$", pattern.get_ref());
+                        match regex::Regex::new(&whole) {
+                            Ok(re) => Some(re),
+                            Err(_) => {
+                                fp.at(
+                                    pattern.span(),
+                                    "case_ref_pattern is not a valid regular expression".to_owned(),
+                                );
+                                None
+                            }
+                        }
+                    });
                     purposes.insert(
                         id.clone(),
                         Purpose {
@@ -490,6 +539,7 @@ pub fn parse(files: &PolicyFiles, province: u16) -> Result<PolicySet, Problems> 
                             label: p.label,
                             legal_basis: p.legal_basis,
                             retention_days: p.retention_days,
+                            case_ref_pattern,
                         },
                     );
                 }

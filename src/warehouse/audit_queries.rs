@@ -39,7 +39,7 @@ pub struct StoredEvent {
 
 const SEARCH: &str = "
 SELECT ts, instance_id, seq, body, prev_hash, hash FROM popgate.audit_events
-WHERE ($1::text IS NULL OR citizen_key = $1)
+WHERE ($1::text IS NULL OR citizen_key = $1 OR subject_keys @> ARRAY[$1::text])
   AND ($2::text IS NULL OR app_id = $2)
   AND ($3::text IS NULL OR officer_id = $3)
   AND ($4::text IS NULL OR purpose = $4)

@@ -26,6 +26,18 @@ pub struct ChainRow {
     pub citizen_key: Option<String>,
     pub fields: Vec<String>,
     pub policy_version: Option<i64>,
+    pub ts: time::OffsetDateTime,
+    pub request_id: Option<String>,
+    pub officer_unit: Option<String>,
+    pub case_ref: Option<String>,
+    pub reason: Option<String>,
+    pub upstream_status: Option<String>,
+    pub upstream_ms: Option<i32>,
+    pub upstream_digest: Option<String>,
+    pub released_digest: Option<String>,
+    pub legal_basis: Option<String>,
+    pub subjects: Option<Value>,
+    pub subject_keys: Vec<String>,
 }
 
 fn seq(v: i64) -> u64 {
@@ -72,7 +84,9 @@ pub async fn events_after(client: &Client, instance: &str, after: u64, limit: i6
     let rows = client
         .query(
             "SELECT seq, prev_hash, hash, body, audit_id::text, decision, app_id, officer_id, operation,
-                    purpose, citizen_key, fields, policy_version
+                    purpose, citizen_key, fields, policy_version, ts, request_id, officer_unit, case_ref,
+                    reason, upstream_status, upstream_ms, upstream_digest, released_digest, legal_basis,
+                    subjects, subject_keys
              FROM popgate.audit_events WHERE instance_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             &[&instance, &after, &limit],
         )
@@ -93,6 +107,18 @@ pub async fn events_after(client: &Client, instance: &str, after: u64, limit: i6
             citizen_key: r.get(10),
             fields: r.get(11),
             policy_version: r.get(12),
+            ts: r.get(13),
+            request_id: r.get(14),
+            officer_unit: r.get(15),
+            case_ref: r.get(16),
+            reason: r.get(17),
+            upstream_status: r.get(18),
+            upstream_ms: r.get(19),
+            upstream_digest: r.get(20),
+            released_digest: r.get(21),
+            legal_basis: r.get(22),
+            subjects: r.get(23),
+            subject_keys: r.get(24),
         })
         .collect())
 }

@@ -70,8 +70,8 @@ impl<B: AsRef<[u8]> + std::fmt::Debug> ToSql for RawJson<B> {
 
 const EVENT_COLUMNS: &str = "instance_id, seq, audit_id, ts, request_id, app_id, officer_id, officer_unit, \
     operation, purpose, case_ref, decision, reason, citizen_key, fields, policy_version, upstream_status, \
-    upstream_ms, upstream_digest, released_digest, body, prev_hash, hash";
-const EVENT_TYPES: [Type; 23] = [
+    upstream_ms, upstream_digest, released_digest, body, prev_hash, hash, legal_basis, subjects, subject_keys";
+const EVENT_TYPES: [Type; 26] = [
     Type::TEXT,
     Type::INT8,
     Type::UUID,
@@ -95,6 +95,9 @@ const EVENT_TYPES: [Type; 23] = [
     Type::JSON,
     Type::TEXT,
     Type::TEXT,
+    Type::TEXT,
+    Type::JSON,
+    Type::TEXT_ARRAY,
 ];
 
 const RECORD_COLUMNS: &str = "audit_id, citizen_key, app_id, purpose, policy_version, released_at, \
@@ -209,6 +212,8 @@ struct EventRow<'a> {
     policy_version: Option<i64>,
     upstream_ms: Option<i32>,
     body: RawJson<&'a [u8]>,
+    subjects: Option<RawJson<Vec<u8>>>,
+    subject_keys: Vec<&'a str>,
 }
 
 impl<'a> EventRow<'a> {
@@ -226,6 +231,11 @@ impl<'a> EventRow<'a> {
             policy_version: ev.policy_version.map(|v| v as i64),
             upstream_ms: ev.upstream_ms.map(|m| m.min(i32::MAX as u64) as i32),
             body: RawJson(&e.canonical),
+            subjects: (!ev.subjects.is_empty())
+                .then(|| serde_json::to_vec(&ev.subjects).map(RawJson))
+                .transpose()
+                .map_err(|e| WarehouseError::Malformed(e.to_string()))?,
+            subject_keys: ev.subjects.iter().filter_map(|s| s.key.as_deref()).collect(),
         })
     }
 }
@@ -261,6 +271,9 @@ impl Row for EventRow<'_> {
             &self.body,
             &self.e.prev_hash,
             &self.e.hash,
+            &ev.legal_basis,
+            &self.subjects,
+            &self.subject_keys,
         ]
     }
 }
@@ -277,10 +290,7 @@ struct RecordRow<'a> {
 }
 
 impl<'a> RecordRow<'a> {
-    fn new(row: &EventRow<'a>) -> Result<Option<RecordRow<'a>>, WarehouseError> {
-        let Some(w) = &row.e.warehouse else {
-            return Ok(None);
-        };
+    fn new(row: &EventRow<'a>, w: &'a WarehouseRecord) -> Result<RecordRow<'a>, WarehouseError> {
         let seq = row.seq;
         let time = |t: &str, what: &str| {
             OffsetDateTime::parse(t, &Rfc3339).map_err(|_| {
@@ -289,7 +299,7 @@ impl<'a> RecordRow<'a> {
                 ))
             })
         };
-        Ok(Some(RecordRow {
+        Ok(RecordRow {
             w,
             audit_id: row.audit_id,
             policy_version: w.policy_version as i64,
@@ -304,7 +314,7 @@ impl<'a> RecordRow<'a> {
             fields: RawJson(
                 serde_json::to_vec(&w.fields).map_err(|e| WarehouseError::Malformed(e.to_string()))?,
             ),
-        }))
+        })
     }
 }
 
@@ -372,7 +382,9 @@ impl Warehouse {
             .collect::<Result<Vec<_>, _>>()?;
         let mut records = Vec::new();
         for row in &events {
-            records.extend(RecordRow::new(row)?);
+            for w in &row.e.warehouse {
+                records.push(RecordRow::new(row, w)?);
+            }
         }
         let mut client = self.pool().get().await?;
         match deliver_in(&mut client, batch, &events, &records, true, before.clone()).await {

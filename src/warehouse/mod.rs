@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "event body as json",
         include_str!("migrations/0002_event_body_json.sql"),
     ),
+    (
+        3,
+        "subjects and legal basis",
+        include_str!("migrations/0003_subjects_and_legal_basis.sql"),
+    ),
 ];
 
 const POOL_SIZE: usize = 16;
