@@ -265,3 +265,258 @@ async fn every_question_asked_is_audited_to_its_outcome_whatever_the_client_does
         Err(_) => panic!("the test still holds the environment"),
     }
 }
+
+/// A household whose head's current ward differs from the ward where some
+/// member lives: `(head, a member living elsewhere, the head's current ward)`.
+fn split_household(
+    env: &TestEnv,
+) -> (
+    popgate::sim::population::Citizen,
+    popgate::sim::population::Citizen,
+    u32,
+    Vec<popgate::sim::population::Citizen>,
+) {
+    let ward = |c: &popgate::sim::population::Citizen, address: &str| -> u32 {
+        c.to_c06()[address]["MaPhuongXa"]
+            .as_str()
+            .and_then(|w| w.parse().ok())
+            .expect("ward")
+    };
+    let p = env.sim.population();
+    for i in 0..common::POPULATION {
+        let c = p.citizen(i);
+        let members = p.household(&c);
+        let head = members[0].clone();
+        if members.len() < 3 || head.index() != i || head.residence_province() != 79 {
+            continue;
+        }
+        let unit = ward(&head, "NoiOHienTai");
+        if unit == ward(&head, "ThuongTru") {
+            continue;
+        }
+        let elsewhere = members[1..]
+            .iter()
+            .find(|m| ward(m, "NoiOHienTai") != unit && ward(m, "ThuongTru") != unit);
+        if let Some(m) = elsewhere {
+            return (head, m.clone(), unit, members);
+        }
+    }
+    panic!("the test population has no household split across wards");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_household_answer_accounts_for_every_person_it_carries() {
+    // IOC keeps a warehouse copy of names here, so that each released
+    // person's record can be seen.
+    let policies = tempfile::tempdir().expect("tempdir");
+    for (path, text) in popgate::policy::samples::files() {
+        let text = if path == "apps/ioc.toml" {
+            text.replace(
+                "store = []",
+                "store = [\"full_name\", \"household_head.full_name\"]",
+            )
+        } else {
+            text
+        };
+        let file = policies.path().join(&path);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("dir");
+        std::fs::write(file, text).expect("write");
+    }
+    let dir = policies.path().to_owned();
+    let env = TestEnv::start_with(move |c| c.gateway.policies = dir).await;
+    let (head, elsewhere, unit, members) = split_household(&env);
+    let token = env.token_with("ioc", "ioc-officer-1", &["officer"], Some(unit));
+    let client = env.client("ioc");
+    let ask = |path: &'static str, who: &popgate::sim::population::Citizen| {
+        let body = json!({"personal_id": who.personal_id().as_str(), "purpose": "emergency-response", "case_ref": "SOS-2026-1"});
+        let (client, token, url) = (&client, &token, env.url(path));
+        async move {
+            client
+                .post(&url, Some(token), &body.to_string())
+                .await
+                .expect("response")
+        }
+    };
+
+    // A member who lives outside the officer's ward: refused as a citizen,
+    // and refused as the one a household lookup asks about.
+    assert_eq!(ask(LOOKUP, &elsewhere).await.status, 403);
+    let r = ask("/v1/households/lookup", &elsewhere).await;
+    assert_eq!(
+        r.status, 403,
+        "the household of a citizen outside the jurisdiction: {}",
+        r.body
+    );
+
+    // The head's household: members outside the ward are withheld, counted.
+    let r = ask("/v1/households/lookup", &head).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let household = &r.body["household"];
+    let withheld = household["withheld"].as_u64().expect("withheld");
+    let released = household["members"].as_array().expect("members").len() as u64;
+    assert!(withheld >= 1, "{household}");
+    assert_eq!(released + withheld + 1, members.len() as u64, "{household}");
+    let text = household.to_string();
+    assert!(
+        !text.contains(&elsewhere.full_name()),
+        "a withheld member's name left"
+    );
+    let audit_id = r.body["audit_id"].as_str().expect("audit id").to_owned();
+    env.settle().await;
+
+    // The outcome names every person whose data left, each in their role.
+    let db = env.admin_db().await;
+    let row = db
+        .query_one(
+            "SELECT body, legal_basis, subject_keys FROM popgate.audit_events WHERE audit_id = $1::text::uuid",
+            &[&audit_id],
+        )
+        .await
+        .expect("outcome");
+    let body: serde_json::Value = row.get(0);
+    let legal_basis: Option<String> = row.get(1);
+    let subject_keys: Vec<String> = row.get(2);
+    assert!(legal_basis.is_some_and(|b| b.contains("Luật Bảo vệ dữ liệu cá nhân 2025")));
+    let subjects = body["subjects"].as_array().expect("subjects");
+    let roles: Vec<&str> = subjects.iter().filter_map(|s| s["role"].as_str()).collect();
+    assert_eq!(roles.iter().filter(|r| **r == "head").count(), 1, "{roles:?}");
+    assert_eq!(
+        roles.iter().filter(|r| **r == "member").count() as u64,
+        released,
+        "{roles:?}"
+    );
+    assert_eq!(subject_keys.len(), subjects.len());
+
+    // Each released person's own access report shows this access; the
+    // withheld member's does not.
+    let report = |who: &popgate::sim::population::Citizen| {
+        let body = json!({"personal_id": who.personal_id().as_str()}).to_string();
+        let env = &env;
+        async move {
+            env.call_as(
+                "audit-cli",
+                "inspector-1",
+                "auditor",
+                "/audit/v1/citizens/accesses",
+                Some(&body),
+            )
+            .await
+            .body
+        }
+    };
+    let seen = |report: &serde_json::Value| {
+        report["accesses"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["audit_id"] == audit_id.as_str()))
+    };
+    assert!(seen(&report(&head).await), "the head's report");
+    let released_members: Vec<_> = members[1..]
+        .iter()
+        .filter(|m| text.contains(&m.full_name()))
+        .collect();
+    assert_eq!(released_members.len() as u64, released);
+    for m in &released_members {
+        let r = report(m).await;
+        assert!(seen(&r), "a released member's report: {r}");
+        let entry = r["accesses"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["audit_id"] == audit_id.as_str()))
+            .expect("entry")
+            .clone();
+        assert_eq!(entry["role"], "member", "{entry}");
+        assert!(entry["legal_basis"].as_str().is_some(), "{entry}");
+    }
+    assert!(!seen(&report(&elsewhere).await), "a withheld member's report");
+
+    // Each released person has their own warehouse copy.
+    let records = db
+        .query_one(
+            "SELECT count(DISTINCT citizen_key), count(*) FROM popgate.citizen_records WHERE audit_id = $1::text::uuid",
+            &[&audit_id],
+        )
+        .await
+        .expect("records");
+    let (people, rows): (i64, i64) = (records.get(0), records.get(1));
+    assert_eq!(people as u64, released + 1);
+    assert_eq!(rows, people, "one record per person");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_legal_basis_is_on_the_record_and_case_references_have_a_shape() {
+    let env = TestEnv::start().await;
+    let citizen = env.citizen(true);
+    let id = citizen.personal_id().as_str().to_owned();
+    let ask = |case_ref: &str| json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": case_ref}).to_string();
+
+    // A case reference must have the purpose's form; "x" is not a dossier.
+    let r = env.call("mot-cua", LOOKUP, &ask("x")).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let detail = r.body["detail"].as_str().expect("detail");
+    assert!(detail.contains("does not have the form"), "{detail}");
+    // Text that reverses itself in an auditor's table is refused.
+    let r = env.call("mot-cua", LOOKUP, &ask("HS-2026-\u{202e}000123")).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    // A key of the caller's own (here a personal ID) is never repeated back,
+    // nor written into the audit log.
+    let smuggled = format!(r#"{{"personal_id": "{id}", "purpose": "administrative-procedure", "{id}": 1}}"#);
+    let r = env.call("mot-cua", LOOKUP, &smuggled).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(!r.body.to_string().contains(&id), "{}", r.body);
+    let refused_audit_id = r.body["audit_id"].as_str().expect("audited").to_owned();
+
+    let r = env.call("mot-cua", LOOKUP, &ask("HS-2026-000123")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let audit_id = r.body["audit_id"].as_str().expect("audit id").to_owned();
+    env.settle().await;
+    let db = env.admin_db().await;
+    let reason: Option<String> = db
+        .query_one(
+            "SELECT reason FROM popgate.audit_events WHERE audit_id = $1::text::uuid",
+            &[&refused_audit_id],
+        )
+        .await
+        .expect("refusal")
+        .get(0);
+    assert!(reason.as_deref().is_some_and(|r| !r.contains(&id)), "{reason:?}");
+    let legal_basis: Option<String> = db
+        .query_one(
+            "SELECT legal_basis FROM popgate.audit_events WHERE audit_id = $1::text::uuid",
+            &[&audit_id],
+        )
+        .await
+        .expect("outcome")
+        .get(0);
+    assert!(
+        legal_basis.as_deref().is_some_and(|b| b.contains("Nghị định 104/2022/NĐ-CP")),
+        "{legal_basis:?}"
+    );
+    // The citizen's report says on which basis.
+    let body = json!({"personal_id": id}).to_string();
+    let report = env
+        .call_as("audit-cli", "inspector-1", "auditor", "/audit/v1/citizens/accesses", Some(&body))
+        .await
+        .body;
+    let entry = report["accesses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["audit_id"] == audit_id.as_str()))
+        .cloned()
+        .expect("the access is reported");
+    assert_eq!(entry["legal_basis"].as_str(), legal_basis.as_deref(), "{entry}");
+    assert_eq!(entry["role"], "citizen");
+    env.stop().await;
+
+    // `policy check` warns where a repealed decree is still cited.
+    let policies = tempfile::tempdir().expect("tempdir");
+    for (path, text) in popgate::policy::samples::files() {
+        let text = text.replace("Luật Bảo vệ dữ liệu cá nhân 2025; Nghị định 356/2025/NĐ-CP", "Nghị định 13/2023/NĐ-CP");
+        let file = policies.path().join(&path);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("dir");
+        std::fs::write(file, text).expect("write");
+    }
+    let (ok, said) = popgate(&["policy", "check", policies.path().to_str().expect("path")]);
+    assert!(ok, "{said}");
+    assert!(said.contains("purposes.toml:") && said.contains("warning: 13/2023/NĐ-CP is cited"), "{said}");
+    let (ok, said) = popgate(&["policy", "check", &common::policies_dir().display().to_string()]);
+    assert!(ok && !said.contains("warning"), "the sample set cites the law in force: {said}");
+}

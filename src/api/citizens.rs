@@ -196,7 +196,7 @@ impl CitizensApi {
                 self.limits
                     .check_distinct(&app_id, &caller.officer_id, key)
                     .map_err(ApiError::RateLimited)?;
-                records.extend(WarehouseRecord::enrich(
+                let record = WarehouseRecord::enrich(
                     policy,
                     grant,
                     RecordOf {
@@ -207,7 +207,18 @@ impl CitizensApi {
                         released: &person.released,
                         as_of: as_of.clone(),
                     },
-                ));
+                );
+                // One record per person: a head named again as a member's
+                // household head adds to the head's record.
+                if let Some(record) = record {
+                    match records
+                        .iter_mut()
+                        .find(|r: &&mut WarehouseRecord| r.citizen_key == record.citizen_key)
+                    {
+                        Some(same) => same.fields.extend(record.fields),
+                        None => records.push(record),
+                    }
+                }
             }
             subjects.push(Subject {
                 fields: person.fields.clone(),
