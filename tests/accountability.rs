@@ -447,7 +447,9 @@ async fn the_legal_basis_is_on_the_record_and_case_references_have_a_shape() {
     let env = TestEnv::start().await;
     let citizen = env.citizen(true);
     let id = citizen.personal_id().as_str().to_owned();
-    let ask = |case_ref: &str| json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": case_ref}).to_string();
+    let ask = |case_ref: &str| {
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": case_ref}).to_string()
+    };
 
     // A case reference must have the purpose's form; "x" is not a dossier.
     let r = env.call("mot-cua", LOOKUP, &ask("x")).await;
@@ -488,13 +490,21 @@ async fn the_legal_basis_is_on_the_record_and_case_references_have_a_shape() {
         .expect("outcome")
         .get(0);
     assert!(
-        legal_basis.as_deref().is_some_and(|b| b.contains("Nghị định 104/2022/NĐ-CP")),
+        legal_basis
+            .as_deref()
+            .is_some_and(|b| b.contains("Nghị định 104/2022/NĐ-CP")),
         "{legal_basis:?}"
     );
     // The citizen's report says on which basis.
     let body = json!({"personal_id": id}).to_string();
     let report = env
-        .call_as("audit-cli", "inspector-1", "auditor", "/audit/v1/citizens/accesses", Some(&body))
+        .call_as(
+            "audit-cli",
+            "inspector-1",
+            "auditor",
+            "/audit/v1/citizens/accesses",
+            Some(&body),
+        )
         .await
         .body;
     let entry = report["accesses"]
@@ -509,14 +519,23 @@ async fn the_legal_basis_is_on_the_record_and_case_references_have_a_shape() {
     // `policy check` warns where a repealed decree is still cited.
     let policies = tempfile::tempdir().expect("tempdir");
     for (path, text) in popgate::policy::samples::files() {
-        let text = text.replace("Luật Bảo vệ dữ liệu cá nhân 2025; Nghị định 356/2025/NĐ-CP", "Nghị định 13/2023/NĐ-CP");
+        let text = text.replace(
+            "Luật Bảo vệ dữ liệu cá nhân 2025; Nghị định 356/2025/NĐ-CP",
+            "Nghị định 13/2023/NĐ-CP",
+        );
         let file = policies.path().join(&path);
         std::fs::create_dir_all(file.parent().expect("parent")).expect("dir");
         std::fs::write(file, text).expect("write");
     }
     let (ok, said) = popgate(&["policy", "check", policies.path().to_str().expect("path")]);
     assert!(ok, "{said}");
-    assert!(said.contains("purposes.toml:") && said.contains("warning: 13/2023/NĐ-CP is cited"), "{said}");
+    assert!(
+        said.contains("purposes.toml:") && said.contains("warning: 13/2023/NĐ-CP is cited"),
+        "{said}"
+    );
     let (ok, said) = popgate(&["policy", "check", &common::policies_dir().display().to_string()]);
-    assert!(ok && !said.contains("warning"), "the sample set cites the law in force: {said}");
+    assert!(
+        ok && !said.contains("warning"),
+        "the sample set cites the law in force: {said}"
+    );
 }

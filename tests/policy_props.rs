@@ -187,3 +187,120 @@ proptest! {
         prop_assert!(!text.contains("Secret_") && !text.contains("Extra_") && !text.contains("XTRA_"), "{text}");
     }
 }
+
+/// The sample catalog and purposes with one app whose household grant
+/// releases `fields`, limited to the officer's ward.
+fn household_policy(fields: &[&str]) -> PolicyFiles {
+    let mut files = policy::samples::files();
+    files.retain(|path, _| !path.starts_with("apps/"));
+    let list: Vec<String> = fields.iter().map(|f| format!("\"{f}\"")).collect();
+    files.insert(
+        "apps/app.toml".into(),
+        format!(
+            "id = \"app\"\nname = \"App\"\ncertificate_uri = \"urn:popgate:app:app\"\n\n[[grant]]\noperations = [\"household\", \"lookup\"]\nroles = [\"officer\"]\npurpose = \"emergency-response\"\nfields = [{}]\njurisdiction = \"officer-unit\"\nlegal_basis = \"test\"\n",
+            list.join(", ")
+        ),
+    );
+    files
+}
+
+/// Field paths a grant may name, people's relatives' included.
+const GRANTABLE: [&str; 12] = [
+    "personal_id",
+    "full_name",
+    "date_of_birth",
+    "current_address",
+    "permanent_address",
+    "father.full_name",
+    "father.personal_id",
+    "mother",
+    "spouse.full_name",
+    "household_head.full_name",
+    "household_head.relation",
+    "ethnicity",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// For random households and grants: every person whose data is in the
+    /// answer — each released head or member, each relative of theirs with a
+    /// field released — is among the released people, and nobody withheld
+    /// or outside the grant leaves anything.
+    #[test]
+    fn no_field_of_any_person_leaves_without_that_person(
+        index in 0u32..5_000,
+        chosen in proptest::collection::vec(any::<bool>(), GRANTABLE.len()),
+        unit_of in 0usize..4,
+    ) {
+        let population = popgate::sim::population::Population::new(7, 5_000, 79);
+        let household = population.household(&population.citizen(index));
+        let fields: Vec<&str> = GRANTABLE.iter().zip(&chosen).filter(|(_, c)| **c).map(|(f, _)| *f).collect();
+        prop_assume!(!fields.is_empty());
+        let set = policy::parse(&household_policy(&fields), 79).map_err(|p| TestCaseError::fail(p.to_string()))?;
+        let grant = set
+            .authorize(&set.apps["app"], &["officer".to_owned()], Operation::Household, "emergency-response")
+            .expect("granted");
+        let ward = |c: &popgate::sim::population::Citizen, address: &str| -> u32 {
+            c.to_c06()[address]["MaPhuongXa"].as_str().and_then(|w| w.parse().ok()).expect("ward")
+        };
+        // The officer's ward: one where somebody of the household lives.
+        let wards: Vec<u32> = household
+            .iter()
+            .flat_map(|c| [ward(c, "ThuongTru"), ward(c, "NoiOHienTai")])
+            .collect();
+        let unit = wards[unit_of % wards.len()];
+        let asked = &household[0];
+        let map = |c: &popgate::sim::population::Citizen| set.catalog.map_record(c.to_c06());
+        let released = set.release_household(
+            grant,
+            map(asked),
+            household[1..].iter().map(map).collect(),
+            asked.personal_id().as_str(),
+            Some(unit),
+        );
+        let Ok(released) = released else {
+            // The head lives outside the ward: nothing leaves at all.
+            prop_assert!(ward(asked, "ThuongTru") != unit && ward(asked, "NoiOHienTai") != unit);
+            return Ok(());
+        };
+        let ids: Vec<Option<String>> = released.people.iter().map(|p| p.personal_id.clone()).collect();
+        let answer = released.doc.to_string();
+        let mut shown = 0;
+        for person in &household {
+            let inside = ward(person, "ThuongTru") == unit || ward(person, "NoiOHienTai") == unit;
+            let id = Some(person.personal_id().as_str().to_owned());
+            let own = released
+                .people
+                .iter()
+                .find(|p| p.personal_id == id && matches!(p.role, policy::release::Role::Head | policy::release::Role::Member));
+            prop_assert_eq!(own.is_some(), inside || person.index() == asked.index(), "{}", person.index());
+            if own.is_none() {
+                // Withheld: no part of them is in the answer.
+                prop_assert!(!answer.contains(&person.full_name()), "a withheld person's name left");
+                continue;
+            }
+            shown += 1;
+            // Each relative of theirs with a field in the answer is a
+            // person too (one without a personal ID as well).
+            let record = person.to_c06();
+            let own = own.expect("shown");
+            for (field, key) in [("father", "Cha"), ("mother", "Me"), ("spouse", "VoChong"), ("household_head", "ChuHo")] {
+                let named = record[key]["SoDinhDanh"].as_str().map(str::to_owned);
+                if own.released.contains_key(field) && named != id {
+                    let relative = released.people.iter().any(|p| {
+                        p.role == policy::release::Role::Relative(field) && p.personal_id == named
+                    });
+                    prop_assert!(relative, "{field} of {} released unnamed", person.index());
+                }
+            }
+        }
+        prop_assert_eq!(shown + released.withheld, household.len());
+        // Every released field path belongs to somebody.
+        for person in &released.people {
+            for f in &person.fields {
+                prop_assert!(fields.contains(&f.as_str()), "{f} released but not granted");
+            }
+        }
+    }
+}
