@@ -153,6 +153,9 @@ pub enum AuditCommand {
         /// JSON file {"INSTANCE": ["BASE64 PUBLIC KEY", ...]} of the checkpoint keys to trust; without it the keys recorded in the database are used.
         #[arg(long)]
         trusted_keys: Option<PathBuf>,
+        /// Signed checkpoints kept outside the database (a gateway's journal/checkpoints.jsonl, or the JSON of GET /audit/v1/checkpoints/latest); repeat for several.
+        #[arg(long)]
+        anchor: Vec<PathBuf>,
     },
 }
 
@@ -484,15 +487,23 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
         AuditCommand::Verify {
             warehouse,
             trusted_keys,
+            anchor,
         } => {
             let trusted = trusted_keys
                 .as_deref()
                 .map(crate::audit::verify::load_trusted_keys)
                 .transpose()?;
+            let mut anchors = Vec::new();
+            for file in &anchor {
+                anchors.extend(crate::audit::verify::load_anchor(file)?);
+            }
             let client = crate::warehouse::connect(&warehouse).await?;
-            let report = crate::audit::verify::verify(&client, trusted.as_ref()).await?;
+            let report = crate::audit::verify::verify_anchored(&client, trusted.as_ref(), &anchors).await?;
             for finding in &report.findings {
                 println!("{finding}");
+            }
+            for line in report.unanchored_lines() {
+                println!("{line}");
             }
             println!("{}", report.summary());
             if !report.is_whole() {

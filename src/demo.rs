@@ -105,6 +105,7 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         "upstream_client": { "cert": layout.upstream_client_cert(), "key": layout.upstream_client_key() },
         "warehouse_admin_url": gateway.warehouse_admin_url,
         "audit_trusted_keys": trusted_keys,
+        "audit_anchor": config.audit.journal_dir(&config.gateway.data_dir).join(crate::audit::journal::CHECKPOINT_LOG),
         "pid": std::process::id(),
     });
     let ready_path = dir.join("ready.json");

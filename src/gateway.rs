@@ -367,6 +367,7 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
             warehouse: warehouse.clone(),
             pseudonyms,
             trusted_keys,
+            journal: journal.clone(),
         },
     });
     let ops_api = Arc::new(OpsApi {

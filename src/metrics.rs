@@ -91,6 +91,7 @@ pub struct Gauges {
     pub journal_backlog: u64,
     pub shipper_lag_seconds: u64,
     pub journal_degraded: bool,
+    pub chain_fork: bool,
     pub upstream_circuit_open: bool,
     pub limiter_keys: usize,
     pub token_cache_entries: usize,
@@ -175,7 +176,7 @@ impl Metrics {
                 &format!("event=\"{event}\""),
             );
         }
-        let gauges: [(&str, &str, f64); 9] = [
+        let gauges: [(&str, &str, f64); 10] = [
             (
                 "popgate_policy_version",
                 "The active policy version.",
@@ -205,6 +206,11 @@ impl Metrics {
                 "popgate_journal_degraded",
                 "1 while the audit journal cannot be written.",
                 f64::from(u8::from(g.journal_degraded)),
+            ),
+            (
+                "popgate_audit_chain_fork",
+                "1 when the warehouse holds another chain under this instance's id: shipping has stopped.",
+                f64::from(u8::from(g.chain_fork)),
             ),
             (
                 "popgate_upstream_circuit_open",

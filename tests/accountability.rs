@@ -539,3 +539,47 @@ async fn the_legal_basis_is_on_the_record_and_case_references_have_a_shape() {
         "the sample set cites the law in force: {said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_after_the_last_checkpoint_are_not_yet_anchored_not_whole() {
+    let env = TestEnv::start_with(|c| {
+        c.audit.checkpoint_every = 1_000_000;
+        c.audit.checkpoint_interval = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let id = env.citizen(true).personal_id().as_str().to_owned();
+    let body =
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000123"})
+            .to_string();
+    for _ in 0..3 {
+        assert_eq!(env.call("mot-cua", LOOKUP, &body).await.status, 200);
+    }
+    let state = &env.gateway().journal.state;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while state.backlog() > 0 {
+        assert!(std::time::Instant::now() < deadline, "not shipped");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let db = env.admin_db().await;
+    let report = popgate::audit::verify::verify(&db, None).await.expect("verify");
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    assert!(!report.is_whole(), "unanchored events verified as whole");
+    assert!(
+        report
+            .summary()
+            .starts_with("audit log not yet anchored (6 events)"),
+        "{}",
+        report.summary()
+    );
+    let (ok, said) = popgate(&[
+        "audit",
+        "verify",
+        "--warehouse",
+        &env.gateway().warehouse_admin_url,
+    ]);
+    assert!(!ok && said.contains("not yet anchored (6 events)"), "{said}");
+    env.settle().await;
+    let report = popgate::audit::verify::verify(&db, None).await.expect("verify");
+    assert!(report.is_whole(), "{}", report.summary());
+    env.stop().await;
+}

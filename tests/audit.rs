@@ -176,11 +176,12 @@ async fn findings(db: &tokio_postgres::Client, keys: &TrustedKeys) -> Vec<String
 }
 
 /// A row already in the warehouse where the shipper's next event belongs
-/// (a restored backup, a forged insert) makes its `COPY` fail. The shipper
-/// then inserts the batch row by row, skipping the conflict: shipping goes
-/// on, and the verifier names the row that is not the journal's.
+/// (another process writing under this instance's id, a restored backup, a
+/// forged insert) is a fork: shipping stops, `/readyz` and a metric say so,
+/// the answers go on being journaled, and the verifier, holding the chain
+/// against the gateway's own anchor, names what is wrong.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_planted_ahead_of_the_shipper_neither_blocks_it_nor_passes_verification() {
+async fn a_row_planted_ahead_of_the_shipper_is_a_fork_that_stops_shipping_and_is_named() {
     let env = TestEnv::start().await;
     traffic(&env, 4).await;
     env.settle().await;
@@ -195,12 +196,39 @@ async fn a_row_planted_ahead_of_the_shipper_neither_blocks_it_nor_passes_verific
     .await
     .expect("plant");
     let ids = traffic(&env, 5).await;
-    env.settle().await;
-    assert_eq!(
-        shipped(&db, &ids).await,
-        5,
-        "every answer's outcome event is in the warehouse"
-    );
+    assert_eq!(ids.len(), 5, "answers are still given: the journal holds them");
+    env.gateway().journal.checkpoint().await;
+    let ops = format!("http://{}", env.gateway().ops_addr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let ready = loop {
+        let (status, body) = reqwest_like_get(&format!("{ops}/readyz")).await;
+        if body["shipper"] == "chain fork" {
+            break (status, body);
+        }
+        assert!(std::time::Instant::now() < deadline, "no fork reported: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ready.0, 503, "{}", ready.1);
+    let metrics = {
+        use http_body_util::BodyExt;
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let resp = client
+            .get(format!("{ops}/metrics").parse().expect("uri"))
+            .await
+            .expect("metrics");
+        String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes()
+                .to_vec(),
+        )
+        .expect("utf8")
+    };
+    assert!(metrics.contains("popgate_audit_chain_fork 1"), "{metrics}");
+    // Nothing of the journal's own chain was written over or after the row.
     let rows: i64 = db
         .query_one(
             "SELECT count(*) FROM popgate.audit_events WHERE instance_id = 'test-1' AND seq >= $1",
@@ -209,23 +237,27 @@ async fn a_row_planted_ahead_of_the_shipper_neither_blocks_it_nor_passes_verific
         .await
         .expect("count")
         .get(0);
-    // Nine events (an intent and an outcome for each of four lookups, an
-    // outcome for the malformed one); the planted row holds one's place.
-    assert_eq!(rows, 9);
-    let planted: String = db
-        .query_one(
-            "SELECT request_id FROM popgate.audit_events WHERE instance_id = 'test-1' AND seq = $1",
-            &[&next],
-        )
+    assert_eq!(rows, 1, "only the planted row");
+    let anchor: Vec<_> = env
+        .gateway()
+        .journal
+        .state
+        .latest_checkpoint
+        .lock()
+        .expect("lock")
+        .iter()
+        .cloned()
+        .collect();
+    let report = verify::verify_anchored(&db, Some(&keys), &anchor)
         .await
-        .expect("planted")
-        .get(0);
-    assert_eq!(planted, "planted", "the conflicting row is kept, not overwritten");
-    let found = findings(&db, &keys).await;
+        .expect("verify");
+    let found: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
     assert!(
         found.iter().any(|f| f.contains(&format!("seq {next}: altered"))),
         "{found:#?}"
     );
+    assert!(found.iter().any(|f| f.contains("missing tail")), "{found:#?}");
+    assert!(!report.is_whole());
 }
 
 /// A warehouse of schema version 1 kept event bodies as `jsonb`; upgrading
@@ -306,6 +338,59 @@ async fn every_kind_of_tampering_is_named_by_the_verifier() {
             "forged checkpoint: the signature does not match its content",
         ),
     ];
+    // Every stored column, changed on its own, is named: the row is checked
+    // against its hashed body.
+    let columns: [(&str, &str); 21] = [
+        ("ts", "ts + interval '1 hour'"),
+        ("request_id", "'r'"),
+        ("app_id", "'y-te'"),
+        ("officer_id", "'someone-else'"),
+        ("officer_unit", "'00001'"),
+        ("operation", "'verify'"),
+        ("purpose", "'health-insurance'"),
+        ("case_ref", "'HS-2026-999999'"),
+        ("decision", "'denied'"),
+        ("reason", "'changed'"),
+        ("citizen_key", "'k'"),
+        ("fields", "'{full_name}'"),
+        ("policy_version", "99"),
+        ("upstream_status", "'failed'"),
+        ("upstream_ms", "12345"),
+        ("upstream_digest", "'00'"),
+        ("released_digest", "'00'"),
+        ("legal_basis", "'none'"),
+        ("subjects", "'[]'"),
+        ("subject_keys", "'{k}'"),
+        ("audit_id", "gen_random_uuid()"),
+    ];
+    let changes: Vec<(String, String)> = columns
+        .iter()
+        .map(|(column, value)| {
+            (
+                format!("UPDATE popgate.audit_events SET {column} = {value} WHERE seq = (SELECT max(seq) - 1 FROM popgate.audit_events WHERE body->>'kind' = 'outcome')"),
+                format!("altered: column {column} differs"),
+            )
+        })
+        .collect();
+    let cases: Vec<(&str, &str)> = cases
+        .into_iter()
+        .chain(changes.iter().map(|(t, e)| (t.as_str(), e.as_str())))
+        .chain([
+            // The tail and the checkpoints that anchored it, deleted: the
+            // shipper's watermark still knows.
+            (
+                "DELETE FROM popgate.audit_events WHERE seq > (SELECT max(seq) - 3 FROM popgate.audit_events);
+                 DELETE FROM popgate.audit_checkpoints",
+                "missing tail: the shipper delivered events up to",
+            ),
+            // A checkpoint of one instance replayed as another's.
+            (
+                "INSERT INTO popgate.audit_checkpoints SELECT 'test-2', seq, head_hash, ts, signed_ts, public_key, signature
+                 FROM popgate.audit_checkpoints LIMIT 1",
+                "instance test-2 seq",
+            ),
+        ])
+        .collect();
     for (tamper, expected) in cases {
         db.batch_execute(tamper)
             .await
@@ -347,6 +432,64 @@ async fn every_kind_of_tampering_is_named_by_the_verifier() {
     assert!(
         found.iter().any(|f| f.contains("not signed by a trusted key")),
         "{found:#?}"
+    );
+    db.batch_execute(restore).await.expect("restore");
+
+    // Everything emptied, the watermarks too: the anchor the gateway keeps
+    // outside the database still knows what should be there.
+    let anchor: Vec<_> = env
+        .gateway()
+        .journal
+        .state
+        .latest_checkpoint
+        .lock()
+        .expect("lock")
+        .iter()
+        .cloned()
+        .collect();
+    assert_eq!(anchor.len(), 1);
+    let anchored = verify::verify_anchored(&db, Some(&keys), &anchor)
+        .await
+        .expect("verify");
+    assert!(
+        anchored.is_whole(),
+        "{:?} {:?}",
+        anchored.findings,
+        anchored.unanchored
+    );
+    db.batch_execute(
+        "DELETE FROM popgate.audit_events; DELETE FROM popgate.audit_checkpoints; DELETE FROM popgate.shipper_watermarks",
+    )
+    .await
+    .expect("empty");
+    let report = verify::verify(&db, Some(&keys)).await.expect("verify");
+    assert!(!report.is_whole());
+    assert!(
+        report.findings.iter().any(|f| f.what.contains("emptied log")),
+        "{:?}",
+        report.findings
+    );
+    let report = verify::verify_anchored(&db, Some(&keys), &anchor)
+        .await
+        .expect("verify");
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.instance == "test-1" && f.what.contains("missing tail")),
+        "{:?}",
+        report.findings
+    );
+    // An anchor with a forged signature is no anchor.
+    let mut forged = anchor[0].clone();
+    forged.seq += 1;
+    let report = verify::verify_anchored(&db, Some(&keys), &[forged])
+        .await
+        .expect("verify");
+    assert!(
+        report.findings.iter().any(|f| f.what.contains("forged anchor")),
+        "{:?}",
+        report.findings
     );
     env.stop().await;
 }

@@ -383,7 +383,7 @@ async fn auditors_search_export_and_answer_a_citizen() {
     // Verify over the API.
     let r = auditor(&env, "/audit/v1/verify", None).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["whole"], true);
+    assert_eq!(r.body["whole"], true, "{}", r.body);
     env.stop().await;
 }
 

@@ -4,6 +4,9 @@
 //! log. A personal ID given by an auditor is turned into its pseudonym
 //! before any query; none is ever stored or logged.
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
@@ -17,6 +20,7 @@ use time::OffsetDateTime;
 use super::problem::ApiError;
 use super::request::{parse_json, parse_json_or_empty, Trail};
 use crate::audit::event::Pseudonymiser;
+use crate::audit::journal::Journal;
 use crate::audit::verify::TrustedKeys;
 use crate::personal_id::PersonalId;
 use crate::policy::PolicySet;
@@ -30,6 +34,9 @@ pub struct AuditApi {
     pub pseudonyms: Pseudonymiser,
     /// Checkpoint keys `verify` pins; `None`: those the warehouse records.
     pub trusted_keys: Option<TrustedKeys>,
+    /// This instance's journal: its newest signed checkpoint is an anchor
+    /// the database cannot rewrite.
+    pub journal: Journal,
 }
 
 /// What each call's body takes, for error details.
@@ -40,6 +47,8 @@ const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
 const EXPORT_PAGE: i64 = 1000;
 const MAX_ACCESSES: i64 = 1000;
+/// How long `verify` waits for the checkpoint it asked for to be delivered.
+const ANCHOR_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditOp {
@@ -48,6 +57,7 @@ pub enum AuditOp {
     Export,
     CitizenAccesses,
     Verify,
+    LatestCheckpoints,
 }
 
 impl AuditOp {
@@ -58,6 +68,7 @@ impl AuditOp {
             AuditOp::Export => "export",
             AuditOp::CitizenAccesses => "citizen-accesses",
             AuditOp::Verify => "verify",
+            AuditOp::LatestCheckpoints => "checkpoints-latest",
         }
     }
 }
@@ -120,6 +131,31 @@ fn decode_cursor(s: &str) -> Result<EventKey, ApiError> {
 }
 
 impl AuditApi {
+    /// Signs a checkpoint of this instance's head and waits (briefly) for
+    /// the shipper to deliver it, so that a verify right after traffic
+    /// (this auditor's own requests included) finds every event anchored.
+    async fn anchor_now(&self) {
+        self.journal.checkpoint().await;
+        let state = &self.journal.state;
+        let wanted = state.checkpoint_seq.load(Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + ANCHOR_WAIT;
+        while state.delivered_checkpoint.load(Ordering::Acquire) < wanted
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// This instance's newest durable checkpoint, as a list.
+    fn latest_checkpoint(&self) -> Vec<crate::audit::checkpoint::Checkpoint> {
+        self.journal
+            .state
+            .latest_checkpoint
+            .lock()
+            .map(|cp| cp.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn pseudonym_of(&self, personal_id: &str) -> Result<String, ApiError> {
         let pid = PersonalId::parse(personal_id, OffsetDateTime::now_utc().year())
             .map_err(|e| bad(e.to_string()))?;
@@ -220,9 +256,17 @@ impl AuditApi {
                     &accesses(api, policy, key, vietnamese).await?,
                 ))
             }
+            AuditOp::LatestCheckpoints => Ok(json_response(
+                StatusCode::OK,
+                &json!({ "checkpoints": api.latest_checkpoint() }),
+            )),
             AuditOp::Verify => {
+                api.anchor_now().await;
                 let client = api.warehouse.client().await?;
-                let report = crate::audit::verify::verify(&client, api.trusted_keys.as_ref()).await?;
+                let anchors = api.latest_checkpoint();
+                let report =
+                    crate::audit::verify::verify_anchored(&client, api.trusted_keys.as_ref(), &anchors)
+                        .await?;
                 trail.details =
                     Some(json!({ "whole": report.is_whole(), "findings": report.findings.len() }));
                 Ok(json_response(
@@ -235,6 +279,7 @@ impl AuditApi {
                         "keys_pinned": report.keys_pinned,
                         "findings": report.findings.iter().map(|f| json!({ "instance": f.instance, "seq": f.seq, "what": f.what })).collect::<Vec<_>>(),
                         "unanchored": report.unanchored.iter().map(|(i, a, b)| json!({ "instance": i, "from": a, "to": b })).collect::<Vec<_>>(),
+                    "anchors": report.anchors,
                     }),
                 ))
             }

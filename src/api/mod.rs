@@ -329,6 +329,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/audit/v1/events/{audit_id}"),
     ("POST", "/audit/v1/citizens/accesses"),
     ("GET", "/audit/v1/verify"),
+    ("GET", "/audit/v1/checkpoints/latest"),
 ];
 
 /// Whether `path` fits `template`; the placeholder's value, if the
@@ -389,6 +390,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         )),
         "/audit/v1/citizens/accesses" => Route::Audit(AuditOp::CitizenAccesses),
         "/audit/v1/verify" => Route::Audit(AuditOp::Verify),
+        "/audit/v1/checkpoints/latest" => Route::Audit(AuditOp::LatestCheckpoints),
         _ => return Err(ApiError::NoRoute),
     })
 }

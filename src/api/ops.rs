@@ -52,6 +52,7 @@ impl OpsApi {
             journal_backlog: j.backlog(),
             shipper_lag_seconds: j.backlog_age().as_secs(),
             journal_degraded: j.degraded.load(Ordering::Acquire),
+            chain_fork: j.fork.load(Ordering::Acquire),
             upstream_circuit_open: self.breaker.is_open(),
             limiter_keys: self.limits.tracked_keys(),
             token_cache_entries: self.tokens.cached(),
@@ -75,7 +76,8 @@ impl OpsApi {
             "down"
         };
         let journal_ok = !self.journal.degraded.load(std::sync::atomic::Ordering::Acquire);
-        let ready = listening && policy_version > 0 && journal_ok;
+        let fork = self.journal.fork.load(std::sync::atomic::Ordering::Acquire);
+        let ready = listening && policy_version > 0 && journal_ok && !fork;
         let status = if ready {
             StatusCode::OK
         } else {
@@ -89,6 +91,7 @@ impl OpsApi {
                 "listener": if listening { "up" } else { "down" },
                 "policy_version": policy_version,
                 "journal": if journal_ok { "ok" } else { "degraded" },
+                "shipper": if fork { "chain fork" } else { "ok" },
                 "audit_backlog": self.journal.backlog(),
                 "audit_backlog_age_secs": self.journal.backlog_age().as_secs(),
                 "warehouse": warehouse,

@@ -101,6 +101,13 @@ pub struct JournalState {
     last_delivery_ms: AtomicU64,
     /// The last write failed and no write has succeeded since.
     pub degraded: AtomicBool,
+    /// Sequence number of the newest checkpoint delivered to the warehouse.
+    pub delivered_checkpoint: AtomicU64,
+    /// The warehouse holds another chain under this instance's id (a
+    /// fork): shipping has stopped.
+    pub fork: AtomicBool,
+    /// The newest durable checkpoint: an anchor the gateway serves.
+    pub latest_checkpoint: Mutex<Option<Checkpoint>>,
     epoch: Instant,
     /// Frames made durable and not yet taken by the shipper, in order.
     handoff: Mutex<Handoff>,
@@ -797,6 +804,9 @@ impl Journal {
             checkpoint_seq: AtomicU64::new(scan.last_checkpoint_seq),
             last_delivery_ms: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
+            delivered_checkpoint: AtomicU64::new(0),
+            fork: AtomicBool::new(false),
+            latest_checkpoint: Mutex::new(None),
             epoch,
             handoff: Mutex::new(Handoff::default()),
         });
@@ -996,6 +1006,9 @@ impl Writer {
                 self.since_checkpoint += events;
                 if let Some(cp) = checkpoint {
                     self.state.checkpoint_seq.store(cp.seq, Ordering::Release);
+                    if let Ok(mut latest) = self.state.latest_checkpoint.lock() {
+                        *latest = Some(cp.clone());
+                    }
                     self.since_checkpoint = 0;
                     self.last_checkpoint = Instant::now();
                     self.append_checkpoint_log(&cp);
@@ -1087,6 +1100,9 @@ mod tests {
             checkpoint_seq: AtomicU64::new(0),
             last_delivery_ms: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
+            delivered_checkpoint: AtomicU64::new(0),
+            fork: AtomicBool::new(false),
+            latest_checkpoint: Mutex::new(None),
             epoch: Instant::now(),
             handoff: Mutex::new(Handoff::default()),
         }

@@ -107,8 +107,21 @@ impl Shipper {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = IDLE_POLL;
         loop {
+            if self.state.fork.load(Ordering::Acquire) {
+                // Another chain holds this instance's id in the warehouse:
+                // nothing more is delivered until an operator has looked.
+                let _ = shutdown.changed().await;
+                return;
+            }
             match self.ship_available().await {
                 Ok(_) => backoff = IDLE_POLL,
+                Err(error) if self.state.fork.load(Ordering::Acquire) => {
+                    tracing::error!(
+                        %error,
+                        instance = %self.settings.instance_id,
+                        "chain fork: the warehouse holds a different chain for this instance id; shipping stopped"
+                    );
+                }
                 Err(error) => {
                     tracing::warn!(%error, backlog = self.state.backlog(), "audit shipping failed; will retry");
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -250,6 +263,9 @@ impl Shipper {
         let next = self.cursor().after(batch);
         self.state.mark_delivered(next.delivered);
         self.shipped_checkpoint = next.after_checkpoint;
+        self.state
+            .delivered_checkpoint
+            .store(next.after_checkpoint, Ordering::Release);
         self.position = next.position;
         self.cleanup(batch.last_seq);
         batch.events.len().max(batch.checkpoints.len())
@@ -259,8 +275,12 @@ impl Shipper {
         let delivered = self.warehouse.delivered_up_to(&self.settings.instance_id).await?;
         let stored = delivered.events;
         self.shipped_checkpoint = delivered.checkpoint;
+        self.state
+            .delivered_checkpoint
+            .store(delivered.checkpoint, Ordering::Release);
         let durable = self.state.durable_seq.load(Ordering::Acquire);
         if stored > durable {
+            self.state.fork.store(true, Ordering::Release);
             anyhow::bail!(
                 "the warehouse holds events up to seq {stored} for instance '{}' but the local journal ends at {durable}: \
                  the journal was lost or replaced; start this instance with a new instance_id",
@@ -301,7 +321,13 @@ impl Shipper {
             checkpoints: &batch.checkpoints,
             last_seq: batch.last_seq,
         };
-        Ok(self.warehouse.deliver(&delivery, before).await?)
+        match self.warehouse.deliver(&delivery, before).await {
+            Err(crate::warehouse::WarehouseError::Fork { seq }) => {
+                self.state.fork.store(true, Ordering::Release);
+                anyhow::bail!("event {seq} of this instance is already in the warehouse with another hash")
+            }
+            other => Ok(other?),
+        }
     }
 
     /// Deletes segments whose every event is delivered, keeping the newest.

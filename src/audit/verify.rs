@@ -1,9 +1,13 @@
 //! `popgate audit verify`: recomputes every instance's hash chain from the
 //! warehouse and checks the signed checkpoints, naming each missing,
 //! altered, inserted or reordered event and each forged or misplaced
-//! checkpoint. Events after an instance's last valid checkpoint are reported
-//! as not yet anchored (they verify as a chain but nothing signed vouches
-//! for them yet).
+//! checkpoint. It trusts the database for nothing: every stored column is
+//! checked against the hashed event, and the chains are held against
+//! anchors the database cannot rewrite — signed checkpoints kept outside it
+//! (the gateway's journal directory, a copy an auditor keeps) — and against
+//! the shipper's delivery watermark. A missing tail, a missing instance, an
+//! emptied log or a fork is "not whole"; so are events after an instance's
+//! last checkpoint, reported as not yet anchored.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -43,30 +47,83 @@ pub struct Report {
     /// (instance, first unanchored seq, last seq)
     pub unanchored: Vec<(String, u64, u64)>,
     pub keys_pinned: bool,
+    /// Anchor checkpoints the chains were held against.
+    pub anchors: usize,
 }
 
 impl Report {
+    /// Nothing wrong and every event anchored.
     pub fn is_whole(&self) -> bool {
-        self.findings.is_empty()
+        self.findings.is_empty() && self.unanchored.is_empty()
+    }
+
+    /// Events after the last checkpoint of their instance.
+    pub fn unanchored_events(&self) -> u64 {
+        self.unanchored.iter().map(|(_, a, b)| b - a + 1).sum()
     }
 
     /// The one-line summary.
     pub fn summary(&self) -> String {
-        let unanchored: u64 = self.unanchored.iter().map(|(_, a, b)| b - a + 1).sum();
+        let verdict = if !self.findings.is_empty() {
+            "audit log BROKEN".to_owned()
+        } else if !self.unanchored.is_empty() {
+            format!("audit log not yet anchored ({} events)", self.unanchored_events())
+        } else {
+            "audit log whole".to_owned()
+        };
         format!(
-            "{}: {} instance(s), {} events, {} checkpoints verified; {} events not yet anchored by a checkpoint; {}",
-            if self.is_whole() { "audit log whole" } else { "audit log BROKEN" },
+            "{verdict}: {} instance(s), {} events, {} checkpoints verified; {} events not yet anchored by a checkpoint; {}; {}",
             self.instances,
             self.events,
             self.checkpoints,
-            unanchored,
+            self.unanchored_events(),
             if self.keys_pinned {
                 "checkpoint keys pinned"
             } else {
                 "checkpoint keys NOT pinned (taken from the database itself)"
+            },
+            match self.anchors {
+                0 => "no anchor given: a deleted tail would not show".to_owned(),
+                n => format!("{n} anchor checkpoint(s) held against the warehouse"),
             }
         )
     }
+
+    /// Each event after its instance's last checkpoint, as report lines.
+    pub fn unanchored_lines(&self) -> Vec<String> {
+        self.unanchored
+            .iter()
+            .map(|(i, a, b)| {
+                format!(
+                    "instance {i} seq {a}..={b}: not yet anchored ({} events)",
+                    b - a + 1
+                )
+            })
+            .collect()
+    }
+}
+
+/// Reads an anchor file: the JSON Lines of checkpoints a gateway keeps in
+/// its journal directory (`checkpoints.jsonl`), or the document of
+/// `GET /audit/v1/checkpoints/latest` (`{"checkpoints": [...]}`).
+pub fn load_anchor(path: &std::path::Path) -> anyhow::Result<Vec<Checkpoint>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    #[derive(serde::Deserialize)]
+    struct Latest {
+        checkpoints: Vec<Checkpoint>,
+    }
+    if let Ok(latest) = serde_json::from_str::<Latest>(&text) {
+        return Ok(latest.checkpoints);
+    }
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(n, line)| {
+            serde_json::from_str::<Checkpoint>(line)
+                .with_context(|| format!("{}:{}: not a signed checkpoint", path.display(), n + 1))
+        })
+        .collect()
 }
 
 /// Reads a trusted-keys file: JSON `{"INSTANCE": ["BASE64KEY", ...]}`.
@@ -81,16 +138,68 @@ pub fn load_trusted_keys(path: &std::path::Path) -> anyhow::Result<TrustedKeys> 
     })
 }
 
-/// Verifies everything in the warehouse.
+/// Verifies everything in the warehouse (no anchor).
 pub async fn verify(client: &Client, trusted: Option<&TrustedKeys>) -> crate::warehouse::Result<Report> {
+    verify_anchored(client, trusted, &[]).await
+}
+
+/// The keys a checkpoint of `instance` may be signed with: the pinned ones,
+/// or (unpinned) its own.
+fn keys_for<'a>(trusted: Option<&'a TrustedKeys>, instance: &str, cp: &'a Checkpoint) -> Vec<&'a str> {
+    match trusted {
+        Some(t) => t
+            .get(instance)
+            .into_iter()
+            .chain(t.get("*"))
+            .flatten()
+            .map(String::as_str)
+            .collect(),
+        None => vec![cp.public_key.as_str()],
+    }
+}
+
+/// Verifies everything in the warehouse, and holds each instance's chain
+/// against `anchors` (signed checkpoints kept outside the database) and
+/// the shipper's delivery watermark.
+pub async fn verify_anchored(
+    client: &Client,
+    trusted: Option<&TrustedKeys>,
+    anchors: &[Checkpoint],
+) -> crate::warehouse::Result<Report> {
     let mut report = Report {
         keys_pinned: trusted.is_some(),
+        anchors: anchors.len(),
         ..Report::default()
     };
-    let instances = chain::instances(client).await?;
+    let mut instances = chain::instances(client).await?;
+    let watermarks = chain::watermarks(client).await?;
+    // An instance the anchors or the shipper know of must be there too.
+    for name in anchors
+        .iter()
+        .map(|a| a.instance_id.clone())
+        .chain(watermarks.iter().filter(|(_, d)| *d > 0).map(|(i, _)| i.clone()))
+    {
+        if !instances.contains(&name) {
+            instances.push(name);
+        }
+    }
+    instances.sort();
+    if instances.is_empty() {
+        report.findings.push(Finding {
+            instance: "*".to_owned(),
+            seq: 0,
+            what: "the warehouse holds no audit event and no checkpoint at all: an emptied log, unless nothing was ever served"
+                .to_owned(),
+        });
+    }
     report.instances = instances.len();
     for instance in instances {
-        verify_instance(client, &instance, trusted, &mut report).await?;
+        let anchored: Vec<&Checkpoint> = anchors.iter().filter(|a| a.instance_id == instance).collect();
+        let delivered = watermarks
+            .iter()
+            .find(|(i, _)| *i == instance)
+            .map_or(0, |(_, d)| *d);
+        verify_instance(client, &instance, trusted, &anchored, delivered, &mut report).await?;
     }
     Ok(report)
 }
@@ -99,6 +208,8 @@ async fn verify_instance(
     client: &Client,
     instance: &str,
     trusted: Option<&TrustedKeys>,
+    anchors: &[&Checkpoint],
+    delivered: u64,
     report: &mut Report,
 ) -> crate::warehouse::Result<()> {
     let finding = |seq: u64, what: String| Finding {
@@ -107,7 +218,12 @@ async fn verify_instance(
         what,
     };
     let checkpoints: Vec<Checkpoint> = chain::checkpoints(client, instance).await?;
-    let wanted: BTreeMap<u64, ()> = checkpoints.iter().map(|c| (c.seq, ())).collect();
+    let wanted: BTreeMap<u64, ()> = checkpoints
+        .iter()
+        .map(|c| c.seq)
+        .chain(anchors.iter().map(|a| a.seq))
+        .map(|s| (s, ()))
+        .collect();
     let mut computed_at: HashMap<u64, String> = HashMap::new();
 
     let mut expected = 1u64;
@@ -181,16 +297,7 @@ async fn verify_instance(
     let mut first_key: Option<&str> = None;
     for cp in &checkpoints {
         report.checkpoints += 1;
-        let keys: Vec<&str> = match trusted {
-            Some(t) => t
-                .get(instance)
-                .into_iter()
-                .chain(t.get("*"))
-                .flatten()
-                .map(String::as_str)
-                .collect(),
-            None => vec![cp.public_key.as_str()],
-        };
+        let keys = keys_for(trusted, instance, cp);
         if !keys.iter().any(|k| cp.verify_with(k)) {
             let why = if trusted.is_some() && keys.iter().all(|k| *k != cp.public_key) {
                 "forged checkpoint: not signed by a trusted key"
@@ -224,6 +331,46 @@ async fn verify_instance(
             )),
             Some(_) => anchored = anchored.max(cp.seq),
         }
+    }
+    // The anchors kept outside the database: each must be signed by a key
+    // of this instance and match the chain the warehouse holds.
+    for anchor in anchors {
+        let keys = keys_for(trusted, instance, anchor);
+        let known_key = first_key.is_none_or(|k| k == anchor.public_key) || trusted.is_some();
+        if !known_key || !keys.iter().any(|k| anchor.verify_with(k)) {
+            report.findings.push(finding(
+                anchor.seq,
+                "forged anchor: the anchor checkpoint is not signed by this instance's key".into(),
+            ));
+            continue;
+        }
+        match computed_at.get(&anchor.seq) {
+            None if anchor.seq > last_seq => report.findings.push(finding(
+                last_seq + 1,
+                format!(
+                    "missing tail: events {}..={} are anchored outside the database but absent from the warehouse",
+                    last_seq + 1,
+                    anchor.seq
+                ),
+            )),
+            None => report.findings.push(finding(
+                anchor.seq,
+                "missing: the anchored event is absent from the warehouse".into(),
+            )),
+            Some(h) if *h != anchor.head_hash => report.findings.push(finding(
+                anchor.seq,
+                "fork: the warehouse's chain differs here from the anchored one (another writer, or a rewrite)".into(),
+            )),
+            Some(_) => anchored = anchored.max(anchor.seq),
+        }
+    }
+    if delivered > last_seq {
+        report.findings.push(finding(
+            last_seq + 1,
+            format!(
+                "missing tail: the shipper delivered events up to {delivered}, but the warehouse holds them only up to {last_seq}"
+            ),
+        ));
     }
     if last_seq > anchored {
         report

@@ -122,3 +122,16 @@ pub async fn events_after(client: &Client, instance: &str, after: u64, limit: i6
         })
         .collect())
 }
+
+/// Every instance's delivered watermark (events up to it were delivered).
+pub async fn watermarks(client: &Client) -> Result<Vec<(String, u64)>> {
+    Ok(client
+        .query(
+            "SELECT instance_id, delivered FROM popgate.shipper_watermarks ORDER BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), seq(r.get(1))))
+        .collect())
+}

@@ -389,6 +389,11 @@ impl Warehouse {
         let mut client = self.pool().get().await?;
         match deliver_in(&mut client, batch, &events, &records, true, before.clone()).await {
             Err(e) if e.is_unique_violation() => {
+                // The same event delivered before is no harm; another event
+                // at one of these places is a fork.
+                if let Some(seq) = forked_at(&client, batch).await? {
+                    return Err(WarehouseError::Fork { seq });
+                }
                 tracing::warn!(
                     first = batch.events.first().map_or(0, |e| e.event.seq),
                     last = batch.last_seq,
@@ -399,6 +404,34 @@ impl Warehouse {
             other => other,
         }
     }
+}
+
+/// The first event of `batch` that the warehouse holds with another hash.
+async fn forked_at(
+    client: &deadpool_postgres::Object,
+    batch: &Delivery<'_>,
+) -> Result<Option<u64>, WarehouseError> {
+    let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) else {
+        return Ok(None);
+    };
+    let rows = client
+        .query(
+            "SELECT seq, hash FROM popgate.audit_events WHERE instance_id = $1 AND seq BETWEEN $2 AND $3",
+            &[
+                &batch.instance_id,
+                &(first.event.seq as i64),
+                &(last.event.seq as i64),
+            ],
+        )
+        .await?;
+    for row in rows {
+        let (seq, hash): (i64, String) = (row.get(0), row.get(1));
+        let ours = batch.events.iter().find(|e| e.event.seq as i64 == seq);
+        if ours.is_some_and(|e| e.hash != hash) {
+            return Ok(Some(seq as u64));
+        }
+    }
+    Ok(None)
 }
 
 /// One transaction: the rows (by `COPY`, or row by row skipping those

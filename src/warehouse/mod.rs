@@ -32,6 +32,8 @@ pub enum WarehouseError {
     BadUrl(String),
     #[error("the policy store has no active version")]
     NoActivePolicy,
+    #[error("chain fork: the warehouse holds event {seq} of this instance with another hash")]
+    Fork { seq: u64 },
 }
 
 /// `Result` of the warehouse's functions.

@@ -208,7 +208,19 @@ impl TestEnv {
         let g = self.gateway();
         g.journal.checkpoint().await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while g.journal.state.backlog() > 0 {
+        // Every event delivered, and the checkpoint that anchors them.
+        let anchored = g
+            .journal
+            .state
+            .checkpoint_seq
+            .load(std::sync::atomic::Ordering::Acquire);
+        while g.journal.state.backlog() > 0
+            || g.journal
+                .state
+                .delivered_checkpoint
+                .load(std::sync::atomic::Ordering::Acquire)
+                < anchored
+        {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the shipper did not catch up"
