@@ -153,6 +153,9 @@ pub enum AuditCommand {
         /// JSON file {"INSTANCE": ["BASE64 PUBLIC KEY", ...]} of the checkpoint keys to trust; without it the keys recorded in the database are used.
         #[arg(long)]
         trusted_keys: Option<PathBuf>,
+        /// CA certificate (PEM) of the warehouse's server certificate: connect with TLS (verify-full).
+        #[arg(long)]
+        warehouse_ca: Option<PathBuf>,
         /// Signed checkpoints kept outside the database (a gateway's journal/checkpoints.jsonl, or the JSON of GET /audit/v1/checkpoints/latest); repeat for several.
         #[arg(long)]
         anchor: Vec<PathBuf>,
@@ -487,6 +490,7 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
         AuditCommand::Verify {
             warehouse,
             trusted_keys,
+            warehouse_ca,
             anchor,
         } => {
             let trusted = trusted_keys
@@ -497,7 +501,11 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
             for file in &anchor {
                 anchors.extend(crate::audit::verify::load_anchor(file)?);
             }
-            let client = crate::warehouse::connect(&warehouse).await?;
+            let tls = match &warehouse_ca {
+                Some(ca) => crate::warehouse::WarehouseTls::verify_full(ca)?,
+                None => crate::warehouse::WarehouseTls::Disable,
+            };
+            let client = crate::warehouse::connect_with(&warehouse, &tls).await?;
             let report = crate::audit::verify::verify_anchored(&client, trusted.as_ref(), &anchors).await?;
             for finding in &report.findings {
                 println!("{finding}");

@@ -197,18 +197,19 @@ async fn warehouse_and_policy(config: &Config) -> anyhow::Result<Prepared> {
             (pg.gateway_url(), pg.admin_url(), Some(pg))
         }
     };
+    let tls = config.warehouse.tls()?;
     let deadline = tokio::time::Instant::now() + WAREHOUSE_START_WAIT;
     loop {
-        match warehouse::migrate(&admin_url).await {
+        match warehouse::migrate_with(&admin_url, &tls).await {
             Ok(()) => break,
-            Err(e) if tokio::time::Instant::now() < deadline => {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, "warehouse not ready; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => return Err(anyhow::Error::new(e).context("the warehouse could not be prepared")),
         }
     }
-    let warehouse = Warehouse::new(&url)?;
+    let warehouse = Warehouse::with_tls(&url, tls)?;
     let province = config.gateway.province;
     let files = policy::read_dir(&config.gateway.policies).map_err(|p| anyhow::anyhow!("{p}"))?;
     // Refuse to seed the store with a policy that does not load.
@@ -311,7 +312,7 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
         },
         journal.state.clone(),
         // A pool of its own, whose connections its own thread drives.
-        Warehouse::new(warehouse.url())?,
+        warehouse.another_pool()?,
     );
     let shipper_task = spawn_shipper(shipper, ship_stop_rx)?;
     let status = Arc::new(GatewayStatus::default());

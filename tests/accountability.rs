@@ -583,3 +583,67 @@ async fn events_after_the_last_checkpoint_are_not_yet_anchored_not_whole() {
     assert!(report.is_whole(), "{}", report.summary());
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warehouse_is_reached_over_verified_tls() {
+    use popgate::config::WarehouseTlsMode;
+    // A warehouse that accepts TLS logins only, with a certificate for
+    // 127.0.0.1 from a CA of its own.
+    let (mut pg, _home) = common::external_pg().await;
+    let certs = tempfile::tempdir().expect("tempdir");
+    let db_pki = popgate::tls::pki::init(certs.path(), &[], false).expect("pki");
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("pem");
+    let (cert, key) = (read(db_pki.layout.sim_cert()), read(db_pki.layout.sim_key()));
+    tokio::task::block_in_place(|| pg.require_tls(&cert, &key)).expect("tls on");
+    let ca = db_pki.layout.national_ca_cert();
+    let tls = popgate::warehouse::WarehouseTls::verify_full(&ca).expect("ca");
+    assert!(
+        popgate::warehouse::connect(&pg.admin_url()).await.is_err(),
+        "the warehouse still takes logins in clear"
+    );
+    let db = popgate::warehouse::connect_with(&pg.admin_url(), &tls)
+        .await
+        .expect("tls login");
+
+    let (gateway_url, admin_url) = (pg.gateway_url(), pg.admin_url());
+    let ca_file = ca.clone();
+    let env = TestEnv::start_with(move |c| {
+        c.warehouse.url = Some(gateway_url);
+        c.warehouse.admin_url = Some(admin_url);
+        c.warehouse.tls = Some(WarehouseTlsMode::VerifyFull);
+        c.warehouse.ca = Some(ca_file);
+    })
+    .await;
+    let id = env.citizen(true).personal_id().as_str().to_owned();
+    let body =
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000123"})
+            .to_string();
+    let r = env.call("mot-cua", LOOKUP, &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let audit_id = r.body["audit_id"].as_str().expect("audit id").to_owned();
+    env.settle().await;
+    let n: i64 = db
+        .query_one(
+            "SELECT count(*) FROM popgate.audit_events WHERE audit_id = $1::text::uuid",
+            &[&audit_id],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1, "the event travelled over TLS");
+
+    // A certificate from another CA is refused, and so is clear text.
+    let mut wrong = env.config.clone();
+    wrong.gateway.data_dir = env.dir.path().join("other");
+    wrong.gateway.instance_id = "test-2".into();
+    wrong.warehouse.ca = Some(env.pki.layout.apps_ca_cert());
+    let refused = popgate::gateway::Gateway::start(&wrong).await;
+    assert!(
+        refused.is_err(),
+        "a warehouse certificate from an untrusted CA was accepted"
+    );
+    let mut clear = wrong.clone();
+    clear.warehouse.tls = Some(WarehouseTlsMode::Disable);
+    assert!(popgate::gateway::Gateway::start(&clear).await.is_err());
+    env.stop().await;
+}

@@ -345,6 +345,56 @@ pub struct WarehouseSection {
     /// A login allowed to create the schema; migrations run with it when set,
     /// with `url` otherwise.
     pub admin_url: Option<String>,
+    /// `disable` or `verify-full` (TLS, the server's certificate checked
+    /// against `ca` and its name against the URL's host). Default: disable
+    /// for a warehouse on loopback, verify-full for any other.
+    #[serde(default)]
+    pub tls: Option<WarehouseTlsMode>,
+    /// CA certificate(s) (PEM) of the warehouse's server certificate.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+/// How the gateway reaches its warehouse (PostgreSQL's `sslmode` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WarehouseTlsMode {
+    Disable,
+    VerifyFull,
+}
+
+impl WarehouseSection {
+    /// The mode in force: the configured one, else by where the warehouse is.
+    pub fn tls_mode(&self) -> WarehouseTlsMode {
+        let on_loopback = |url: &str| {
+            url.parse::<tokio_postgres::Config>().is_ok_and(|c| {
+                c.get_hosts().iter().all(|h| match h {
+                    tokio_postgres::config::Host::Tcp(name) => {
+                        name == "localhost"
+                            || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                    }
+                    tokio_postgres::config::Host::Unix(_) => true,
+                })
+            })
+        };
+        match (self.tls, &self.url) {
+            (Some(mode), _) => mode,
+            (None, None) => WarehouseTlsMode::Disable,
+            (None, Some(url)) if on_loopback(url) => WarehouseTlsMode::Disable,
+            (None, Some(_)) => WarehouseTlsMode::VerifyFull,
+        }
+    }
+
+    /// The TLS the warehouse's connections use.
+    pub fn tls(&self) -> anyhow::Result<crate::warehouse::WarehouseTls> {
+        match (self.tls_mode(), &self.ca) {
+            (WarehouseTlsMode::Disable, _) => Ok(crate::warehouse::WarehouseTls::Disable),
+            (WarehouseTlsMode::VerifyFull, Some(ca)) => crate::warehouse::WarehouseTls::verify_full(ca),
+            (WarehouseTlsMode::VerifyFull, None) => {
+                anyhow::bail!("warehouse.ca is required: the warehouse is reached with tls = \"verify-full\"")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -595,6 +645,20 @@ impl Config {
         if let Some(jwks) = config.tokens.jwks.as_mut() {
             if jwks.is_relative() {
                 *jwks = base.join(&*jwks);
+            }
+        }
+        if config.warehouse.tls_mode() == WarehouseTlsMode::VerifyFull && config.warehouse.ca.is_none() {
+            let at = key_span(text, "warehouse", "url").or_else(|| section_span(text, "warehouse"));
+            return Err(invalid(
+                at,
+                "warehouse: a warehouse off loopback is reached with tls = \"verify-full\"; set warehouse.ca to its CA \
+                 certificate (or tls = \"disable\" on a trusted network)"
+                    .to_owned(),
+            ));
+        }
+        if let Some(ca) = config.warehouse.ca.as_mut() {
+            if ca.is_relative() {
+                *ca = base.join(&*ca);
             }
         }
         if let Some(keys) = config.audit.trusted_keys.as_mut() {

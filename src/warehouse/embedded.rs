@@ -382,6 +382,36 @@ impl EmbeddedPostgres {
         let _ = child.wait();
     }
 
+    /// Serves TLS only from now on: installs `cert` and `key` (PEM) as the
+    /// server's certificate, refuses logins without TLS, and restarts.
+    /// For tests and deployments that reach the cluster over a network.
+    pub fn require_tls(&mut self, cert: &str, key: &str) -> anyhow::Result<()> {
+        let data = self.data_dir();
+        for (name, text) in [("server.crt", cert), ("server.key", key)] {
+            let path = data.join(name);
+            fs::write(&path, text)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+            if self.who.drop_privileges {
+                chown(&path, Some(self.who.uid), Some(self.who.gid))?;
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = fs::read_to_string(&conf)?;
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        fs::write(&conf, text)?;
+        let hba = data.join("pg_hba.conf");
+        let rules: String = fs::read_to_string(&hba)?
+            .lines()
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        fs::write(&hba, rules)?;
+        self.stop();
+        self.launch()
+    }
+
     /// Starts the server again after [`EmbeddedPostgres::stop`].
     pub fn restart(&mut self) -> anyhow::Result<()> {
         if self.child.is_none() {

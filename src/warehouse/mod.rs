@@ -14,6 +14,8 @@ pub mod policies;
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
@@ -40,6 +42,30 @@ pub enum WarehouseError {
 pub type Result<T, E = WarehouseError> = std::result::Result<T, E>;
 
 impl WarehouseError {
+    /// Whether trying again may help: the server not up yet, or gone for a
+    /// moment. A refused login, a certificate that does not verify or a bad
+    /// URL stays as it is.
+    pub fn is_transient(&self) -> bool {
+        let WarehouseError::Db(e) = self else {
+            return matches!(self, WarehouseError::Pool(_));
+        };
+        if e.as_db_error().is_some() {
+            return false;
+        }
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            let tls = c.downcast_ref::<rustls::Error>().is_some()
+                || c.downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+            if tls {
+                return false;
+            }
+            cause = c.source();
+        }
+        true
+    }
+
     /// Whether PostgreSQL refused a row because its key is already there.
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, WarehouseError::Db(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION))
@@ -77,20 +103,82 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
 const POOL_SIZE: usize = 16;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One connection, its driver task spawned.
+/// How the gateway reaches PostgreSQL: in clear (the embedded cluster on
+/// loopback), or over TLS that verifies the server's certificate against a
+/// CA and its name against the URL's host (`verify-full`).
+#[derive(Clone, Default)]
+pub enum WarehouseTls {
+    #[default]
+    Disable,
+    VerifyFull(Arc<rustls::ClientConfig>),
+}
+
+impl std::fmt::Debug for WarehouseTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WarehouseTls::Disable => "disable",
+            WarehouseTls::VerifyFull(_) => "verify-full",
+        })
+    }
+}
+
+impl WarehouseTls {
+    /// TLS that trusts only the CA certificate(s) in `ca` (PEM).
+    pub fn verify_full(ca: &std::path::Path) -> anyhow::Result<WarehouseTls> {
+        Ok(WarehouseTls::VerifyFull(Arc::new(
+            crate::tls::server_auth_client_config(ca)?,
+        )))
+    }
+
+    pub(super) fn connector_for_listen(&self) -> Option<tokio_postgres_rustls::MakeRustlsConnect> {
+        self.connector()
+    }
+
+    fn connector(&self) -> Option<tokio_postgres_rustls::MakeRustlsConnect> {
+        match self {
+            WarehouseTls::Disable => None,
+            WarehouseTls::VerifyFull(config) => {
+                Some(tokio_postgres_rustls::MakeRustlsConnect::new((**config).clone()))
+            }
+        }
+    }
+}
+
+/// One connection, its driver task spawned (in clear: the embedded
+/// cluster, tests).
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
+    connect_with(url, &WarehouseTls::Disable).await
+}
+
+/// One connection with `tls`, its driver task spawned.
+pub async fn connect_with(url: &str, tls: &WarehouseTls) -> Result<tokio_postgres::Client> {
+    let drive = |result: std::result::Result<(), tokio_postgres::Error>| {
+        if let Err(error) = result {
             tracing::debug!(%error, "warehouse connection closed");
         }
-    });
-    Ok(client)
+    };
+    match tls.connector() {
+        None => {
+            let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+            tokio::spawn(async move { drive(connection.await) });
+            Ok(client)
+        }
+        Some(tls) => {
+            let (client, connection) = tokio_postgres::connect(url, tls).await?;
+            tokio::spawn(async move { drive(connection.await) });
+            Ok(client)
+        }
+    }
 }
 
 /// Applies the migrations that have not run yet.
 pub async fn migrate(admin_url: &str) -> Result<()> {
-    let mut client = connect(admin_url).await?;
+    migrate_with(admin_url, &WarehouseTls::Disable).await
+}
+
+/// Applies the migrations that have not run yet, connecting with `tls`.
+pub async fn migrate_with(admin_url: &str, tls: &WarehouseTls) -> Result<()> {
+    let mut client = connect_with(admin_url, tls).await?;
     client
         .batch_execute(
             "CREATE SCHEMA IF NOT EXISTS popgate;
@@ -135,20 +223,27 @@ pub async fn migrate(admin_url: &str) -> Result<()> {
 pub struct Warehouse {
     pool: Pool,
     url: String,
+    tls: WarehouseTls,
 }
 
 impl Warehouse {
+    /// A pool reaching `url` in clear.
     pub fn new(url: &str) -> Result<Warehouse> {
+        Warehouse::with_tls(url, WarehouseTls::Disable)
+    }
+
+    /// A pool reaching `url` with `tls`.
+    pub fn with_tls(url: &str, tls: WarehouseTls) -> Result<Warehouse> {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| WarehouseError::BadUrl(e.to_string()))?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let settings = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls.connector() {
+            None => Manager::from_config(config, NoTls, settings),
+            Some(connector) => Manager::from_config(config, connector, settings),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .wait_timeout(Some(CHECK_TIMEOUT))
@@ -159,7 +254,19 @@ impl Warehouse {
         Ok(Warehouse {
             pool,
             url: url.to_owned(),
+            tls,
         })
+    }
+
+    /// Another pool to the same warehouse, the same way (for a task that
+    /// drives its own connections).
+    pub fn another_pool(&self) -> Result<Warehouse> {
+        Warehouse::with_tls(&self.url, self.tls.clone())
+    }
+
+    /// How this pool reaches the warehouse.
+    pub fn tls(&self) -> &WarehouseTls {
+        &self.tls
     }
 
     /// Whether the warehouse answers a trivial query right now.

@@ -5,8 +5,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use tokio_postgres::tls::NoTlsStream;
-use tokio_postgres::{AsyncMessage, NoTls, Socket};
+use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{Result, Warehouse, WarehouseError};
 use crate::policy::PolicyFiles;
@@ -337,32 +336,45 @@ impl Warehouse {
 pub struct PolicyListener {
     // Kept so that the session (and its LISTEN) lives as long as this.
     _client: tokio_postgres::Client,
-    connection: tokio_postgres::Connection<Socket, NoTlsStream>,
+    notified: tokio::sync::mpsc::Receiver<()>,
+}
+
+/// Drives `connection`, passing on each notification, until it closes.
+fn forward_notifications<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+) -> tokio::sync::mpsc::Receiver<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if matches!(message, AsyncMessage::Notification(_)) && tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 impl Warehouse {
     /// Opens a connection of its own and `LISTEN`s on [`CHANNEL`].
     pub async fn listen_for_policy_changes(&self) -> Result<PolicyListener> {
-        let (client, mut connection) = tokio_postgres::connect(self.url(), NoTls).await?;
-        let command = format!("LISTEN {CHANNEL}");
-        // The connection must be driven for the command to complete.
-        {
-            let listen = client.batch_execute(&command);
-            tokio::pin!(listen);
-            loop {
-                tokio::select! {
-                    done = &mut listen => { done?; break; }
-                    message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => return Err(e.into()),
-                        None => return Err(WarehouseError::Aborted("the listening connection closed".into())),
-                    },
-                }
+        let (client, notified) = match self.tls().connector_for_listen() {
+            None => {
+                let (client, connection) = tokio_postgres::connect(self.url(), NoTls).await?;
+                (client, forward_notifications(connection))
             }
-        }
+            Some(tls) => {
+                let (client, connection) = tokio_postgres::connect(self.url(), tls).await?;
+                (client, forward_notifications(connection))
+            }
+        };
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         Ok(PolicyListener {
             _client: client,
-            connection,
+            notified,
         })
     }
 }
@@ -371,13 +383,9 @@ impl PolicyListener {
     /// Resolves at the next activation; an error once the connection is
     /// gone (open a new listener then). Cancel-safe.
     pub async fn next_change(&mut self) -> Result<()> {
-        loop {
-            match std::future::poll_fn(|cx| self.connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => return Ok(()),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(WarehouseError::Aborted("the listening connection closed".into())),
-            }
-        }
+        self.notified
+            .recv()
+            .await
+            .ok_or_else(|| WarehouseError::Aborted("the listening connection closed".into()))
     }
 }
