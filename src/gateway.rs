@@ -30,8 +30,9 @@ use crate::auth::token::TokenVerifier;
 use crate::config::Config;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
+use crate::policy;
+use crate::policy::signature::{self, PolicyTrust, StoredVersion};
 use crate::policy::store::PolicyStore;
-use crate::policy::{self, PolicyFiles};
 use crate::server;
 use crate::tls;
 use crate::upstream::breaker::CircuitBreaker;
@@ -69,7 +70,6 @@ pub struct Gateway {
     pub journal: Journal,
     warehouse: Warehouse,
     server_tls: Arc<tls::ReloadableServerTls>,
-    policy_dir: std::path::PathBuf,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     in_flight: crate::api::InFlight,
@@ -90,8 +90,9 @@ impl Gateway {
         start_with(config, options).await
     }
 
-    /// Serves until `stop` resolves, reloading the policy and the
-    /// certificates on each SIGHUP.
+    /// Serves until `stop` resolves, reloading the certificates, keys, CAs
+    /// and CRLs on each SIGHUP — never the policy, which changes only by an
+    /// approved proposal.
     pub async fn run_until(&self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot listen for SIGHUP")?;
@@ -100,10 +101,6 @@ impl Gateway {
             tokio::select! {
                 _ = &mut stop => return Ok(()),
                 _ = hangups.recv() => {
-                    match self.reload_policy().await {
-                        Ok(version) => tracing::info!(version, "SIGHUP: policy version {version} active"),
-                        Err(error) => tracing::error!(%error, "SIGHUP: policy reload failed"),
-                    }
                     match self.reload_tls() {
                         Ok(()) => tracing::info!("SIGHUP: certificates and revocation lists reloaded"),
                         Err(error) => tracing::error!(%error, "SIGHUP: TLS reload failed; the active certificates stay"),
@@ -118,32 +115,6 @@ impl Gateway {
     /// once; revocations apply to the next request of every connection.
     pub fn reload_tls(&self) -> anyhow::Result<()> {
         self.server_tls.reload()
-    }
-
-    /// Re-reads the policy directory (on SIGHUP). A valid set that differs
-    /// from the active one becomes a new version in the store and is swapped
-    /// in atomically: requests in flight finish on the version they started
-    /// with. An invalid set is refused and the active version stays.
-    pub async fn reload_policy(&self) -> anyhow::Result<u64> {
-        let files = policy::read_dir(&self.policy_dir).map_err(|p| anyhow::anyhow!("{p}"))?;
-        if let Err(p) = policy::parse(&files, self.policy.province()) {
-            tracing::warn!(problems = %p, "policy reload refused; the active version stays");
-            anyhow::bail!("the policy directory is invalid; the active version stays:\n{p}");
-        }
-        let (version, new) = self
-            .warehouse
-            .activate_policy(
-                &files,
-                "operator (SIGHUP reload)",
-                "reloaded from the policy directory",
-            )
-            .await?;
-        if new || self.policy.version() != version {
-            self.policy
-                .activate(&files, version)
-                .map_err(|p| anyhow::anyhow!("{p}"))?;
-        }
-        Ok(version)
     }
 
     /// Stops accepting, drains in-flight requests, anchors and delivers the
@@ -185,7 +156,7 @@ struct Prepared {
 
 /// Connects to (or starts) the warehouse, migrates it, and loads the active
 /// policy — seeding it from the policy directory when the store is empty.
-async fn warehouse_and_policy(config: &Config) -> anyhow::Result<Prepared> {
+async fn warehouse_and_policy(config: &Config, signer: &Signer) -> anyhow::Result<Prepared> {
     let (url, admin_url, embedded) = match &config.warehouse.url {
         Some(url) => (
             url.clone(),
@@ -211,18 +182,32 @@ async fn warehouse_and_policy(config: &Config) -> anyhow::Result<Prepared> {
     }
     let warehouse = Warehouse::with_tls(&url, tls)?;
     let province = config.gateway.province;
+    let instance = config.gateway.instance_id.clone();
+    let sign = |v: &StoredVersion| signature::sign(v, &instance, signer);
     let files = policy::read_dir(&config.gateway.policies).map_err(|p| anyhow::anyhow!("{p}"))?;
     // Refuse to seed the store with a policy that does not load.
     policy::parse(&files, province).map_err(|p| anyhow::anyhow!("policy directory is invalid:\n{p}"))?;
-    if warehouse.seed_policy(&files, "popgate (initial import)").await? {
+    if warehouse
+        .seed_policy(&files, "popgate (initial import)", &sign)
+        .await?
+    {
         tracing::info!("policy store was empty; imported the policy directory as version 1");
     }
-    let (version, stored) = warehouse
+    if warehouse.adopt_unsigned_store(&sign).await? {
+        tracing::warn!("the policy store predates signed versions: this instance signed its active version");
+    }
+    let active = warehouse
         .active_policy()
         .await?
         .context("the policy store has no active version")?;
-    let policy = PolicyStore::new(&stored, province, version)
-        .map_err(|p| anyhow::anyhow!("active policy version {version} is invalid:\n{p}"))?;
+    let trust = PolicyTrust::new(
+        &instance,
+        signer.public_key(),
+        config.audit.trusted_keys.as_deref(),
+    )?;
+    let policy = PolicyStore::new(&active, province, trust).map_err(|why| {
+        anyhow::anyhow!("the active policy version cannot be applied, and no other is known good: {why}")
+    })?;
     Ok(Prepared {
         warehouse,
         url,
@@ -237,13 +222,14 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
     // embedded warehouse above all, which the other process is using).
     let journal_dir = config.audit.journal_dir(&config.gateway.data_dir);
     let journal_lock = JournalLock::acquire(&journal_dir)?;
+    let signer = Arc::new(Signer::from_file(&config.audit.signing_key)?);
     let Prepared {
         warehouse,
         url,
         admin_url,
         embedded,
         policy,
-    } = warehouse_and_policy(config).await?;
+    } = warehouse_and_policy(config, &signer).await?;
     let policy = Arc::new(policy);
     tracing::info!(
         version = policy.version(),
@@ -285,7 +271,6 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
     );
     let rate_limits = Arc::new(RateLimits::new(config.rate_limits.settings()));
     let a = &config.audit;
-    let signer = Arc::new(Signer::from_file(&a.signing_key)?);
     let pseudonyms = Pseudonymiser::from_file(&a.pseudonym_key)?;
     let (journal, scan) = Journal::open_locked(
         JournalSettings {
@@ -298,7 +283,7 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
             max_backlog_age: a.max_backlog_age,
             fail_writes: options.journal_fail_writes.clone(),
         },
-        signer,
+        signer.clone(),
         journal_lock,
     )?;
     tracing::info!(head = scan.head_seq, truncated = scan.truncated_bytes, dir = %journal_dir.display(), "audit journal open");
@@ -363,6 +348,9 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
         admin: AdminApi {
             policy: policy.clone(),
             warehouse: warehouse.clone(),
+            signer: signer.clone(),
+            instance_id: config.gateway.instance_id.clone(),
+            freeze_confirm_within: config.gateway.freeze_confirm_within,
         },
         audit: AuditApi {
             warehouse: warehouse.clone(),
@@ -424,7 +412,6 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
         journal,
         warehouse,
         server_tls,
-        policy_dir: config.gateway.policies.clone(),
         shutdown,
         tasks,
         in_flight,
@@ -486,20 +473,28 @@ async fn watch_tls_files(tls: Arc<tls::ReloadableServerTls>, mut shutdown: watch
 }
 
 /// Swaps this instance's snapshot to the store's active version when they
-/// differ.
+/// differ (a version this instance refused is not tried again), and ends an
+/// emergency freeze past its time.
 async fn refresh_policy(warehouse: &Warehouse, policy: &PolicyStore) -> anyhow::Result<()> {
-    let active = warehouse.active_version().await?;
-    if active == policy.version() {
+    if let Some(version) = warehouse.expire_freezes().await? {
+        tracing::warn!(
+            version,
+            "an unconfirmed emergency freeze expired; version {version} is active again"
+        );
+    }
+    let active = warehouse
+        .active_policy()
+        .await?
+        .context("the policy store has no active version")?;
+    let refused = policy.refused().is_some_and(|(v, _)| v == active.version);
+    if active.version == policy.version() || refused {
         return Ok(());
     }
-    let files: PolicyFiles = warehouse
-        .policy_files(active)
-        .await?
-        .context("active version vanished")?;
-    policy
-        .activate(&files, active)
-        .map_err(|p| anyhow::anyhow!("{p}"))?;
-    tracing::info!(version = active, "switched to the store's active policy version");
+    policy.activate(&active).map_err(|why| anyhow::anyhow!(why))?;
+    tracing::info!(
+        version = active.version,
+        "switched to the store's active policy version"
+    );
     Ok(())
 }
 

@@ -92,6 +92,7 @@ pub struct Gauges {
     pub shipper_lag_seconds: u64,
     pub journal_degraded: bool,
     pub chain_fork: bool,
+    pub policy_refusals: u64,
     pub upstream_circuit_open: bool,
     pub limiter_keys: usize,
     pub token_cache_entries: usize,
@@ -176,7 +177,7 @@ impl Metrics {
                 &format!("event=\"{event}\""),
             );
         }
-        let gauges: [(&str, &str, f64); 10] = [
+        let gauges: [(&str, &str, f64); 11] = [
             (
                 "popgate_policy_version",
                 "The active policy version.",
@@ -206,6 +207,11 @@ impl Metrics {
                 "popgate_journal_degraded",
                 "1 while the audit journal cannot be written.",
                 f64::from(u8::from(g.journal_degraded)),
+            ),
+            (
+                "popgate_policy_versions_refused",
+                "Policy versions this instance refused to apply (unsigned, untrusted or altered).",
+                g.policy_refusals as f64,
             ),
             (
                 "popgate_audit_chain_fork",

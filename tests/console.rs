@@ -36,17 +36,32 @@ async fn wait_for_version(env: &TestEnv, version: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_lifecycle_with_four_eyes_across_two_instances() {
-    let a = TestEnv::start().await;
+    // Each instance signs the versions it activates; each trusts the
+    // other's key (`audit.trusted_keys`, re-read when a new key appears).
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (a_trusts, b_trusts) = (keys.path().join("a.json"), keys.path().join("b.json"));
+    std::fs::write(&a_trusts, "{}").expect("write");
+    let trusts = a_trusts.clone();
+    let a = TestEnv::start_with(move |c| c.audit.trusted_keys = Some(trusts)).await;
+    let key_of = |env: &TestEnv| {
+        popgate::audit::checkpoint::Signer::from_file(&env.pki.layout.audit_signing_key())
+            .expect("key")
+            .public_key()
+    };
+    std::fs::write(&b_trusts, json!({"test-1": [key_of(&a)]}).to_string()).expect("write");
     let (url, admin_url) = (
         a.gateway().warehouse_url.clone(),
         a.gateway().warehouse_admin_url.clone(),
     );
-    let b = TestEnv::start_with(|c| {
+    let trusts = b_trusts.clone();
+    let b = TestEnv::start_with(move |c| {
         c.warehouse.url = Some(url.clone());
         c.warehouse.admin_url = Some(admin_url.clone());
         c.gateway.instance_id = "test-2".into();
+        c.audit.trusted_keys = Some(trusts);
     })
     .await;
+    std::fs::write(&a_trusts, json!({"test-2": [key_of(&b)]}).to_string()).expect("write");
     assert_eq!(b.gateway().policy.version(), 1);
 
     let listed = admin(&a, "admin-an", "/admin/v1/policies", None).await;
@@ -121,7 +136,8 @@ async fn policy_lifecycle_with_four_eyes_across_two_instances() {
     .await;
     assert_eq!(r.status, 409);
 
-    // Rollback to version 1 makes version 3, a copy of 1, on both instances.
+    // Rollback to version 1 proposes version 3, a copy of 1: nothing changes
+    // until a second admin approves it, then both instances follow.
     let r = admin(
         &b,
         "admin-an",
@@ -129,8 +145,37 @@ async fn policy_lifecycle_with_four_eyes_across_two_instances() {
         Some(json!({"version": 1, "reason": "khôi phục"})),
     )
     .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        (r.body["version"].as_u64(), r.body["state"].as_str()),
+        (Some(3), Some("proposed"))
+    );
+    assert_eq!(r.body["copy_of"], 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        (a.gateway().policy.version(), b.gateway().policy.version()),
+        (2, 2)
+    );
+    let r = admin(
+        &b,
+        "admin-an",
+        "/admin/v1/policies/proposals/3/approve",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        r.status, 403,
+        "the author of a rollback cannot approve it: {}",
+        r.body
+    );
+    let r = admin(
+        &b,
+        "admin-binh",
+        "/admin/v1/policies/proposals/3/approve",
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["version"], 3);
     wait_for_version(&a, 3).await;
     wait_for_version(&b, 3).await;
     let r = b.call("y-te", LOOKUP, &body).await;

@@ -109,7 +109,11 @@ async fn the_address_registry_sees_initials_and_addresses_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reload_under_load_swaps_atomically_and_refuses_an_invalid_set() {
+async fn an_approved_change_under_load_swaps_atomically_and_sighup_changes_no_policy() {
+    // The handler is ours before anything sends the signal: a SIGHUP never
+    // takes this test process down.
+    let mut hangups =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
     let policies = tempfile::tempdir().expect("tempdir");
     copy_policies(policies.path());
     let dir = policies.path().to_owned();
@@ -153,19 +157,85 @@ async fn reload_under_load_swaps_atomically_and_refuses_an_invalid_set() {
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let gateway = env.gateway.as_ref().expect("gateway");
+    let admin = |who: &'static str, path: &'static str, body: serde_json::Value| {
+        let env = env.clone();
+        async move {
+            env.call_as("admin-cli", who, "policy-admin", path, Some(&body.to_string()))
+                .await
+        }
+    };
+
+    // Editing the policy directory and sending SIGHUP changes no policy:
+    // SIGHUP reloads certificates only.
     let app = dir.join("apps/y-te.toml");
-    let text = std::fs::read_to_string(&app)
+    let edited = std::fs::read_to_string(&app)
         .expect("read")
         .replace("  \"blood_type\",\n", "");
-    std::fs::write(&app, text).expect("write");
-    let gateway = env.gateway.as_ref().expect("gateway");
-    assert_eq!(gateway.reload_policy().await.expect("reload"), 2);
+    std::fs::write(&app, &edited).expect("write");
+    let (stop_serving, served) = tokio::sync::oneshot::channel::<()>();
+    let serving = {
+        let env = env.clone();
+        tokio::spawn(async move {
+            let gateway = env.gateway.as_ref().expect("gateway");
+            gateway
+                .run_until(async {
+                    let _ = served.await;
+                })
+                .await
+                .expect("run");
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    hangups.recv().await.expect("the signal arrived");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(gateway.policy.version(), 1, "SIGHUP changed the policy");
+    let listed = env
+        .call_as(
+            "admin-cli",
+            "admin-an",
+            "policy-admin",
+            "/admin/v1/policies",
+            None,
+        )
+        .await;
+    assert_eq!(listed.body["active_version"], 1, "{}", listed.body);
+    assert_eq!(listed.body["versions"].as_array().map(Vec::len), Some(1));
+    drop(stop_serving);
+    serving.await.expect("served");
+
+    // The same change as a proposal, approved by a second admin, swaps
+    // while requests run: each answer is wholly one version.
+    let r = admin(
+        "admin-an",
+        "/admin/v1/policies/proposals",
+        json!({"reason": "nhóm máu", "files": {"apps/y-te.toml": edited}}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = admin("admin-binh", "/admin/v1/policies/proposals/2/approve", json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(gateway.policy.version(), 2);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
-    // An invalid set is refused; version 2 stays active.
-    std::fs::write(dir.join("apps/broken.toml"), "id = 1\n").expect("write");
-    let err = gateway.reload_policy().await.expect_err("invalid");
-    assert!(err.to_string().contains("broken.toml:1:6"), "{err}");
+    // An invalid proposal is refused; version 2 stays active.
+    let r = admin(
+        "admin-an",
+        "/admin/v1/policies/proposals",
+        json!({"reason": "hỏng", "files": {"apps/broken.toml": "id = 1\n"}}),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body["problems"].to_string().contains("broken.toml:1:6"),
+        "{}",
+        r.body
+    );
     assert_eq!(gateway.policy.version(), 2);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut versions = Vec::new();
@@ -174,9 +244,6 @@ async fn reload_under_load_swaps_atomically_and_refuses_an_invalid_set() {
     }
     assert!(versions.contains(&1) && versions.contains(&2), "{versions:?}");
     assert_eq!(versions.last(), Some(&2));
-    // Reloading the same files again creates no new version.
-    std::fs::remove_file(dir.join("apps/broken.toml")).expect("rm");
-    assert_eq!(gateway.reload_policy().await.expect("reload"), 2);
     match std::sync::Arc::try_unwrap(env) {
         Ok(env) => env.stop().await,
         Err(_) => panic!("workers still hold the environment"),

@@ -14,18 +14,25 @@ use serde_json::{json, Value};
 
 use super::problem::ApiError;
 use super::request::{check_text, parse_json_or_empty, query_param, Caller, Trail};
+use crate::audit::checkpoint::Signer;
 use crate::policy::diff::diff;
+use crate::policy::signature::{self, StoredVersion};
 use crate::policy::store::PolicyStore;
 use crate::policy::{self, Operation, PolicyFiles, PolicySet};
 use crate::server::{json_response, Body};
 use crate::warehouse::policies::StoreRefusal;
 use crate::warehouse::Warehouse;
 
-/// What the admin surface uses: the active snapshot's store and the
-/// warehouse's policy versions.
+/// What the admin surface uses: the active snapshot's store, the
+/// warehouse's policy versions, and this instance's key to sign the
+/// versions it activates.
 pub struct AdminApi {
     pub policy: Arc<PolicyStore>,
     pub warehouse: Warehouse,
+    pub signer: Arc<Signer>,
+    pub instance_id: String,
+    /// How long a freeze by one admin lasts unless a second confirms it.
+    pub freeze_confirm_within: std::time::Duration,
 }
 
 /// Longest accepted reason, in characters.
@@ -40,6 +47,9 @@ pub enum AdminOp {
     Rollback,
     Diff(u64),
     Simulate,
+    Version(u64),
+    Freeze,
+    ConfirmFreeze(u64),
 }
 
 impl AdminOp {
@@ -52,6 +62,9 @@ impl AdminOp {
             AdminOp::Rollback => "rollback",
             AdminOp::Diff(_) => "diff",
             AdminOp::Simulate => "simulate",
+            AdminOp::Version(_) => "version",
+            AdminOp::Freeze => "freeze",
+            AdminOp::ConfirmFreeze(_) => "confirm-freeze",
         }
     }
 }
@@ -83,15 +96,45 @@ struct RollbackBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SimulateBody {
-    app: String,
-    role: String,
-    operation: Operation,
-    purpose: String,
+    /// The version judged by (a proposal included); the active one by default.
+    #[serde(default)]
+    version: Option<u64>,
+    #[serde(default)]
+    app: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    operation: Option<Operation>,
+    #[serde(default)]
+    purpose: Option<String>,
     /// A national-database `CongDan` record.
-    record: Value,
+    #[serde(default)]
+    record: Option<Value>,
     /// The officer's ward, for `officer-unit` grants.
     #[serde(default)]
     unit: Option<u32>,
+    /// Replays the audited requests of a window instead.
+    #[serde(default)]
+    replay: Option<ReplayWindow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayWindow {
+    /// RFC 3339, inclusive.
+    from: String,
+    /// RFC 3339, exclusive.
+    to: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FreezeBody {
+    app: String,
+    /// Only this purpose's grants; the whole app without it.
+    #[serde(default)]
+    purpose: Option<String>,
+    reason: String,
 }
 
 /// What each call's body takes, for error details.
@@ -99,7 +142,8 @@ const TAKES_PROPOSAL: &str =
     "the body takes reason (a string), files (an object of file path to TOML text) and delete (a list of file paths)";
 const TAKES_DECISION: &str = "the body is empty or takes reason (a string)";
 const TAKES_ROLLBACK: &str = "the body takes version (a number) and reason (a string)";
-const TAKES_SIMULATE: &str = "the body takes app, role, operation, purpose (strings), record (a national-database CongDan object) and unit (a ward code number, optional)";
+const TAKES_SIMULATE: &str = "the body takes version (a number, optional), then either app, role, operation, purpose (strings), record (a national-database CongDan object) and unit (a ward code number, optional), or replay ({\"from\", \"to\"}: RFC 3339 times)";
+const TAKES_FREEZE: &str = "the body takes app, reason and purpose (optional), all strings";
 
 fn reason(text: &str) -> Result<String, ApiError> {
     let t = text.trim();
@@ -116,7 +160,10 @@ fn refusal(r: StoreRefusal) -> ApiError {
     match r {
         StoreRefusal::NoSuchVersion(_) => ApiError::NotFound(r.to_string()),
         StoreRefusal::SelfApproval => ApiError::Forbidden(r.to_string()),
-        StoreRefusal::NotProposed(..) | StoreRefusal::Stale(..) => ApiError::Conflict(r.to_string()),
+        StoreRefusal::NotProposed(..)
+        | StoreRefusal::Stale(..)
+        | StoreRefusal::NeverActive(..)
+        | StoreRefusal::NotAFreeze(..) => ApiError::Conflict(r.to_string()),
     }
 }
 
@@ -205,8 +252,9 @@ impl AdminApi {
             }
             AdminOp::Approve(version) => {
                 let b: DecisionBody = parse_json_or_empty(body, TAKES_DECISION)?;
+                let sign = |v: &StoredVersion| signature::sign(v, &self.instance_id, &self.signer);
                 store
-                    .approve_policy(version, &caller.officer_id)
+                    .approve_policy(version, &caller.officer_id, &sign)
                     .await?
                     .map_err(refusal)?;
                 trail.details = Some(json!({ "version": version, "reason": b.reason }));
@@ -236,10 +284,9 @@ impl AdminApi {
                     .await?
                     .map_err(refusal)?;
                 trail.details = Some(json!({ "version": version, "copy_of": b.version, "reason": why }));
-                self.activate_locally(version).await?;
                 Ok(json_response(
-                    StatusCode::OK,
-                    &json!({ "version": version, "state": "active", "copy_of": b.version }),
+                    StatusCode::CREATED,
+                    &json!({ "version": version, "state": "proposed", "copy_of": b.version, "based_on": policy.version }),
                 ))
             }
             AdminOp::Diff(version) => {
@@ -268,10 +315,130 @@ impl AdminApi {
             }
             AdminOp::Simulate => {
                 let b: SimulateBody = parse_json_or_empty(body, TAKES_SIMULATE)?;
+                let judged = match b.version {
+                    None => Arc::new(policy.clone()),
+                    Some(v) => Arc::new(self.parsed(v, policy.province).await?),
+                };
+                if let Some(window) = &b.replay {
+                    let (from, to) = (
+                        time_of(&window.from, "replay.from")?,
+                        time_of(&window.to, "replay.to")?,
+                    );
+                    trail.details = Some(
+                        json!({ "version": judged.version, "replay": { "from": window.from, "to": window.to } }),
+                    );
+                    let report = self.replay(&judged, from, to).await?;
+                    return Ok(json_response(StatusCode::OK, &report));
+                }
+                let (Some(app), Some(role), Some(operation), Some(purpose), Some(record)) =
+                    (&b.app, &b.role, b.operation, &b.purpose, &b.record)
+                else {
+                    return Err(ApiError::InvalidRequest(format!("a simulation needs app, role, operation, purpose and record, or replay; {TAKES_SIMULATE}")));
+                };
                 trail.details = Some(
-                    json!({ "app": b.app, "role": b.role, "operation": b.operation.as_str(), "purpose": b.purpose }),
+                    json!({ "version": judged.version, "app": app, "role": role, "operation": operation.as_str(), "purpose": purpose }),
                 );
-                Ok(json_response(StatusCode::OK, &simulate(policy, &b)))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &simulate(&judged, app, role, operation, purpose, record, b.unit),
+                ))
+            }
+            AdminOp::Version(version) => {
+                let v =
+                    self.warehouse.version(version).await?.ok_or_else(|| {
+                        ApiError::NotFound(format!("policy version {version} does not exist"))
+                    })?;
+                let info = store
+                    .policy_versions()
+                    .await?
+                    .into_iter()
+                    .find(|i| i.version == version);
+                let refused = self.policy.refusal_of(&v);
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "version": version,
+                        "state": info.as_ref().map(|i| i.state.clone()),
+                        "files": v.files,
+                        "author": v.author,
+                        "approver": v.approver,
+                        "reason": v.reason,
+                        "based_on": v.based_on,
+                        "copy_of": info.as_ref().and_then(|i| i.copy_of),
+                        "emergency": v.emergency,
+                        "expires_at": info.as_ref().and_then(|i| i.expires_at.clone()),
+                        "created_at": info.as_ref().map(|i| i.created_at.clone()),
+                        "activated_at": info.as_ref().and_then(|i| i.activated_at.clone()),
+                        "signed_by": v.signature.as_ref().map(|s| s.instance.clone()),
+                        "signature_valid": refused.is_none() && v.signature.is_some(),
+                        "refused": refused,
+                    }),
+                ))
+            }
+            AdminOp::Freeze => {
+                let b: FreezeBody = parse_json_or_empty(body, TAKES_FREEZE)?;
+                let why = reason(&b.reason)?;
+                let mut files = store.policy_files(policy.version).await?.unwrap_or_default();
+                let path = format!("apps/{}.toml", b.app);
+                if !valid_path(&path) || !policy.apps.contains_key(&b.app) {
+                    return Err(ApiError::InvalidRequest(
+                        "app is not an app of the active version".into(),
+                    ));
+                }
+                match &b.purpose {
+                    None => {
+                        files.remove(&path);
+                    }
+                    Some(purpose) => {
+                        let text = files.get(&path).cloned().unwrap_or_default();
+                        let narrowed = without_grants_for(&text, purpose).ok_or_else(|| {
+                            ApiError::InvalidRequest(
+                                "the app has no grant for this purpose to suspend".into(),
+                            )
+                        })?;
+                        files.insert(path.clone(), narrowed);
+                    }
+                }
+                if let Err(problems) = policy::parse(&files, policy.province) {
+                    return Err(ApiError::InvalidPolicy(
+                        problems.0.iter().map(ToString::to_string).collect(),
+                    ));
+                }
+                let expires = time::OffsetDateTime::now_utc()
+                    + time::Duration::try_from(self.freeze_confirm_within).unwrap_or(time::Duration::DAY);
+                let sign = |v: &StoredVersion| signature::sign(v, &self.instance_id, &self.signer);
+                let label = match &b.purpose {
+                    None => format!("emergency freeze: app {} suspended: {why}", b.app),
+                    Some(p) => format!(
+                        "emergency freeze: app {}'s grants for {p} suspended: {why}",
+                        b.app
+                    ),
+                };
+                let version = store
+                    .freeze_policy(&files, &caller.officer_id, &label, expires, &sign)
+                    .await?;
+                trail.details = Some(json!({
+                    "version": version, "emergency": true, "app": b.app, "purpose": b.purpose,
+                    "reason": why, "expires_at": rfc3339(expires),
+                }));
+                self.activate_locally(version).await?;
+                Ok(json_response(
+                    StatusCode::CREATED,
+                    &json!({ "version": version, "state": "active", "emergency": true, "expires_at": rfc3339(expires) }),
+                ))
+            }
+            AdminOp::ConfirmFreeze(version) => {
+                let sign = |v: &StoredVersion| signature::sign(v, &self.instance_id, &self.signer);
+                store
+                    .confirm_freeze(version, &caller.officer_id, &sign)
+                    .await?
+                    .map_err(refusal)?;
+                trail.details = Some(json!({ "version": version, "emergency": true, "confirmed": true }));
+                self.activate_locally(version).await?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "version": version, "state": "active", "emergency": true, "confirmed": true }),
+                ))
             }
         }
     }
@@ -279,27 +446,158 @@ impl AdminApi {
     /// Swaps this instance to `version` at once; the others follow the
     /// store's notification.
     async fn activate_locally(&self, version: u64) -> Result<(), ApiError> {
+        let v = self
+            .warehouse
+            .version(version)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("policy version {version} does not exist")))?;
+        self.policy.activate(&v).map_err(|why| ApiError::Conflict(why))
+    }
+
+    /// Any stored version, parsed (a proposal included).
+    async fn parsed(&self, version: u64, province: u16) -> Result<PolicySet, ApiError> {
         let files = self
             .warehouse
             .policy_files(version)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("policy version {version} does not exist")))?;
-        self.policy
-            .activate(&files, version)
-            .map_err(|_| ApiError::Conflict(format!("policy version {version} does not parse")))
+        let mut set = policy::parse(&files, province)
+            .map_err(|_| ApiError::Conflict(format!("stored version {version} no longer parses")))?;
+        set.version = version;
+        Ok(set)
+    }
+
+    /// The audited granted requests of `[from, to)` judged again by
+    /// `judged`: per app and purpose, how many requests there were, which
+    /// fields they would gain or lose (and in how many requests), and how
+    /// many would be denied. Uses the audit log only — no citizen data.
+    async fn replay(
+        &self,
+        judged: &PolicySet,
+        from: time::OffsetDateTime,
+        to: time::OffsetDateTime,
+    ) -> Result<Value, ApiError> {
+        let requests = self.warehouse.granted_requests(from, to, MAX_REPLAY).await?;
+        let mut then: BTreeMap<u64, Option<PolicySet>> = BTreeMap::new();
+        let mut by_key: BTreeMap<(String, String), Replayed> = BTreeMap::new();
+        for r in &requests {
+            // The roles the request was granted under, by the version it
+            // was judged by.
+            if !then.contains_key(&r.policy_version) {
+                let set = self.parsed(r.policy_version, judged.province).await.ok();
+                then.insert(r.policy_version, set);
+            }
+            let roles: Vec<String> = then
+                .get(&r.policy_version)
+                .and_then(Option::as_ref)
+                .and_then(|set| set.apps.get(&r.app))
+                .and_then(|app| {
+                    app.grants
+                        .iter()
+                        .find(|g| g.purpose == r.purpose && g.operations.contains(&r.operation))
+                })
+                .map(|g| g.roles.clone())
+                .unwrap_or_default();
+            let entry = by_key.entry((r.app.clone(), r.purpose.clone())).or_default();
+            entry.requests += 1;
+            let grant = judged
+                .apps
+                .get(&r.app)
+                .and_then(|app| judged.authorize(app, &roles, r.operation, &r.purpose).ok());
+            let Some(grant) = grant else {
+                entry.denied += 1;
+                continue;
+            };
+            let covered = |f: &str| {
+                grant.fields.iter().any(|g| {
+                    g == f
+                        || f.strip_prefix(g.as_str())
+                            .is_some_and(|rest| rest.starts_with('.'))
+                })
+            };
+            for f in r.fields.iter().filter(|f| !covered(f)) {
+                *entry.lose.entry(f.clone()).or_default() += 1;
+            }
+            for g in grant.fields.iter().filter(|g| !r.fields.contains(g)) {
+                *entry.gain.entry(g.clone()).or_default() += 1;
+            }
+        }
+        let rows: Vec<Value> = by_key
+            .into_iter()
+            .map(|((app, purpose), r)| {
+                json!({
+                    "app": app, "purpose": purpose, "requests": r.requests, "would_be_denied": r.denied,
+                    "would_lose": r.lose, "would_gain": r.gain,
+                })
+            })
+            .collect();
+        Ok(json!({
+            "version": judged.version,
+            "replayed": requests.len(),
+            "truncated": requests.len() as i64 >= MAX_REPLAY,
+            "by_app_and_purpose": rows,
+        }))
     }
 }
 
-fn simulate(policy: &PolicySet, b: &SimulateBody) -> Value {
-    let Some(app) = policy.apps.get(&b.app) else {
+/// What a replay found for one app and purpose.
+#[derive(Default)]
+struct Replayed {
+    requests: u64,
+    denied: u64,
+    /// Field → requests that released it but would not now.
+    lose: BTreeMap<String, u64>,
+    /// Field → requests that did not release it but could now.
+    gain: BTreeMap<String, u64>,
+}
+
+/// Most requests one replay reads.
+const MAX_REPLAY: i64 = 100_000;
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn time_of(text: &str, name: &str) -> Result<time::OffsetDateTime, ApiError> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|_| {
+        ApiError::InvalidRequest(format!(
+            "{name} must be an RFC 3339 time such as 2026-12-01T08:00:00+07:00"
+        ))
+    })
+}
+
+/// An app file's text without its grants for `purpose`; `None` when it has
+/// none. (The freeze's version keeps the rest of the file, comments aside.)
+fn without_grants_for(text: &str, purpose: &str) -> Option<String> {
+    let mut doc: toml::Table = toml::from_str(text).ok()?;
+    let grants = doc.get_mut("grant")?.as_array_mut()?;
+    let before = grants.len();
+    grants.retain(|g| g.get("purpose").and_then(|p| p.as_str()) != Some(purpose));
+    if grants.len() == before {
+        return None;
+    }
+    toml::to_string(&doc).ok()
+}
+
+fn simulate(
+    policy: &PolicySet,
+    app: &str,
+    role: &str,
+    operation: Operation,
+    purpose: &str,
+    record: &Value,
+    unit: Option<u32>,
+) -> Value {
+    let Some(app) = policy.apps.get(app) else {
         return json!({ "decision": "denied", "reason": "no app of this id in the policy version simulated" });
     };
-    let grant = match policy.authorize(app, std::slice::from_ref(&b.role), b.operation, &b.purpose) {
+    let grant = match policy.authorize(app, &[role.to_owned()], operation, purpose) {
         Ok(g) => g,
         Err(denial) => return json!({ "decision": "denied", "reason": denial.to_string() }),
     };
-    let mapped = policy.catalog.map_record(&b.record);
-    let inside = policy.within_jurisdiction(grant, &mapped, b.unit);
+    let mapped = policy.catalog.map_record(record);
+    let inside = policy.within_jurisdiction(grant, &mapped, unit);
     let (released, fields) = policy.release(grant, &mapped);
     json!({
         "decision": if inside { "granted" } else { "denied" },

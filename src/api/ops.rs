@@ -53,6 +53,7 @@ impl OpsApi {
             shipper_lag_seconds: j.backlog_age().as_secs(),
             journal_degraded: j.degraded.load(Ordering::Acquire),
             chain_fork: j.fork.load(Ordering::Acquire),
+            policy_refusals: self.policy.refusals(),
             upstream_circuit_open: self.breaker.is_open(),
             limiter_keys: self.limits.tracked_keys(),
             token_cache_entries: self.tokens.cached(),
@@ -77,6 +78,10 @@ impl OpsApi {
         };
         let journal_ok = !self.journal.degraded.load(std::sync::atomic::Ordering::Acquire);
         let fork = self.journal.fork.load(std::sync::atomic::Ordering::Acquire);
+        let refused = self.policy.refused();
+        // A refused version leaves this instance serving on the last good
+        // one: it says so, and stays ready (an attacker who can write a row
+        // must not be able to take every instance out).
         let ready = listening && policy_version > 0 && journal_ok && !fork;
         let status = if ready {
             StatusCode::OK
@@ -90,6 +95,10 @@ impl OpsApi {
                 "instance_id": self.instance_id,
                 "listener": if listening { "up" } else { "down" },
                 "policy_version": policy_version,
+                "policy": match &refused {
+                    None => "ok".to_owned(),
+                    Some((v, _)) => format!("refused version {v}: not signed by a trusted instance (see the log)"),
+                },
                 "journal": if journal_ok { "ok" } else { "degraded" },
                 "shipper": if fork { "chain fork" } else { "ok" },
                 "audit_backlog": self.journal.backlog(),

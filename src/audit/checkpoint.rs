@@ -69,6 +69,11 @@ impl Signer {
         STANDARD.encode(self.key.public_key().as_ref())
     }
 
+    /// The signature (base64) of `message`.
+    pub fn sign_bytes(&self, message: &[u8]) -> String {
+        STANDARD.encode(self.key.sign(message).as_ref())
+    }
+
     pub fn sign(&self, instance_id: &str, seq: u64, head_hash: &str, ts: &str) -> Checkpoint {
         let sig = self.key.sign(&message(instance_id, seq, head_hash, ts));
         Checkpoint {
@@ -80,6 +85,14 @@ impl Signer {
             signature: STANDARD.encode(sig.as_ref()),
         }
     }
+}
+
+/// Whether `signature` (base64) is `public_key`'s (base64) over `message`.
+pub fn verify_bytes(public_key: &str, message: &[u8], signature: &str) -> bool {
+    let (Ok(pk), Ok(sig)) = (STANDARD.decode(public_key), STANDARD.decode(signature)) else {
+        return false;
+    };
+    UnparsedPublicKey::new(&ED25519, pk).verify(message, &sig).is_ok()
 }
 
 impl Checkpoint {

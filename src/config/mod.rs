@@ -24,6 +24,7 @@ pub const DEFAULT_OPS_LISTEN: SocketAddr = SocketAddr::new(LOOPBACK, 9090);
 pub const DEFAULT_INSTANCE_ID: &str = "gw-1";
 pub const DEFAULT_ADMIN_APP: &str = "admin-cli";
 pub const DEFAULT_AUDIT_APP: &str = "audit-cli";
+pub const DEFAULT_FREEZE_CONFIRM_WITHIN: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -93,6 +94,14 @@ pub struct GatewaySection {
     /// Apps through which auditors work (`/audit/v1`).
     #[serde(default = "default_audit_apps")]
     pub audit_apps: Vec<String>,
+    /// How long an emergency freeze by one admin stays unless a second
+    /// admin confirms it.
+    #[serde(default = "default_freeze_confirm_within", with = "de::secs")]
+    pub freeze_confirm_within: Duration,
+}
+
+fn default_freeze_confirm_within() -> Duration {
+    DEFAULT_FREEZE_CONFIRM_WITHIN
 }
 
 fn default_admin_apps() -> Vec<String> {
@@ -557,6 +566,7 @@ impl Config {
                 data_dir,
                 admin_apps: default_admin_apps(),
                 audit_apps: default_audit_apps(),
+                freeze_confirm_within: DEFAULT_FREEZE_CONFIRM_WITHIN,
             },
             tls: TlsSection {
                 cert: layout.gateway_cert(),

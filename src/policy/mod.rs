@@ -12,6 +12,7 @@ pub mod diff;
 pub mod mask;
 pub mod release;
 pub mod samples;
+pub mod signature;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -113,3 +113,53 @@ impl Warehouse {
         Ok(self.pool.get().await?)
     }
 }
+
+/// A granted request as a replay of policy needs it: no citizen data.
+#[derive(Debug, Clone)]
+pub struct GrantedRequest {
+    pub app: String,
+    pub operation: crate::policy::Operation,
+    pub purpose: String,
+    pub policy_version: u64,
+    pub fields: Vec<String>,
+}
+
+impl Warehouse {
+    /// The granted app requests (outcome events) of `[from, to)`, oldest
+    /// first, at most `limit`.
+    pub async fn granted_requests(
+        &self,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<GrantedRequest>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT app_id, operation, purpose, policy_version, fields FROM popgate.audit_events
+                 WHERE ts >= $1 AND ts < $2 AND decision = 'granted' AND body->>'kind' = 'outcome'
+                   AND app_id IS NOT NULL AND purpose IS NOT NULL AND policy_version IS NOT NULL
+                 ORDER BY ts LIMIT $3",
+                &[&from, &to, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let operation = match r.get::<_, String>(1).as_str() {
+                    "lookup" => crate::policy::Operation::Lookup,
+                    "verify" => crate::policy::Operation::Verify,
+                    "household" => crate::policy::Operation::Household,
+                    _ => return None,
+                };
+                Some(GrantedRequest {
+                    app: r.get(0),
+                    operation,
+                    purpose: r.get(2),
+                    policy_version: r.get::<_, i64>(3).max(0) as u64,
+                    fields: r.get(4),
+                })
+            })
+            .collect())
+    }
+}

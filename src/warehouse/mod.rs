@@ -98,6 +98,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "subjects and legal basis",
         include_str!("migrations/0003_subjects_and_legal_basis.sql"),
     ),
+    (
+        4,
+        "signed policy versions",
+        include_str!("migrations/0004_signed_policy_versions.sql"),
+    ),
 ];
 
 const POOL_SIZE: usize = 16;

@@ -8,7 +8,48 @@ use serde_json::Value;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{Result, Warehouse, WarehouseError};
+use crate::policy::signature::{StoredVersion, VersionSignature};
 use crate::policy::PolicyFiles;
+
+/// A version as stored, read through any client or transaction.
+async fn read_version(
+    client: &impl deadpool_postgres::GenericClient,
+    version: u64,
+) -> Result<Option<StoredVersion>> {
+    let Some(r) = client
+        .query_opt(
+            "SELECT version, files, author, approver, reason, based_on, emergency,
+                    signed_by_instance, signed_by_key, signature
+             FROM popgate.policy_versions WHERE version = $1",
+            &[&(version as i64)],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let signature = match (
+        r.get::<_, Option<String>>(7),
+        r.get::<_, Option<String>>(8),
+        r.get::<_, Option<String>>(9),
+    ) {
+        (Some(instance), Some(public_key), Some(signature)) => Some(VersionSignature {
+            instance,
+            public_key,
+            signature,
+        }),
+        _ => None,
+    };
+    Ok(Some(StoredVersion {
+        version: to_u64(r.get(0)),
+        files: files_from_json(r.get(1))?,
+        author: r.get(2),
+        approver: r.get(3),
+        reason: r.get(4),
+        based_on: r.get::<_, Option<i64>>(5).map(to_u64),
+        emergency: r.get(6),
+        signature,
+    }))
+}
 
 /// The notification channel instances listen on.
 pub const CHANNEL: &str = "popgate_policy";
@@ -24,6 +65,14 @@ pub struct VersionInfo {
     pub created_at: String,
     pub activated_at: Option<String>,
     pub based_on: Option<u64>,
+    /// The version a rollback proposal copies.
+    pub copy_of: Option<u64>,
+    /// An emergency freeze (one admin, narrowing only).
+    pub emergency: bool,
+    /// When an unconfirmed freeze ends.
+    pub expires_at: Option<String>,
+    /// The instance whose key signed the version.
+    pub signed_by: Option<String>,
 }
 
 /// Why a store operation was refused; shown to the admin.
@@ -37,6 +86,10 @@ pub enum StoreRefusal {
     SelfApproval,
     #[error("proposal {0} was made against version {1}, but version {2} is active now; propose again")]
     Stale(u64, u64, u64),
+    #[error("policy version {0} was never active ({1}): a rollback copies a version that was once approved and active")]
+    NeverActive(u64, String),
+    #[error("policy version {0} is not an emergency freeze awaiting confirmation")]
+    NotAFreeze(u64),
 }
 
 /// The number the next version gets; call with the table locked.
@@ -79,7 +132,8 @@ impl Warehouse {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT version, state, author, approver, reason, created_at, activated_at, based_on
+                "SELECT version, state, author, approver, reason, created_at, activated_at, based_on,
+                        copy_of, emergency, expires_at, signed_by_instance
                  FROM popgate.policy_versions ORDER BY version DESC",
                 &[],
             )
@@ -95,6 +149,10 @@ impl Warehouse {
                 created_at: rfc3339(r.get(5)),
                 activated_at: r.get::<_, Option<time::OffsetDateTime>>(6).map(rfc3339),
                 based_on: r.get::<_, Option<i64>>(7).map(to_u64),
+                copy_of: r.get::<_, Option<i64>>(8).map(to_u64),
+                emergency: r.get(9),
+                expires_at: r.get::<_, Option<time::OffsetDateTime>>(10).map(rfc3339),
+                signed_by: r.get(11),
             })
             .collect())
     }
@@ -135,16 +193,22 @@ impl Warehouse {
     }
 
     /// Approves a proposal by another admin than its author and makes it the
-    /// active version. A proposal made against a version that is no longer
-    /// active is refused (it would silently undo the change in between).
-    pub async fn approve_policy(&self, version: u64, approver: &str) -> Result<Result<(), StoreRefusal>> {
+    /// active version, signed by `sign` (the approving instance). A
+    /// proposal made against a version that is no longer active is refused
+    /// (it would silently undo the change in between).
+    pub async fn approve_policy(
+        &self,
+        version: u64,
+        approver: &str,
+        sign: &(dyn Fn(&StoredVersion) -> VersionSignature + Sync),
+    ) -> Result<Result<(), StoreRefusal>> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
             .await?;
         let Some(row) = tx
             .query_opt(
-                "SELECT state, author, based_on FROM popgate.policy_versions WHERE version = $1",
+                "SELECT state, author, based_on, files, reason FROM popgate.policy_versions WHERE version = $1",
                 &[&(version as i64)],
             )
             .await?
@@ -174,14 +238,32 @@ impl Warehouse {
                 )));
             }
         }
+        let signed = sign(&StoredVersion {
+            version,
+            files: files_from_json(row.get(3))?,
+            author,
+            approver: Some(approver.to_owned()),
+            reason: row.get(4),
+            based_on: based_on.map(to_u64),
+            emergency: false,
+            signature: None,
+        });
         tx.execute(
             "UPDATE popgate.policy_versions SET state = 'superseded' WHERE state = 'active'",
             &[],
         )
         .await?;
         tx.execute(
-            "UPDATE popgate.policy_versions SET state = 'active', approver = $2, activated_at = now() WHERE version = $1",
-            &[&(version as i64), &approver],
+            "UPDATE popgate.policy_versions SET state = 'active', approver = $2, activated_at = now(),
+                    signed_by_instance = $3, signed_by_key = $4, signature = $5
+             WHERE version = $1",
+            &[
+                &(version as i64),
+                &approver,
+                &signed.instance,
+                &signed.public_key,
+                &signed.signature,
+            ],
         )
         .await?;
         tx.execute(&format!("NOTIFY {CHANNEL}, '{version}'"), &[]).await?;
@@ -214,20 +296,250 @@ impl Warehouse {
         Ok(Ok(()))
     }
 
-    /// Activates a copy of an earlier version as a new version.
+    /// Proposes a copy of `to`, a version that was once active; like any
+    /// proposal it needs a second admin's approval. Returns the proposal.
     pub async fn rollback_policy(
         &self,
         to: u64,
         author: &str,
         reason: &str,
     ) -> Result<Result<u64, StoreRefusal>> {
-        let Some(files) = self.policy_files(to).await? else {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
+            .await?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT state, files, activated_at IS NOT NULL AND signature IS NOT NULL
+                 FROM popgate.policy_versions WHERE version = $1",
+                &[&(to as i64)],
+            )
+            .await?
+        else {
             return Ok(Err(StoreRefusal::NoSuchVersion(to)));
         };
-        let (version, _) = self
-            .activate_policy(&files, author, &format!("rollback to version {to}: {reason}"))
+        let (state, files, was_active): (String, Value, bool) = (row.get(0), row.get(1), row.get(2));
+        if !(was_active && (state == "active" || state == "superseded")) {
+            return Ok(Err(StoreRefusal::NeverActive(to, state)));
+        }
+        let active: Option<i64> = tx
+            .query_opt(
+                "SELECT version FROM popgate.policy_versions WHERE state = 'active'",
+                &[],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let next = next_version(&tx).await?;
+        tx.execute(
+            "INSERT INTO popgate.policy_versions (version, state, files, author, reason, based_on, copy_of)
+             VALUES ($1, 'proposed', $2, $3, $4, $5, $6)",
+            &[
+                &next,
+                &files,
+                &author,
+                &format!("rollback to version {to}: {reason}"),
+                &active,
+                &(to as i64),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(to_u64(next)))
+    }
+
+    /// Activates `files` at once as an emergency freeze by one admin (the
+    /// caller has checked that it only narrows access), until `expires_at`
+    /// unless a second admin confirms it. Signed by `sign`.
+    pub async fn freeze_policy(
+        &self,
+        files: &PolicyFiles,
+        author: &str,
+        reason: &str,
+        expires_at: time::OffsetDateTime,
+        sign: &(dyn Fn(&StoredVersion) -> VersionSignature + Sync),
+    ) -> Result<u64> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
             .await?;
-        Ok(Ok(version))
+        let active: Option<i64> = tx
+            .query_opt(
+                "SELECT version FROM popgate.policy_versions WHERE state = 'active'",
+                &[],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let next = next_version(&tx).await?;
+        let signed = sign(&StoredVersion {
+            version: to_u64(next),
+            files: files.clone(),
+            author: author.to_owned(),
+            approver: None,
+            reason: reason.to_owned(),
+            based_on: active.map(to_u64),
+            emergency: true,
+            signature: None,
+        });
+        tx.execute(
+            "UPDATE popgate.policy_versions SET state = 'superseded' WHERE state = 'active'",
+            &[],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO popgate.policy_versions (version, state, files, author, reason, based_on, activated_at,
+                    emergency, expires_at, signed_by_instance, signed_by_key, signature)
+             VALUES ($1, 'active', $2, $3, $4, $5, now(), true, $6, $7, $8, $9)",
+            &[
+                &next,
+                &files_to_json(files),
+                &author,
+                &reason,
+                &active,
+                &expires_at,
+                &signed.instance,
+                &signed.public_key,
+                &signed.signature,
+            ],
+        )
+        .await?;
+        tx.execute(&format!("NOTIFY {CHANNEL}, '{next}'"), &[]).await?;
+        tx.commit().await?;
+        Ok(to_u64(next))
+    }
+
+    /// A second admin confirms the active emergency freeze `version`: it
+    /// stays, signed anew with its approver.
+    pub async fn confirm_freeze(
+        &self,
+        version: u64,
+        approver: &str,
+        sign: &(dyn Fn(&StoredVersion) -> VersionSignature + Sync),
+    ) -> Result<Result<(), StoreRefusal>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
+            .await?;
+        let Some(v) = read_version(&tx, version).await? else {
+            return Ok(Err(StoreRefusal::NoSuchVersion(version)));
+        };
+        let (state, expires): (String, Option<time::OffsetDateTime>) = tx
+            .query_one(
+                "SELECT state, expires_at FROM popgate.policy_versions WHERE version = $1",
+                &[&(version as i64)],
+            )
+            .await
+            .map(|r| (r.get(0), r.get(1)))?;
+        if !(v.emergency && state == "active" && v.approver.is_none() && expires.is_some()) {
+            return Ok(Err(StoreRefusal::NotAFreeze(version)));
+        }
+        if v.author == approver {
+            return Ok(Err(StoreRefusal::SelfApproval));
+        }
+        let confirmed = StoredVersion {
+            approver: Some(approver.to_owned()),
+            signature: None,
+            ..v
+        };
+        let signed = sign(&confirmed);
+        tx.execute(
+            "UPDATE popgate.policy_versions SET approver = $2, expires_at = NULL,
+                    signed_by_instance = $3, signed_by_key = $4, signature = $5
+             WHERE version = $1",
+            &[
+                &(version as i64),
+                &approver,
+                &signed.instance,
+                &signed.public_key,
+                &signed.signature,
+            ],
+        )
+        .await?;
+        tx.execute(&format!("NOTIFY {CHANNEL}, '{version}'"), &[]).await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Ends an unconfirmed freeze past its time: the version it froze is
+    /// active again. Returns the version that is active afterwards, if a
+    /// freeze ended.
+    pub async fn expire_freezes(&self) -> Result<Option<u64>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
+            .await?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT version, based_on FROM popgate.policy_versions
+                 WHERE state = 'active' AND emergency AND approver IS NULL AND expires_at < now()",
+                &[],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (frozen, before): (i64, Option<i64>) = (row.get(0), row.get(1));
+        let Some(before) = before else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE popgate.policy_versions SET state = 'expired' WHERE version = $1",
+            &[&frozen],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE popgate.policy_versions SET state = 'active' WHERE version = $1",
+            &[&before],
+        )
+        .await?;
+        tx.execute(&format!("NOTIFY {CHANNEL}, '{before}'"), &[]).await?;
+        tx.commit().await?;
+        Ok(Some(to_u64(before)))
+    }
+
+    /// A store from before versions were signed (schema version 4): its
+    /// active version is signed by `sign` once, when no version of the
+    /// store carries a signature yet. Returns whether it was.
+    pub async fn adopt_unsigned_store(
+        &self,
+        sign: &(dyn Fn(&StoredVersion) -> VersionSignature + Sync),
+    ) -> Result<bool> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
+            .await?;
+        let signed_any = tx
+            .query_opt(
+                "SELECT 1 FROM popgate.policy_versions WHERE signature IS NOT NULL LIMIT 1",
+                &[],
+            )
+            .await?
+            .is_some();
+        let active = tx
+            .query_opt(
+                "SELECT version FROM popgate.policy_versions WHERE state = 'active'",
+                &[],
+            )
+            .await?;
+        let (false, Some(active)) = (signed_any, active) else {
+            return Ok(false);
+        };
+        let Some(v) = read_version(&tx, to_u64(active.get(0))).await? else {
+            return Ok(false);
+        };
+        let signed = sign(&v);
+        tx.execute(
+            "UPDATE popgate.policy_versions SET signed_by_instance = $2, signed_by_key = $3, signature = $4 WHERE version = $1",
+            &[&(v.version as i64), &signed.instance, &signed.public_key, &signed.signature],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// One version with everything that vouches for it.
+    pub async fn version(&self, version: u64) -> Result<Option<StoredVersion>> {
+        let client = self.pool.get().await?;
+        read_version(&client, version).await
     }
 
     /// The active version number.
@@ -247,87 +559,59 @@ impl Warehouse {
 }
 
 impl Warehouse {
-    /// The active policy version and its files, if the store has one.
-    pub async fn active_policy(&self) -> Result<Option<(u64, PolicyFiles)>> {
+    /// The active version, if the store has one.
+    pub async fn active_policy(&self) -> Result<Option<StoredVersion>> {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT version, files FROM popgate.policy_versions WHERE state = 'active'",
+                "SELECT version FROM popgate.policy_versions WHERE state = 'active'",
                 &[],
             )
             .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let version: i64 = row.get(0);
-        let files: serde_json::Value = row.get(1);
-        let files = files_from_json(files)?;
-        Ok(Some((u64::try_from(version).unwrap_or_default(), files)))
+        match row {
+            Some(row) => read_version(&client, to_u64(row.get(0))).await,
+            None => Ok(None),
+        }
     }
 
-    /// Makes `files` version 1 when the store holds no version at all.
-    /// Returns whether it did.
-    pub async fn seed_policy(&self, files: &PolicyFiles, author: &str) -> Result<bool> {
-        let client = self.pool.get().await?;
-        let doc = files_to_json(files);
-        let inserted = client
-            .execute(
-                "INSERT INTO popgate.policy_versions (version, state, files, author, reason, activated_at)
-                 SELECT 1, 'active', $1, $2, 'initial import from the policy directory', now()
-                 WHERE NOT EXISTS (SELECT 1 FROM popgate.policy_versions)
-                 ON CONFLICT DO NOTHING",
-                &[&doc, &author],
-            )
-            .await?;
-        Ok(inserted == 1)
-    }
-}
-
-impl Warehouse {
-    /// Records `files` as a new active version (the previous one becomes
-    /// superseded) in one transaction, unless they equal the active files.
-    /// Returns the active version afterwards and whether it is new.
-    pub async fn activate_policy(
+    /// Makes `files` version 1, signed by `sign`, when the store holds no
+    /// version at all. Returns whether it did.
+    pub async fn seed_policy(
         &self,
         files: &PolicyFiles,
         author: &str,
-        reason: &str,
-    ) -> Result<(u64, bool)> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
-            .await?;
-        let doc = files_to_json(files);
-        let active = tx
-            .query_opt(
-                "SELECT version, files FROM popgate.policy_versions WHERE state = 'active'",
-                &[],
+        sign: &(dyn Fn(&StoredVersion) -> VersionSignature + Sync),
+    ) -> Result<bool> {
+        const REASON: &str = "initial import from the policy directory";
+        let signed = sign(&StoredVersion {
+            version: 1,
+            files: files.clone(),
+            author: author.to_owned(),
+            approver: None,
+            reason: REASON.to_owned(),
+            based_on: None,
+            emergency: false,
+            signature: None,
+        });
+        let client = self.pool.get().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO popgate.policy_versions (version, state, files, author, reason, activated_at,
+                        signed_by_instance, signed_by_key, signature)
+                 SELECT 1, 'active', $1, $2, $3, now(), $4, $5, $6
+                 WHERE NOT EXISTS (SELECT 1 FROM popgate.policy_versions)
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &files_to_json(files),
+                    &author,
+                    &REASON,
+                    &signed.instance,
+                    &signed.public_key,
+                    &signed.signature,
+                ],
             )
             .await?;
-        if let Some(row) = &active {
-            let current: serde_json::Value = row.get(1);
-            if current == doc {
-                let version: i64 = row.get(0);
-                tx.commit().await?;
-                return Ok((u64::try_from(version).unwrap_or_default(), false));
-            }
-        }
-        let based_on: Option<i64> = active.as_ref().map(|r| r.get(0));
-        let next = next_version(&tx).await?;
-        tx.execute(
-            "UPDATE popgate.policy_versions SET state = 'superseded' WHERE state = 'active'",
-            &[],
-        )
-        .await?;
-        tx.execute(
-            "INSERT INTO popgate.policy_versions (version, state, files, author, approver, reason, activated_at, based_on)
-             VALUES ($1, 'active', $2, $3, NULL, $4, now(), $5)",
-            &[&next, &doc, &author, &reason, &based_on],
-        )
-        .await?;
-        tx.execute(&format!("NOTIFY {}, '{next}'", CHANNEL), &[]).await?;
-        tx.commit().await?;
-        Ok((u64::try_from(next).unwrap_or_default(), true))
+        Ok(inserted == 1)
     }
 }
 
