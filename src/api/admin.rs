@@ -451,7 +451,7 @@ impl AdminApi {
             .version(version)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("policy version {version} does not exist")))?;
-        self.policy.activate(&v).map_err(|why| ApiError::Conflict(why))
+        self.policy.activate(&v).map_err(ApiError::Conflict)
     }
 
     /// Any stored version, parsed (a proposal included).
@@ -483,9 +483,8 @@ impl AdminApi {
         for r in &requests {
             // The roles the request was granted under, by the version it
             // was judged by.
-            if !then.contains_key(&r.policy_version) {
-                let set = self.parsed(r.policy_version, judged.province).await.ok();
-                then.insert(r.policy_version, set);
+            if let std::collections::btree_map::Entry::Vacant(slot) = then.entry(r.policy_version) {
+                slot.insert(self.parsed(r.policy_version, judged.province).await.ok());
             }
             let roles: Vec<String> = then
                 .get(&r.policy_version)
