@@ -145,7 +145,7 @@ pub async fn verify(client: &Client, trusted: Option<&TrustedKeys>) -> crate::wa
 
 /// The keys a checkpoint of `instance` may be signed with: the pinned ones,
 /// or (unpinned) its own.
-fn keys_for<'a>(trusted: Option<&'a TrustedKeys>, instance: &str, cp: &'a Checkpoint) -> Vec<&'a str> {
+fn keys_for<'a>(trusted: Option<&'a TrustedKeys>, instance: &str, own: &'a str) -> Vec<&'a str> {
     match trusted {
         Some(t) => t
             .get(instance)
@@ -154,7 +154,7 @@ fn keys_for<'a>(trusted: Option<&'a TrustedKeys>, instance: &str, cp: &'a Checkp
             .flatten()
             .map(String::as_str)
             .collect(),
-        None => vec![cp.public_key.as_str()],
+        None => vec![own],
     }
 }
 
@@ -193,6 +193,7 @@ pub async fn verify_anchored(
         });
     }
     report.instances = instances.len();
+    check_policy_versions(client, trusted, &mut report).await?;
     for instance in instances {
         let anchored: Vec<&Checkpoint> = anchors.iter().filter(|a| a.instance_id == instance).collect();
         let delivered = watermarks
@@ -202,6 +203,40 @@ pub async fn verify_anchored(
         verify_instance(client, &instance, trusted, &anchored, delivered, &mut report).await?;
     }
     Ok(report)
+}
+
+/// Every policy version that was applied must carry a signature that
+/// matches it, by a pinned key of the instance named when keys are pinned.
+async fn check_policy_versions(
+    client: &Client,
+    trusted: Option<&TrustedKeys>,
+    report: &mut Report,
+) -> crate::warehouse::Result<()> {
+    for v in crate::warehouse::policies::applied_versions(client).await? {
+        let what = match &v.signature {
+            None => {
+                Some("policy version was applied but is not signed (written into the database, not approved)")
+            }
+            Some(_) if !crate::policy::signature::signature_matches(&v) => {
+                Some("policy version's signature does not match its content")
+            }
+            Some(sig)
+                if trusted.is_some()
+                    && !keys_for(trusted, &sig.instance, "").contains(&sig.public_key.as_str()) =>
+            {
+                Some("policy version is signed by a key that is not pinned for its instance")
+            }
+            Some(_) => None,
+        };
+        if let Some(what) = what {
+            report.findings.push(Finding {
+                instance: "policy".to_owned(),
+                seq: v.version,
+                what: what.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn verify_instance(
@@ -297,7 +332,7 @@ async fn verify_instance(
     let mut first_key: Option<&str> = None;
     for cp in &checkpoints {
         report.checkpoints += 1;
-        let keys = keys_for(trusted, instance, cp);
+        let keys = keys_for(trusted, instance, &cp.public_key);
         if !keys.iter().any(|k| cp.verify_with(k)) {
             let why = if trusted.is_some() && keys.iter().all(|k| *k != cp.public_key) {
                 "forged checkpoint: not signed by a trusted key"
@@ -335,7 +370,7 @@ async fn verify_instance(
     // The anchors kept outside the database: each must be signed by a key
     // of this instance and match the chain the warehouse holds.
     for anchor in anchors {
-        let keys = keys_for(trusted, instance, anchor);
+        let keys = keys_for(trusted, instance, &anchor.public_key);
         let known_key = first_key.is_none_or(|k| k == anchor.public_key) || trusted.is_some();
         if !known_key || !keys.iter().any(|k| anchor.verify_with(k)) {
             report.findings.push(finding(

@@ -71,6 +71,14 @@ pub fn sign(v: &StoredVersion, instance: &str, signer: &Signer) -> VersionSignat
     }
 }
 
+/// Whether `v`'s signature matches its content under the key it names
+/// (who that key belongs to is the caller's question).
+pub fn signature_matches(v: &StoredVersion) -> bool {
+    v.signature
+        .as_ref()
+        .is_some_and(|sig| verify_bytes(&sig.public_key, &message(v, &sig.instance), &sig.signature))
+}
+
 /// The keys an instance trusts for policy versions: its own, and those of
 /// the other instances (the file `audit.trusted_keys`, `"*"` for any
 /// instance), read again when a version names a key not yet trusted — so a

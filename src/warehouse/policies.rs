@@ -11,9 +11,26 @@ use super::{Result, Warehouse, WarehouseError};
 use crate::policy::signature::{StoredVersion, VersionSignature};
 use crate::policy::PolicyFiles;
 
+/// Every version that was ever applied, through any client.
+pub async fn applied_versions(client: &impl tokio_postgres::GenericClient) -> Result<Vec<StoredVersion>> {
+    let rows = client
+        .query(
+            "SELECT version FROM popgate.policy_versions WHERE state IN ('active', 'superseded', 'expired') ORDER BY version",
+            &[],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        if let Some(v) = read_version(client, to_u64(r.get(0))).await? {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
 /// A version as stored, read through any client or transaction.
 async fn read_version(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &impl tokio_postgres::GenericClient,
     version: u64,
 ) -> Result<Option<StoredVersion>> {
     let Some(r) = client
@@ -419,7 +436,7 @@ impl Warehouse {
         let tx = client.transaction().await?;
         tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
             .await?;
-        let Some(v) = read_version(&tx, version).await? else {
+        let Some(v) = read_version(&*tx, version).await? else {
             return Ok(Err(StoreRefusal::NoSuchVersion(version)));
         };
         let (state, expires): (String, Option<time::OffsetDateTime>) = tx
@@ -523,7 +540,7 @@ impl Warehouse {
         let (false, Some(active)) = (signed_any, active) else {
             return Ok(false);
         };
-        let Some(v) = read_version(&tx, to_u64(active.get(0))).await? else {
+        let Some(v) = read_version(&*tx, to_u64(active.get(0))).await? else {
             return Ok(false);
         };
         let signed = sign(&v);
@@ -536,10 +553,16 @@ impl Warehouse {
         Ok(true)
     }
 
+    /// Every version that was ever applied (active, superseded, expired).
+    pub async fn applied_versions(&self) -> Result<Vec<StoredVersion>> {
+        let client = self.pool.get().await?;
+        applied_versions(&**client).await
+    }
+
     /// One version with everything that vouches for it.
     pub async fn version(&self, version: u64) -> Result<Option<StoredVersion>> {
         let client = self.pool.get().await?;
-        read_version(&client, version).await
+        read_version(&**client, version).await
     }
 
     /// The active version number.
@@ -569,7 +592,7 @@ impl Warehouse {
             )
             .await?;
         match row {
-            Some(row) => read_version(&client, to_u64(row.get(0))).await,
+            Some(row) => read_version(&**client, to_u64(row.get(0))).await,
             None => Ok(None),
         }
     }
