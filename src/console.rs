@@ -38,11 +38,34 @@ pub enum AdminCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Activates a copy of an earlier version.
+    /// Proposes a copy of an earlier version that was once active (a second admin approves it).
     Rollback {
         version: u64,
         #[arg(long)]
         reason: String,
+    },
+    /// A version's full text, state, author, approver and signer.
+    Show { version: u64 },
+    /// Emergency freeze by one admin: suspends an app (or its grants for one purpose) at once, until confirmed or expired.
+    Freeze {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        purpose: Option<String>,
+        #[arg(long)]
+        reason: String,
+    },
+    /// A second admin confirms an emergency freeze.
+    Confirm { version: u64 },
+    /// The audited requests of a window judged by a version (a proposal): per app and purpose, the fields gained or lost and the requests denied.
+    Replay {
+        version: u64,
+        /// RFC 3339, inclusive.
+        #[arg(long)]
+        from: String,
+        /// RFC 3339, exclusive.
+        #[arg(long)]
+        to: String,
     },
     /// What changed, grant by grant.
     Diff {
@@ -62,6 +85,9 @@ pub enum AdminCommand {
         purpose: String,
         #[arg(long)]
         record: PathBuf,
+        /// The version judged by (a proposal included); default the active one.
+        #[arg(long)]
+        version: Option<u64>,
     },
 }
 
@@ -327,19 +353,106 @@ pub async fn run_admin(console: &ConsoleArgs, command: AdminCommand) -> anyhow::
                 .await?
                 .ok()?
         }
+        AdminCommand::Show { version } => {
+            let a = client
+                .get(&format!("/admin/v1/policies/versions/{version}"))
+                .await?
+                .ok()?;
+            if !console.json {
+                let v = a.json();
+                for key in [
+                    "version",
+                    "state",
+                    "author",
+                    "approver",
+                    "reason",
+                    "based_on",
+                    "copy_of",
+                    "emergency",
+                    "signed_by",
+                    "signature_valid",
+                ] {
+                    println!("{key:>16}: {}", cell(&v[key]));
+                }
+                for (path, text) in v["files"].as_object().into_iter().flatten() {
+                    println!("\n# {path}\n{}", text.as_str().unwrap_or_default());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            a
+        }
+        AdminCommand::Freeze { app, purpose, reason } => {
+            let body = json!({ "app": app, "purpose": purpose, "reason": reason });
+            client.post("/admin/v1/policies/freeze", &body, &[]).await?.ok()?
+        }
+        AdminCommand::Confirm { version } => client
+            .post(
+                &format!("/admin/v1/policies/versions/{version}/confirm"),
+                &json!({}),
+                &[],
+            )
+            .await?
+            .ok()?,
+        AdminCommand::Replay { version, from, to } => {
+            let body = json!({ "version": version, "replay": { "from": from, "to": to } });
+            let a = client
+                .post("/admin/v1/policies/simulate", &body, &[])
+                .await?
+                .ok()?;
+            if !console.json {
+                let v = a.json();
+                println!(
+                    "{} audited requests judged by version {}",
+                    cell(&v["replayed"]),
+                    cell(&v["version"])
+                );
+                let counts = |m: &serde_json::Value| {
+                    m.as_object()
+                        .map(|o| {
+                            o.iter()
+                                .map(|(f, n)| format!("{f} ({n})"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default()
+                };
+                let rows: Vec<Vec<String>> = v["by_app_and_purpose"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        vec![
+                            cell(&r["app"]),
+                            cell(&r["purpose"]),
+                            cell(&r["requests"]),
+                            cell(&r["would_be_denied"]),
+                            counts(&r["would_lose"]),
+                            counts(&r["would_gain"]),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &["APP", "PURPOSE", "REQUESTS", "DENIED", "WOULD LOSE", "WOULD GAIN"],
+                    &rows,
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            a
+        }
         AdminCommand::Simulate {
             app,
             role,
             operation,
             purpose,
             record,
+            version,
         } => {
             let record: serde_json::Value = serde_json::from_str(
                 &std::fs::read_to_string(&record)
                     .with_context(|| format!("cannot read {}", record.display()))?,
             )
             .context("the record file is not JSON")?;
-            let body = json!({ "app": app, "role": role, "operation": operation, "purpose": purpose, "record": record });
+            let body = json!({ "version": version, "app": app, "role": role, "operation": operation, "purpose": purpose, "record": record });
             client
                 .post("/admin/v1/policies/simulate", &body, &[])
                 .await?

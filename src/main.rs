@@ -187,6 +187,23 @@ fn fraction(s: &str) -> Result<f64, String> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // `popgate admin list | head`: when the reader closes the pipe, Rust's
+    // `println!` panics ("failed printing to stdout: Broken pipe"). End
+    // quietly instead, with the status a shell gives a command stopped by
+    // SIGPIPE; every other panic keeps the default report.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("POPGATE_LOG")
         .unwrap_or_else(|_| "info,tokio_postgres=warn".into());

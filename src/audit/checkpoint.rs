@@ -5,6 +5,7 @@
 //! A checkpoint cannot be moved to another instance, position or head
 //! without breaking its signature.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context;
@@ -39,6 +40,21 @@ fn message(instance_id: &str, seq: u64, head_hash: &str, ts: &str) -> Vec<u8> {
     m.push(0);
     m.extend_from_slice(ts.as_bytes());
     m
+}
+
+/// Public keys trusted per instance (`"*"` for any instance), base64.
+pub type TrustedKeys = HashMap<String, Vec<String>>;
+
+/// Reads a trusted-keys file: JSON `{"INSTANCE": ["BASE64KEY", ...]}`.
+pub fn load_trusted_keys(path: &std::path::Path) -> anyhow::Result<TrustedKeys> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} must be {{\"instance\": [\"base64 key\", ...]}}",
+            path.display()
+        )
+    })
 }
 
 /// The instance's signing key.

@@ -21,8 +21,7 @@ use crate::warehouse::chain::{self, ChainRow};
 
 const PAGE: i64 = 5_000;
 
-/// Public keys trusted per instance (`"*"` for any instance), base64.
-pub type TrustedKeys = HashMap<String, Vec<String>>;
+pub use super::checkpoint::{load_trusted_keys, TrustedKeys};
 
 /// One finding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,18 +123,6 @@ pub fn load_anchor(path: &std::path::Path) -> anyhow::Result<Vec<Checkpoint>> {
                 .with_context(|| format!("{}:{}: not a signed checkpoint", path.display(), n + 1))
         })
         .collect()
-}
-
-/// Reads a trusted-keys file: JSON `{"INSTANCE": ["BASE64KEY", ...]}`.
-pub fn load_trusted_keys(path: &std::path::Path) -> anyhow::Result<TrustedKeys> {
-    use anyhow::Context;
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} must be {{\"instance\": [\"base64 key\", ...]}}",
-            path.display()
-        )
-    })
 }
 
 /// Verifies everything in the warehouse (no anchor).

@@ -9,8 +9,7 @@
 use sha2::{Digest, Sha256};
 
 use super::PolicyFiles;
-use crate::audit::checkpoint::{verify_bytes, Signer};
-use crate::audit::verify::TrustedKeys;
+use crate::audit::checkpoint::{load_trusted_keys, verify_bytes, Signer, TrustedKeys};
 
 /// A version as the store holds it, with what vouches for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,9 +97,7 @@ impl PolicyTrust {
         own_key: String,
         others_file: Option<&std::path::Path>,
     ) -> anyhow::Result<PolicyTrust> {
-        let others = others_file
-            .map(crate::audit::verify::load_trusted_keys)
-            .transpose()?;
+        let others = others_file.map(load_trusted_keys).transpose()?;
         Ok(PolicyTrust {
             own_instance: own_instance.to_owned(),
             own_key,
@@ -129,7 +126,7 @@ impl PolicyTrust {
         let Some(file) = &self.others_file else {
             return false;
         };
-        match crate::audit::verify::load_trusted_keys(file) {
+        match load_trusted_keys(file) {
             Ok(keys) => {
                 if let Ok(mut others) = self.others.write() {
                     *others = Some(keys);
