@@ -647,3 +647,32 @@ async fn the_warehouse_is_reached_over_verified_tls() {
     assert!(popgate::gateway::Gateway::start(&clear).await.is_err());
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_person_of_a_household_counts_toward_the_distinct_citizen_cap() {
+    let env = TestEnv::start_with(|c| c.rate_limits.distinct_citizens_per_officer_per_hour = 2).await;
+    // A household of three or more, all registered in the head's ward.
+    let p = env.sim.population();
+    let ward = |c: &popgate::sim::population::Citizen| -> u32 {
+        c.to_c06()["ThuongTru"]["MaPhuongXa"]
+            .as_str()
+            .and_then(|w| w.parse().ok())
+            .expect("ward")
+    };
+    let members = (0..common::POPULATION)
+        .map(|i| p.household(&p.citizen(i)))
+        .find(|m| m.len() >= 3 && m[0].residence_province() == 79)
+        .expect("a household of three");
+    let head = &members[0];
+    let token = env.token_with("ioc", "ioc-officer-2", &["officer"], Some(ward(head)));
+    let body = json!({"personal_id": head.personal_id().as_str(), "purpose": "emergency-response", "case_ref": "SOS-2026-2"});
+    let r = env
+        .client("ioc")
+        .post(&env.url("/v1/households/lookup"), Some(&token), &body.to_string())
+        .await
+        .expect("response");
+    // One request, but three people: over a cap of two.
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.body["household"].is_null(), "{}", r.body);
+    env.stop().await;
+}

@@ -166,10 +166,13 @@ impl Api {
             }
         };
         // The client left before the answer: nothing is released to anyone.
-        let abandoned = matches!(
-            client.try_recv(),
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
-        );
+        // (An admin or audit action took effect whether or not its caller
+        // saw the answer: its decision stands.)
+        let abandoned = !trail.console
+            && matches!(
+                client.try_recv(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+            );
         if abandoned {
             decision = "abandoned";
             reason = Some(match reason {
@@ -187,8 +190,7 @@ impl Api {
             EventKind::Outcome
         };
         let mut event = trail.event(kind, &trail.audit_id, decision, reason);
-        event.http_status = Some(resp.status().as_u16());
-        event.http_status = event.http_status.filter(|_| !abandoned);
+        event.http_status = (!abandoned).then(|| resp.status().as_u16());
         event.released_digest = trail
             .released_digest
             .take()
