@@ -14,16 +14,20 @@
 //! - [`limits`]: rate limits per app, officer, purpose, upstream quota, anti-scraping.
 //! - [`metrics`]: Prometheus counters, histograms and gauges (no citizen data in labels).
 //! - [`policy`]: field catalog, purposes, apps and grants; evaluation and masks;
-//!   [`policy::store`] the one writer of the active snapshot, [`policy::diff`].
+//!   [`policy::release`] per-person release (every person an answer carries);
+//!   [`policy::signature`] signed versions; [`policy::store`] the one writer of
+//!   the active snapshot; [`policy::diff`]; the built-in sample set.
 //! - [`upstream`]: the national-DB adapter trait and its mTLS HTTP client.
 //! - [`server`]: accepting connections: TLS, HTTP/1.1 + h2, limits, draining.
 //! - [`api`]: the HTTP surfaces — the router and request frame, then apps
 //!   ([`api::citizens`]), admins ([`api::admin`]), auditors ([`api::auditor`]),
 //!   ops; problem documents.
-//! - [`audit`]: events, hash chain, journal with group commit, checkpoints, shipper,
-//!   verifier, the enriched warehouse record.
+//! - [`audit`]: events, hash chain, journal with group commit (locked, owner-only),
+//!   checkpoints, shipper, verifier (anchors, every column), journal inspect and
+//!   salvage, the enriched warehouse record.
 //! - [`warehouse`]: PostgreSQL and every SQL statement: embedded cluster, migrations,
-//!   pool, policy store, deliveries, queries; [`warehouse::WarehouseError`].
+//!   pool (TLS with rustls), policy store, deliveries, queries;
+//!   [`warehouse::WarehouseError`].
 //! - [`sim`]: the national population DB simulator.
 //! - [`units`]: Vietnam's administrative units (2025).
 //! - [`client`]: the HTTPS client of the `admin` and `audit` commands.
