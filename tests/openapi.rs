@@ -9,33 +9,28 @@ use std::collections::BTreeSet;
 use common::TestEnv;
 use popgate::api::ROUTES;
 
-/// `(METHOD, /path)` pairs of the document's `paths:` section (two-space
-/// indented paths, four-space indented methods).
-fn documented() -> BTreeSet<(String, String)> {
+/// The document, parsed as YAML (as every OpenAPI tool reads it).
+fn document() -> serde_yaml::Value {
     let text =
         std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.yaml"))
             .expect("docs/openapi.yaml");
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("docs/openapi.yaml is not valid YAML: {e}"))
+}
+
+/// `(METHOD, /path)` pairs of the document's `paths`.
+fn documented() -> BTreeSet<(String, String)> {
+    let doc = document();
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")),
+        "an OpenAPI 3.1 document"
+    );
     let mut out = BTreeSet::new();
-    let mut in_paths = false;
-    let mut current = None;
-    for line in text.lines() {
-        if !line.starts_with(' ') {
-            in_paths = line.trim_end() == "paths:";
-            continue;
-        }
-        if !in_paths {
-            continue;
-        }
-        if let Some(path) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
-            current = Some(format!("/{path}"));
-        } else if let Some(method) = ["get", "post", "put", "patch", "delete"]
-            .iter()
-            .find(|m| line == format!("    {m}:"))
-        {
-            out.insert((
-                method.to_uppercase(),
-                current.clone().expect("a method under a path"),
-            ));
+    for (path, item) in doc["paths"].as_mapping().expect("paths") {
+        let path = path.as_str().expect("a path").to_owned();
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item.get(method).is_some() {
+                out.insert((method.to_uppercase(), path.clone()));
+            }
         }
     }
     out
