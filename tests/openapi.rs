@@ -85,3 +85,19 @@ async fn every_documented_path_is_answered() {
     assert_eq!(r.body["type"], "urn:popgate:problem:no-route");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_listener_serves_the_document_as_shipped() {
+    use http_body_util::BodyExt;
+    let env = TestEnv::start().await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let url = format!("http://{}/openapi.yaml", env.gateway().ops_addr);
+    let resp = client.get(url.parse().expect("uri")).await.expect("get");
+    assert_eq!(resp.status(), 200);
+    let served = resp.into_body().collect().await.expect("body").to_bytes();
+    let file = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.yaml"))
+        .expect("file");
+    assert_eq!(served.as_ref(), file.as_slice());
+    env.stop().await;
+}

@@ -1,6 +1,7 @@
 //! The ops listener (plain HTTP, loopback by default): `/healthz` says the
 //! process is alive, `/readyz` whether it should receive traffic and the
-//! state of what it depends on. No citizen data is ever served here.
+//! state of what it depends on, `/metrics` for Prometheus, `/openapi.yaml`
+//! the API's document. No citizen data is ever served here.
 
 use std::sync::Arc;
 
@@ -28,6 +29,20 @@ pub struct OpsApi {
     pub instance_id: String,
 }
 
+/// The API's OpenAPI 3.1 document, as shipped with this build.
+const OPENAPI: &str = include_str!("../../docs/openapi.yaml");
+
+fn openapi() -> Response<Body> {
+    let mut resp = Response::new(http_body_util::BodyExt::boxed(http_body_util::Full::new(
+        bytes::Bytes::from_static(OPENAPI.as_bytes()),
+    )));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/yaml; charset=utf-8"),
+    );
+    resp
+}
+
 impl OpsApi {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: Arc<Peer>) -> Response<Body> {
         let request_id = uuid::Uuid::now_v7().to_string();
@@ -38,6 +53,7 @@ impl OpsApi {
             "/healthz" => json_response(StatusCode::OK, &json!({ "status": "alive" })),
             "/readyz" => self.readyz().await,
             "/metrics" => self.metrics(),
+            "/openapi.yaml" => openapi(),
             _ => problem_response(&ApiError::NoRoute, &request_id, None),
         }
     }
