@@ -676,3 +676,23 @@ async fn every_person_of_a_household_counts_toward_the_distinct_citizen_cap() {
     assert!(r.body["household"].is_null(), "{}", r.body);
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_officer_unit_grant_with_a_token_without_a_unit_names_the_claim() {
+    let env = TestEnv::start().await;
+    let id = env.citizen(true).personal_id().as_str().to_owned();
+    let body =
+        json!({"personal_id": id, "purpose": "emergency-response", "case_ref": "SOS-2026-3"}).to_string();
+    let token = env.token_with("ioc", "ioc-officer-3", &["officer"], None);
+    let r = env
+        .client("ioc")
+        .post(&env.url(LOOKUP), Some(&token), &body)
+        .await
+        .expect("response");
+    assert_eq!(r.status, 403, "{}", r.body);
+    let detail = r.body["detail"].as_str().expect("detail");
+    assert!(detail.contains("'unit' claim"), "{detail}");
+    assert!(!detail.contains("outside the jurisdiction"), "{detail}");
+    assert_eq!(env.sim.served(), 0, "the national database was not asked");
+    env.stop().await;
+}

@@ -408,6 +408,14 @@ fn authorize<'a>(
         },
     )
     .filter(|b| !b.is_empty());
+    if grant.jurisdiction == crate::policy::Jurisdiction::OfficerUnit && caller.unit.is_none() {
+        // The fix is the token, not the citizen: say so, before anyone is asked.
+        return Err(ApiError::Forbidden(
+            "this grant is limited to the officer's own ward, and the officer's token carries no 'unit' claim; \
+             ask the identity provider to issue the token with the officer's ward code as 'unit'"
+                .into(),
+        ));
+    }
     if grant.case_ref_required && case_ref.is_none() {
         return Err(ApiError::InvalidRequest(format!(
             "{}; send the reference of the case this lookup serves",
