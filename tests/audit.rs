@@ -198,10 +198,10 @@ async fn a_row_planted_ahead_of_the_shipper_is_a_fork_that_stops_shipping_and_is
     let ids = traffic(&env, 5).await;
     assert_eq!(ids.len(), 5, "answers are still given: the journal holds them");
     env.gateway().journal.checkpoint().await;
-    let ops = format!("http://{}", env.gateway().ops_addr);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let ready = loop {
-        let (status, body) = reqwest_like_get(&format!("{ops}/readyz")).await;
+        let (status, text) = env.ops_get("/readyz").await;
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if body["shipper"] == "chain fork" {
             break (status, body);
         }
@@ -209,24 +209,7 @@ async fn a_row_planted_ahead_of_the_shipper_is_a_fork_that_stops_shipping_and_is
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(ready.0, 503, "{}", ready.1);
-    let metrics = {
-        use http_body_util::BodyExt;
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<http_body_util::Full<bytes::Bytes>>();
-        let resp = client
-            .get(format!("{ops}/metrics").parse().expect("uri"))
-            .await
-            .expect("metrics");
-        String::from_utf8(
-            resp.into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes()
-                .to_vec(),
-        )
-        .expect("utf8")
-    };
+    let (_, metrics) = env.ops_get("/metrics").await;
     assert!(metrics.contains("popgate_audit_chain_fork 1"), "{metrics}");
     // Nothing of the journal's own chain was written over or after the row.
     let rows: i64 = db
@@ -238,16 +221,7 @@ async fn a_row_planted_ahead_of_the_shipper_is_a_fork_that_stops_shipping_and_is
         .expect("count")
         .get(0);
     assert_eq!(rows, 1, "only the planted row");
-    let anchor: Vec<_> = env
-        .gateway()
-        .journal
-        .state
-        .latest_checkpoint
-        .lock()
-        .expect("lock")
-        .iter()
-        .cloned()
-        .collect();
+    let anchor = env.anchor();
     let report = verify::verify_anchored(&db, Some(&keys), &anchor)
         .await
         .expect("verify");
@@ -437,16 +411,7 @@ async fn every_kind_of_tampering_is_named_by_the_verifier() {
 
     // Everything emptied, the watermarks too: the anchor the gateway keeps
     // outside the database still knows what should be there.
-    let anchor: Vec<_> = env
-        .gateway()
-        .journal
-        .state
-        .latest_checkpoint
-        .lock()
-        .expect("lock")
-        .iter()
-        .cloned()
-        .collect();
+    let anchor = env.anchor();
     assert_eq!(anchor.len(), 1);
     let anchored = verify::verify_anchored(&db, Some(&keys), &anchor)
         .await

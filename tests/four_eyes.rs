@@ -207,27 +207,17 @@ async fn a_version_written_into_the_database_changes_no_answer_and_is_reported()
     assert!(r.body["citizen"].get("religion").is_none(), "{}", r.body);
     assert_eq!(r.body["policy_version"], 1);
     // It is reported: readiness, metrics, the version's own page, verify.
-    let ops = format!("http://{}", env.gateway().ops_addr);
-    let get = |path: &str| {
-        let url = format!("{ops}{path}");
-        async move {
-            use http_body_util::BodyExt;
-            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Full<bytes::Bytes>>();
-            let resp = client.get(url.parse().expect("uri")).await.expect("get");
-            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-            String::from_utf8(bytes.to_vec()).expect("utf8")
-        }
-    };
-    let ready: Value = serde_json::from_str(&get("/readyz").await).expect("json");
+    let ready: Value = serde_json::from_str(&env.ops_get("/readyz").await.1).expect("json");
     assert!(
         ready["policy"]
             .as_str()
             .is_some_and(|p| p.contains("refused version 99")),
         "{ready}"
     );
-    assert!(get("/metrics")
+    assert!(env
+        .ops_get("/metrics")
         .await
+        .1
         .contains("popgate_policy_versions_refused 1"));
     let r = admin(&env, "admin-binh", "/admin/v1/policies/versions/99", None).await;
     assert_eq!(r.body["signature_valid"], false, "{}", r.body);

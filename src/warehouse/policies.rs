@@ -11,6 +11,39 @@ use super::{Result, Warehouse, WarehouseError};
 use crate::policy::signature::{StoredVersion, VersionSignature};
 use crate::policy::PolicyFiles;
 
+/// The active version's number, through any client or transaction.
+async fn active_version_in(client: &impl tokio_postgres::GenericClient) -> Result<Option<i64>> {
+    Ok(client
+        .query_opt(
+            "SELECT version FROM popgate.policy_versions WHERE state = 'active'",
+            &[],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// Tells every instance that `version` is active now (at commit).
+async fn announce(tx: &tokio_postgres::Transaction<'_>, version: impl std::fmt::Display) -> Result<()> {
+    tx.execute(&format!("NOTIFY {CHANNEL}, '{version}'"), &[]).await?;
+    Ok(())
+}
+
+/// Records who signed `version`, and the approver the signature names.
+async fn record_signature(
+    tx: &tokio_postgres::Transaction<'_>,
+    version: u64,
+    approver: &str,
+    signed: &VersionSignature,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE popgate.policy_versions SET approver = $2, signed_by_instance = $3, signed_by_key = $4, signature = $5
+         WHERE version = $1",
+        &[&(version as i64), &approver, &signed.instance, &signed.public_key, &signed.signature],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Every version that was ever applied, through any client.
 pub async fn applied_versions(client: &impl tokio_postgres::GenericClient) -> Result<Vec<StoredVersion>> {
     let rows = client
@@ -239,13 +272,7 @@ impl Warehouse {
         if author == approver {
             return Ok(Err(StoreRefusal::SelfApproval));
         }
-        let active: Option<i64> = tx
-            .query_opt(
-                "SELECT version FROM popgate.policy_versions WHERE state = 'active'",
-                &[],
-            )
-            .await?
-            .map(|r| r.get(0));
+        let active: Option<i64> = active_version_in(&*tx).await?;
         if let (Some(active), Some(based_on)) = (active, based_on) {
             if active != based_on {
                 return Ok(Err(StoreRefusal::Stale(
@@ -271,19 +298,12 @@ impl Warehouse {
         )
         .await?;
         tx.execute(
-            "UPDATE popgate.policy_versions SET state = 'active', approver = $2, activated_at = now(),
-                    signed_by_instance = $3, signed_by_key = $4, signature = $5
-             WHERE version = $1",
-            &[
-                &(version as i64),
-                &approver,
-                &signed.instance,
-                &signed.public_key,
-                &signed.signature,
-            ],
+            "UPDATE popgate.policy_versions SET state = 'active', activated_at = now() WHERE version = $1",
+            &[&(version as i64)],
         )
         .await?;
-        tx.execute(&format!("NOTIFY {CHANNEL}, '{version}'"), &[]).await?;
+        record_signature(&tx, version, approver, &signed).await?;
+        announce(&tx, version).await?;
         tx.commit().await?;
         Ok(Ok(()))
     }
@@ -339,13 +359,7 @@ impl Warehouse {
         if !(was_active && (state == "active" || state == "superseded")) {
             return Ok(Err(StoreRefusal::NeverActive(to, state)));
         }
-        let active: Option<i64> = tx
-            .query_opt(
-                "SELECT version FROM popgate.policy_versions WHERE state = 'active'",
-                &[],
-            )
-            .await?
-            .map(|r| r.get(0));
+        let active: Option<i64> = active_version_in(&*tx).await?;
         let next = next_version(&tx).await?;
         tx.execute(
             "INSERT INTO popgate.policy_versions (version, state, files, author, reason, based_on, copy_of)
@@ -379,13 +393,7 @@ impl Warehouse {
         let tx = client.transaction().await?;
         tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
             .await?;
-        let active: Option<i64> = tx
-            .query_opt(
-                "SELECT version FROM popgate.policy_versions WHERE state = 'active'",
-                &[],
-            )
-            .await?
-            .map(|r| r.get(0));
+        let active: Option<i64> = active_version_in(&*tx).await?;
         let next = next_version(&tx).await?;
         let signed = sign(&StoredVersion {
             version: to_u64(next),
@@ -419,7 +427,7 @@ impl Warehouse {
             ],
         )
         .await?;
-        tx.execute(&format!("NOTIFY {CHANNEL}, '{next}'"), &[]).await?;
+        announce(&tx, next).await?;
         tx.commit().await?;
         Ok(to_u64(next))
     }
@@ -459,19 +467,12 @@ impl Warehouse {
         };
         let signed = sign(&confirmed);
         tx.execute(
-            "UPDATE popgate.policy_versions SET approver = $2, expires_at = NULL,
-                    signed_by_instance = $3, signed_by_key = $4, signature = $5
-             WHERE version = $1",
-            &[
-                &(version as i64),
-                &approver,
-                &signed.instance,
-                &signed.public_key,
-                &signed.signature,
-            ],
+            "UPDATE popgate.policy_versions SET expires_at = NULL WHERE version = $1",
+            &[&(version as i64)],
         )
         .await?;
-        tx.execute(&format!("NOTIFY {CHANNEL}, '{version}'"), &[]).await?;
+        record_signature(&tx, version, approver, &signed).await?;
+        announce(&tx, version).await?;
         tx.commit().await?;
         Ok(Ok(()))
     }
@@ -508,7 +509,7 @@ impl Warehouse {
             &[&before],
         )
         .await?;
-        tx.execute(&format!("NOTIFY {CHANNEL}, '{before}'"), &[]).await?;
+        announce(&tx, before).await?;
         tx.commit().await?;
         Ok(Some(to_u64(before)))
     }
@@ -531,16 +532,10 @@ impl Warehouse {
             )
             .await?
             .is_some();
-        let active = tx
-            .query_opt(
-                "SELECT version FROM popgate.policy_versions WHERE state = 'active'",
-                &[],
-            )
-            .await?;
-        let (false, Some(active)) = (signed_any, active) else {
+        let (false, Some(active)) = (signed_any, active_version_in(&*tx).await?) else {
             return Ok(false);
         };
-        let Some(v) = read_version(&*tx, to_u64(active.get(0))).await? else {
+        let Some(v) = read_version(&*tx, to_u64(active)).await? else {
             return Ok(false);
         };
         let signed = sign(&v);
@@ -568,14 +563,8 @@ impl Warehouse {
     /// The active version number.
     pub async fn active_version(&self) -> Result<u64> {
         let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT version FROM popgate.policy_versions WHERE state = 'active'",
-                &[],
-            )
-            .await?;
-        match row {
-            Some(r) => Ok(to_u64(r.get(0))),
+        match active_version_in(&**client).await? {
+            Some(v) => Ok(to_u64(v)),
             None => Err(WarehouseError::NoActivePolicy),
         }
     }
@@ -585,14 +574,8 @@ impl Warehouse {
     /// The active version, if the store has one.
     pub async fn active_policy(&self) -> Result<Option<StoredVersion>> {
         let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT version FROM popgate.policy_versions WHERE state = 'active'",
-                &[],
-            )
-            .await?;
-        match row {
-            Some(row) => read_version(&**client, to_u64(row.get(0))).await,
+        match active_version_in(&**client).await? {
+            Some(v) => read_version(&**client, to_u64(v)).await,
             None => Ok(None),
         }
     }

@@ -229,6 +229,31 @@ impl TestEnv {
         }
     }
 
+    /// The newest signed checkpoint this gateway keeps outside the
+    /// database, as a verifier's anchor.
+    pub fn anchor(&self) -> Vec<popgate::audit::checkpoint::Checkpoint> {
+        self.gateway()
+            .journal
+            .state
+            .latest_checkpoint
+            .lock()
+            .expect("lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// GET `path` on the ops listener: status and body text.
+    pub async fn ops_get(&self, path: &str) -> (u16, String) {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+        let url = format!("http://{}{path}", self.gateway().ops_addr);
+        let resp = client.get(url.parse().expect("uri")).await.expect("get");
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// A superuser connection to the warehouse.
     pub async fn admin_db(&self) -> tokio_postgres::Client {
         popgate::warehouse::connect(&self.gateway().warehouse_admin_url)
