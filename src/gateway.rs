@@ -193,8 +193,12 @@ async fn warehouse_and_policy(config: &Config, signer: &Signer) -> anyhow::Resul
     {
         tracing::info!("policy store was empty; imported the policy directory as version 1");
     }
-    if warehouse.adopt_unsigned_store(&sign).await? {
-        tracing::warn!("the policy store predates signed versions: this instance signed its active version");
+    let adopted = warehouse.adopt_unsigned_store(&sign).await?;
+    if adopted > 0 {
+        tracing::warn!(
+            adopted,
+            "the policy store predates signed versions: this instance signed the versions it had applied"
+        );
     }
     let active = warehouse
         .active_policy()

@@ -102,6 +102,19 @@ async fn a_flipped_bit_inside_the_journal_stops_the_start_until_it_is_salvaged()
         whole,
         "only the torn tail was cut"
     );
+    // So is a zero-filled end, as a power loss may leave one.
+    let mut zeroed = whole.clone();
+    zeroed.extend_from_slice(&[0u8; 4096]);
+    std::fs::write(&segment, &zeroed).expect("write");
+    let gateway = popgate::gateway::Gateway::start(&env.config)
+        .await
+        .expect("starts past a zero-filled end");
+    gateway.stop().await;
+    assert_eq!(
+        std::fs::read(&segment).expect("segment"),
+        whole,
+        "only the zeros were cut"
+    );
 
     // One flipped bit in a frame in the middle: the gateway refuses to start
     // and says where, and what to do.

@@ -379,12 +379,19 @@ impl AdminApi {
                 let b: FreezeBody = parse_json_or_empty(body, TAKES_FREEZE)?;
                 let why = reason(&b.reason)?;
                 let mut files = store.policy_files(policy.version).await?.unwrap_or_default();
-                let path = format!("apps/{}.toml", b.app);
-                if !valid_path(&path) || !policy.apps.contains_key(&b.app) {
-                    return Err(ApiError::InvalidRequest(
-                        "app is not an app of the active version".into(),
-                    ));
-                }
+                // The file that declares the app (its name need not be the id).
+                let path = files
+                    .iter()
+                    .find(|(path, text)| {
+                        path.starts_with("apps/")
+                            && toml::from_str::<toml::Table>(text)
+                                .ok()
+                                .is_some_and(|t| t.get("id").and_then(|v| v.as_str()) == Some(b.app.as_str()))
+                    })
+                    .map(|(path, _)| path.clone())
+                    .ok_or_else(|| {
+                        ApiError::InvalidRequest("app is not an app of the active version".into())
+                    })?;
                 match &b.purpose {
                     None => {
                         files.remove(&path);
@@ -399,9 +406,18 @@ impl AdminApi {
                         files.insert(path.clone(), narrowed);
                     }
                 }
-                if let Err(problems) = policy::parse(&files, policy.province) {
-                    return Err(ApiError::InvalidPolicy(
-                        problems.0.iter().map(ToString::to_string).collect(),
+                let frozen = policy::parse(&files, policy.province).map_err(|problems| {
+                    ApiError::InvalidPolicy(problems.0.iter().map(ToString::to_string).collect())
+                })?;
+                // A freeze only narrows: what it suspends is gone from the set.
+                let suspended = match (&b.purpose, frozen.apps.get(&b.app)) {
+                    (_, None) => true,
+                    (Some(p), Some(app)) => app.grants.iter().all(|g| &g.purpose != p),
+                    (None, Some(_)) => false,
+                };
+                if !suspended {
+                    return Err(ApiError::Conflict(
+                        "the freeze would not suspend what it names".into(),
                     ));
                 }
                 let expires = time::OffsetDateTime::now_utc()

@@ -670,6 +670,12 @@ pub fn examine(dir: &Path) -> anyhow::Result<Examined> {
                     ));
                     return Ok(out);
                 }
+                // After a power loss a file system may leave the end of the
+                // last segment zero-filled: an interrupted write too.
+                ReadFrame::Corrupt if last_segment && zeros_from(path, at)? => {
+                    out.torn_tail = Some((path.clone(), at, fs::metadata(path)?.len()));
+                    break;
+                }
                 ReadFrame::Corrupt => {
                     out.damage = Some(damage(
                         at,
@@ -719,6 +725,20 @@ pub fn examine(dir: &Path) -> anyhow::Result<Examined> {
         }
     }
     Ok(out)
+}
+
+/// Whether every byte of `path` from `offset` on is zero.
+fn zeros_from(path: &Path, offset: u64) -> io::Result<bool> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(true),
+            n if buf[..n].iter().all(|b| *b == 0) => {}
+            _ => return Ok(false),
+        }
+    }
 }
 
 /// The command that moves a damaged journal's tail aside.

@@ -514,13 +514,14 @@ impl Warehouse {
         Ok(Some(to_u64(before)))
     }
 
-    /// A store from before versions were signed (schema version 4): its
-    /// active version is signed by `sign` once, when no version of the
-    /// store carries a signature yet. Returns whether it was.
+    /// A store from before versions were signed (schema version 4): every
+    /// version it applied is signed by `sign` once, when no version of the
+    /// store carries a signature yet (so that history stays verifiable and
+    /// can be rolled back to). Returns how many were.
     pub async fn adopt_unsigned_store(
         &self,
         sign: &(dyn Fn(&StoredVersion) -> VersionSignature + Sync),
-    ) -> Result<bool> {
+    ) -> Result<usize> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
@@ -532,20 +533,20 @@ impl Warehouse {
             )
             .await?
             .is_some();
-        let (false, Some(active)) = (signed_any, active_version_in(&*tx).await?) else {
-            return Ok(false);
-        };
-        let Some(v) = read_version(&*tx, to_u64(active)).await? else {
-            return Ok(false);
-        };
-        let signed = sign(&v);
-        tx.execute(
-            "UPDATE popgate.policy_versions SET signed_by_instance = $2, signed_by_key = $3, signature = $4 WHERE version = $1",
-            &[&(v.version as i64), &signed.instance, &signed.public_key, &signed.signature],
-        )
-        .await?;
+        if signed_any {
+            return Ok(0);
+        }
+        let applied = applied_versions(&*tx).await?;
+        for v in &applied {
+            let signed = sign(v);
+            tx.execute(
+                "UPDATE popgate.policy_versions SET signed_by_instance = $2, signed_by_key = $3, signature = $4 WHERE version = $1",
+                &[&(v.version as i64), &signed.instance, &signed.public_key, &signed.signature],
+            )
+            .await?;
+        }
         tx.commit().await?;
-        Ok(true)
+        Ok(applied.len())
     }
 
     /// Every version that was ever applied (active, superseded, expired).
