@@ -22,9 +22,9 @@
 //! - [`api`]: the HTTP surfaces — the router and request frame, then apps
 //!   ([`api::citizens`]), admins ([`api::admin`]), auditors ([`api::auditor`]),
 //!   ops; problem documents.
-//! - [`audit`]: events, hash chain, journal with group commit (locked, owner-only),
-//!   checkpoints, shipper, verifier (anchors, every column), journal inspect and
-//!   salvage, the enriched warehouse record.
+//! - [`audit`]: events, hash chain, journal with group commit, its frame format and
+//!   its directory (locked, owner-only, scanned), checkpoints, shipper, verifier
+//!   (anchors, every column), journal inspect and salvage, the enriched record.
 //! - [`warehouse`]: PostgreSQL and every SQL statement: embedded cluster, migrations,
 //!   pool (TLS with rustls), policy store, deliveries, queries;
 //!   [`warehouse::WarehouseError`].

@@ -4,34 +4,35 @@
 //! only once its frame is durable; if the journal cannot be written, every
 //! append fails and the caller releases nothing.
 //!
-//! Frame: `len: u32 LE ‖ crc32c(payload): u32 LE ‖ payload` where the
-//! payload is a JSON [`Frame`]. Segment files are named
-//! `seg-<first seq, 20 digits>.log`; a segment's frames all have sequence
-//! numbers below the next segment's first.
-//!
-//! On open the journal is scanned: a torn or corrupt tail is truncated, and
-//! the chain (sequence and hashes) is continued from the last whole event.
+//! The frame format is [`super::frame`]'s. On open the directory is locked
+//! and scanned ([`super::segments`]): only an interrupted write at the very
+//! end is cut, any other damage refuses the open, and the chain (sequence
+//! and hashes) is continued from the last whole event.
 //! After a failed write the writer never retries `fsync` on the same file:
 //! it abandons the segment (cutting it back to its last durable frame) and
 //! the next batch starts a new one.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+pub use super::frame::{
+    decode_frame, encode_frame, list_segments, segment_name, Frame, FrameError, FrameReader, ReadFrame,
+};
+pub use super::segments::{examine, salvage_command, scan, Damage, Examined, JournalLock, ScanResult};
+
 use super::checkpoint::{Checkpoint, Signer};
-use super::event::{chain_hash, hex, unhex32, AuditEvent, GENESIS_HASH};
+use super::event::{chain_hash, hex, AuditEvent};
+use super::frame::{event_payload, push_frame};
+use super::segments::FILE_MODE;
 use super::WarehouseRecord;
 
-/// Largest frame accepted when reading (a bound against corrupt lengths).
-const MAX_FRAME_BYTES: u32 = 4 * 1024 * 1024;
 const QUEUE_DEPTH: usize = 8192;
 const MAX_BATCH: usize = 1024;
 /// A batch below this size waits for the request workers once (see `run`).
@@ -39,25 +40,6 @@ const SMALL_BATCH: usize = 32;
 /// Bytes of durable frames held in memory for the shipper; beyond this it
 /// reads them back from the segment files instead.
 const HANDOFF_BYTES: usize = 16 * 1024 * 1024;
-
-/// One journal frame. (Frames live only while being encoded or read, so
-/// the size difference between variants costs nothing worth a box.)
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-pub enum Frame {
-    Event {
-        event: AuditEvent,
-        prev_hash: String,
-        hash: String,
-        /// The enriched warehouse records, one per released person; not
-        /// part of the hash (a copy of released data, not evidence). Frames
-        /// of earlier versions hold one record or `null`.
-        #[serde(deserialize_with = "one_or_many")]
-        warehouse: Vec<WarehouseRecord>,
-    },
-    Checkpoint(Checkpoint),
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JournalError {
@@ -299,489 +281,9 @@ pub struct Journal {
     pub state: Arc<JournalState>,
 }
 
-/// Who may read the journal: it holds what was released (names, dates of
-/// birth, addresses in the warehouse records), so its owner only.
-const DIR_MODE: u32 = 0o700;
-const FILE_MODE: u32 = 0o600;
-/// How long opening waits for a lock that the same process is releasing
-/// (a gateway stopped and started again in one process).
-const LOCK_WAIT: Duration = Duration::from_secs(3);
-
-/// The exclusive lock on a journal directory: one process per journal.
-/// Held by the journal's writer for as long as it runs.
-#[derive(Debug)]
-pub struct JournalLock {
-    _file: File,
-}
-
-impl JournalLock {
-    /// Takes the lock of the journal directory `dir` (creating it,
-    /// owner-only), or says which process holds it.
-    pub fn acquire(dir: &Path) -> anyhow::Result<JournalLock> {
-        fs::create_dir_all(dir)?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))?;
-        JournalLock::acquire_file(&dir.join("LOCK"), "the audit journal", dir)
-    }
-
-    /// Takes the lock file `path`, which guards `what` at `dir`.
-    pub fn acquire_file(path: &Path, what: &str, dir: &Path) -> anyhow::Result<JournalLock> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(FILE_MODE)
-            .open(path)?;
-        let deadline = Instant::now() + LOCK_WAIT;
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(fs::TryLockError::WouldBlock) => {
-                    let mut holder = String::new();
-                    let _ = file.read_to_string(&mut holder);
-                    anyhow::bail!(
-                        "{what} {} is in use by another popgate process (pid {}): one process per journal; \
-                         give each instance its own data_dir (or audit.journal_dir) and instance_id",
-                        dir.display(),
-                        holder
-                            .trim()
-                            .parse::<u32>()
-                            .map_or("unknown".to_owned(), |p| p.to_string())
-                    );
-                }
-                Err(fs::TryLockError::Error(e)) => return Err(e.into()),
-            }
-        }
-        file.set_len(0)?;
-        file.write_all(std::process::id().to_string().as_bytes())?;
-        Ok(JournalLock { _file: file })
-    }
-}
-
-/// What the scan of an existing journal found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScanResult {
-    pub head_seq: u64,
-    pub head_hash: [u8; 32],
-    pub first_seq: u64,
-    pub truncated_bytes: u64,
-    pub last_checkpoint_seq: u64,
-}
-
 /// The file of the journal directory where every signed checkpoint is
 /// appended (JSON Lines): an anchor kept outside the database.
 pub const CHECKPOINT_LOG: &str = "checkpoints.jsonl";
-
-pub fn segment_name(first_seq: u64) -> String {
-    format!("seg-{first_seq:020}.log")
-}
-
-/// The segments of `dir`, ordered, with their first sequence numbers.
-pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if let Some(first) = name
-            .strip_prefix("seg-")
-            .and_then(|r| r.strip_suffix(".log"))
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            out.push((first, path));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-pub fn encode_frame(frame: &Frame) -> Vec<u8> {
-    let payload = serde_json::to_vec(frame).unwrap_or_default();
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    push_frame(&mut out, &payload);
-    out
-}
-
-/// Appends the frame of `payload` (header and payload) to `out`.
-fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    out.extend_from_slice(payload);
-}
-
-/// The payload of an event frame, written around the event's canonical
-/// bytes so that the event is serialised once: what serde writes for
-/// [`Frame::Event`], member for member.
-fn event_payload(canonical: &[u8], prev_hash: &str, hash: &str, warehouse: &[WarehouseRecord]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(canonical.len() + 200 + 1024 * warehouse.len());
-    out.extend_from_slice(EVENT_FRAME_START);
-    out.extend_from_slice(b"\"event\":");
-    out.extend_from_slice(canonical);
-    out.extend_from_slice(b",\"prev_hash\":\"");
-    out.extend_from_slice(prev_hash.as_bytes());
-    out.extend_from_slice(b"\",\"hash\":\"");
-    out.extend_from_slice(hash.as_bytes());
-    out.extend_from_slice(b"\",\"warehouse\":");
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, warehouse);
-    out.push(b'}');
-    out
-}
-
-/// Why a frame could not be decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FrameError {
-    /// The input ends inside the frame (a torn write).
-    Truncated,
-    /// Length beyond the bound, CRC mismatch, or a payload that is not a frame.
-    Corrupt,
-}
-
-/// Decodes one frame from the start of `bytes`: the frame and its length.
-pub fn decode_frame(bytes: &[u8]) -> Result<(Frame, usize), FrameError> {
-    if bytes.len() < 8 {
-        return Err(FrameError::Truncated);
-    }
-    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    if len > MAX_FRAME_BYTES {
-        return Err(FrameError::Corrupt);
-    }
-    let end = 8 + len as usize;
-    let payload = bytes.get(8..end).ok_or(FrameError::Truncated)?;
-    if crc32c::crc32c(payload) != crc {
-        return Err(FrameError::Corrupt);
-    }
-    // Event frames, nearly all of them, as a plain struct: serde reads an
-    // internally tagged enum by buffering every member as generic content
-    // first, which made reading segments back several times slower.
-    let frame = if payload.starts_with(EVENT_FRAME_START) {
-        let m: EventMembers = serde_json::from_slice(payload).map_err(|_| FrameError::Corrupt)?;
-        Frame::Event {
-            event: m.event,
-            prev_hash: m.prev_hash,
-            hash: m.hash,
-            warehouse: m.warehouse,
-        }
-    } else {
-        serde_json::from_slice(payload).map_err(|_| FrameError::Corrupt)?
-    };
-    Ok((frame, end))
-}
-
-/// How every event frame starts: serde writes an internally tagged enum's
-/// tag first, and [`event_payload`] does the same.
-const EVENT_FRAME_START: &[u8] = b"{\"t\":\"event\",";
-
-/// The members of [`Frame::Event`] (the tag `t` is skipped as unknown).
-#[derive(Deserialize)]
-struct EventMembers {
-    event: AuditEvent,
-    prev_hash: String,
-    hash: String,
-    #[serde(deserialize_with = "one_or_many")]
-    warehouse: Vec<WarehouseRecord>,
-}
-
-/// A frame's warehouse records: a list, or (frames of earlier versions)
-/// one record or `null`.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<WarehouseRecord>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Records {
-        Many(Vec<WarehouseRecord>),
-        One(Option<Box<WarehouseRecord>>),
-    }
-    Ok(match Records::deserialize(d)? {
-        Records::Many(list) => list,
-        Records::One(one) => one.into_iter().map(|r| *r).collect(),
-    })
-}
-
-/// Reads frames from a segment file one at a time.
-pub struct FrameReader {
-    reader: BufReader<File>,
-    pub offset: u64,
-}
-
-impl FrameReader {
-    pub fn open(path: &Path) -> io::Result<FrameReader> {
-        Ok(FrameReader {
-            reader: BufReader::new(File::open(path)?),
-            offset: 0,
-        })
-    }
-
-    pub fn seek(&mut self, offset: u64) -> io::Result<()> {
-        self.reader.seek(SeekFrom::Start(offset))?;
-        self.offset = offset;
-        Ok(())
-    }
-
-    /// The next whole frame; `Ok(None)` at a clean end, a torn tail or a
-    /// corrupt frame (the caller decides whether that is the end).
-    pub fn next_frame(&mut self) -> io::Result<Option<(Frame, u64)>> {
-        Ok(match self.read_next()? {
-            ReadFrame::Frame(frame, at) => Some((frame, at)),
-            ReadFrame::End | ReadFrame::Torn | ReadFrame::Corrupt => None,
-        })
-    }
-
-    /// The next frame, or what stands in its place at `self.offset`.
-    pub fn read_next(&mut self) -> io::Result<ReadFrame> {
-        let mut head = [0u8; 8];
-        match read_full(&mut self.reader, &mut head)? {
-            0 => return Ok(ReadFrame::End),
-            8 => {}
-            _ => return Ok(ReadFrame::Torn),
-        }
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        if len > MAX_FRAME_BYTES {
-            return Ok(ReadFrame::Corrupt);
-        }
-        let mut buf = vec![0u8; 8 + len as usize];
-        buf[..8].copy_from_slice(&head);
-        if read_full(&mut self.reader, &mut buf[8..])? != len as usize {
-            return Ok(ReadFrame::Torn);
-        }
-        match decode_frame(&buf) {
-            Ok((frame, n)) => {
-                let at = self.offset;
-                self.offset += n as u64;
-                Ok(ReadFrame::Frame(frame, at))
-            }
-            Err(_) => Ok(ReadFrame::Corrupt),
-        }
-    }
-}
-
-/// What a reader found at its offset.
-#[allow(clippy::large_enum_variant)] // short-lived, as `Frame`
-pub enum ReadFrame {
-    Frame(Frame, u64),
-    /// A clean end of the file.
-    End,
-    /// The file ends inside a frame: an interrupted write.
-    Torn,
-    /// A frame that fails its length bound, checksum or decoding.
-    Corrupt,
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match r.read(&mut buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
-/// What reading a journal directory found, changing nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Examined {
-    pub head_seq: u64,
-    pub head_hash: [u8; 32],
-    pub first_seq: u64,
-    pub last_checkpoint_seq: u64,
-    /// Segments, frames and bytes read.
-    pub segments: usize,
-    pub events: u64,
-    /// An interrupted write at the very end of the last segment: the only
-    /// thing opening may cut (segment, where the whole frames end, length).
-    pub torn_tail: Option<(PathBuf, u64, u64)>,
-    /// The first damaged frame, if any: the journal does not open then.
-    pub damage: Option<Damage>,
-}
-
-/// A frame that is not what the writer wrote: opening stops on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Damage {
-    pub segment: PathBuf,
-    pub offset: u64,
-    pub what: String,
-}
-
-impl std::fmt::Display for Damage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} at byte {}: {}",
-            self.segment.display(),
-            self.offset,
-            self.what
-        )
-    }
-}
-
-/// Reads the journal in `dir` and says where the chain stands, where a
-/// torn tail is, and where the first damaged frame is.
-pub fn examine(dir: &Path) -> anyhow::Result<Examined> {
-    let segments = list_segments(dir)?;
-    let mut out = Examined {
-        head_seq: segments.first().map_or(0, |(first, _)| first - 1),
-        head_hash: GENESIS_HASH,
-        first_seq: 0,
-        last_checkpoint_seq: 0,
-        segments: segments.len(),
-        events: 0,
-        torn_tail: None,
-        damage: None,
-    };
-    out.first_seq = out.head_seq + 1;
-    let mut hash_known = out.head_seq == 0;
-    for (i, (first, path)) in segments.iter().enumerate() {
-        let last_segment = i + 1 == segments.len();
-        let limit = segments.get(i + 1).map_or(u64::MAX, |(next, _)| *next);
-        let damage = |offset: u64, what: String| Damage {
-            segment: path.clone(),
-            offset,
-            what,
-        };
-        if *first != out.head_seq + 1 {
-            out.damage = Some(damage(
-                0,
-                format!(
-                    "the segment starts at sequence {first}, but the chain continues at {}: segments are missing",
-                    out.head_seq + 1
-                ),
-            ));
-            return Ok(out);
-        }
-        let mut reader = FrameReader::open(path)?;
-        loop {
-            let at = reader.offset;
-            let frame = match reader.read_next()? {
-                ReadFrame::Frame(frame, _) => frame,
-                ReadFrame::End => break,
-                ReadFrame::Torn if last_segment => {
-                    out.torn_tail = Some((path.clone(), at, fs::metadata(path)?.len()));
-                    break;
-                }
-                ReadFrame::Torn => {
-                    out.damage = Some(damage(
-                        at,
-                        "the segment ends inside a frame, and a later segment follows".into(),
-                    ));
-                    return Ok(out);
-                }
-                // After a power loss a file system may leave the end of the
-                // last segment zero-filled: an interrupted write too.
-                ReadFrame::Corrupt if last_segment && zeros_from(path, at)? => {
-                    out.torn_tail = Some((path.clone(), at, fs::metadata(path)?.len()));
-                    break;
-                }
-                ReadFrame::Corrupt => {
-                    out.damage = Some(damage(
-                        at,
-                        "the frame fails its checksum or cannot be read (a flipped bit, a bad sector, an edit)".into(),
-                    ));
-                    return Ok(out);
-                }
-            };
-            match frame {
-                Frame::Event {
-                    event,
-                    prev_hash,
-                    hash,
-                    ..
-                } => {
-                    let prev = unhex32(&prev_hash);
-                    let linked = event.seq == out.head_seq + 1
-                        && event.seq < limit
-                        && (!hash_known || prev == Some(out.head_hash))
-                        && prev.is_some_and(|p| hex(&chain_hash(&p, &event.canonical())) == hash);
-                    if !linked {
-                        out.damage = Some(damage(
-                            at,
-                            format!(
-                                "event {} does not continue the chain after event {}",
-                                event.seq, out.head_seq
-                            ),
-                        ));
-                        return Ok(out);
-                    }
-                    out.head_seq = event.seq;
-                    out.head_hash = unhex32(&hash).unwrap_or(GENESIS_HASH);
-                    out.events += 1;
-                    hash_known = true;
-                }
-                Frame::Checkpoint(cp) => {
-                    if cp.seq != out.head_seq || cp.head_hash != hex(&out.head_hash) {
-                        out.damage = Some(damage(
-                            at,
-                            format!("a checkpoint of sequence {} does not match the chain", cp.seq),
-                        ));
-                        return Ok(out);
-                    }
-                    out.last_checkpoint_seq = cp.seq;
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Whether every byte of `path` from `offset` on is zero.
-fn zeros_from(path: &Path, offset: u64) -> io::Result<bool> {
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(offset))?;
-    let mut buf = [0u8; 64 * 1024];
-    loop {
-        match file.read(&mut buf)? {
-            0 => return Ok(true),
-            n if buf[..n].iter().all(|b| *b == 0) => {}
-            _ => return Ok(false),
-        }
-    }
-}
-
-/// The command that moves a damaged journal's tail aside.
-pub fn salvage_command(dir: &Path) -> String {
-    format!("popgate audit journal salvage --dir {}", dir.display())
-}
-
-/// Opens the journal in `dir` for writing: only an interrupted write at
-/// the very end may be cut; any other damage stops here, with the place
-/// and the recovery command, and nothing after it is touched.
-pub fn scan(dir: &Path) -> anyhow::Result<ScanResult> {
-    fs::create_dir_all(dir)?;
-    // Journals written before files were owner-only become so.
-    for (_, path) in list_segments(dir)? {
-        fs::set_permissions(&path, fs::Permissions::from_mode(FILE_MODE))?;
-    }
-    let found = examine(dir)?;
-    if let Some(damage) = &found.damage {
-        anyhow::bail!(
-            "the audit journal is damaged: {damage}. popgate does not start on a damaged journal, \
-             because the events after this point would be lost. Inspect it with \
-             `popgate audit journal inspect --dir {dir}`; `{salvage}` moves the damaged frame and \
-             everything after it aside (docs/audit.md, \"A damaged journal\")",
-            dir = dir.display(),
-            salvage = salvage_command(dir),
-        );
-    }
-    let mut truncated = 0;
-    if let Some((path, good_end, len)) = &found.torn_tail {
-        let f = OpenOptions::new().write(true).open(path)?;
-        f.set_len(*good_end)?;
-        f.sync_all()?;
-        truncated = len - good_end;
-        tracing::warn!(segment = %path.display(), bytes = truncated, "cut an interrupted write at the journal's end");
-    }
-    Ok(ScanResult {
-        head_seq: found.head_seq,
-        head_hash: found.head_hash,
-        first_seq: found.first_seq,
-        truncated_bytes: truncated,
-        last_checkpoint_seq: found.last_checkpoint_seq,
-    })
-}
 
 struct Segment {
     file: File,
@@ -1110,6 +612,7 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::frame::EVENT_FRAME_START;
     use super::*;
     use crate::audit::event::EventKind;
 
