@@ -67,6 +67,7 @@ async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
         "ca_cert",
         "upstream_ca",
         "warehouse_admin_url",
+        "audit_anchor",
     ] {
         assert!(ready[key].as_str().is_some_and(|s| !s.is_empty()), "{key}");
     }
