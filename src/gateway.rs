@@ -184,14 +184,17 @@ async fn warehouse_and_policy(config: &Config, signer: &Signer) -> anyhow::Resul
     let province = config.gateway.province;
     let instance = config.gateway.instance_id.clone();
     let sign = |v: &StoredVersion| signature::sign(v, &instance, signer);
-    let files = policy::read_dir(&config.gateway.policies).map_err(|p| anyhow::anyhow!("{p}"))?;
-    // Refuse to seed the store with a policy that does not load.
-    policy::parse(&files, province).map_err(|p| anyhow::anyhow!("policy directory is invalid:\n{p}"))?;
-    if warehouse
-        .seed_policy(&files, "popgate (initial import)", &sign)
-        .await?
-    {
-        tracing::info!("policy store was empty; imported the policy directory as version 1");
+    // The policy directory seeds an empty store, and is not read otherwise.
+    if warehouse.active_policy().await?.is_none() {
+        let files = policy::read_dir(&config.gateway.policies).map_err(|p| anyhow::anyhow!("{p}"))?;
+        // Refuse to seed the store with a policy that does not load.
+        policy::parse(&files, province).map_err(|p| anyhow::anyhow!("policy directory is invalid:\n{p}"))?;
+        if warehouse
+            .seed_policy(&files, "popgate (initial import)", &sign)
+            .await?
+        {
+            tracing::info!("policy store was empty; imported the policy directory as version 1");
+        }
     }
     let adopted = warehouse.adopt_unsigned_store(&sign).await?;
     if adopted > 0 {
