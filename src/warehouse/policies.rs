@@ -11,6 +11,18 @@ use super::{Result, Warehouse, WarehouseError};
 use crate::policy::signature::{StoredVersion, VersionSignature};
 use crate::policy::PolicyFiles;
 
+/// Signs a version as the instance activating it (see `policy::signature`).
+pub type Sign<'a> = &'a (dyn Fn(&StoredVersion) -> VersionSignature + Sync);
+
+/// A transaction holding the policy store's lock: version numbers and the
+/// one active version change under it only.
+async fn locked(client: &mut deadpool_postgres::Object) -> Result<deadpool_postgres::Transaction<'_>> {
+    let tx = client.transaction().await?;
+    tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
+        .await?;
+    Ok(tx)
+}
+
 /// The active version's number, through any client or transaction.
 async fn active_version_in(client: &impl tokio_postgres::GenericClient) -> Result<Option<i64>> {
     Ok(client
@@ -228,9 +240,7 @@ impl Warehouse {
         based_on: u64,
     ) -> Result<u64> {
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
-            .await?;
+        let tx = locked(&mut client).await?;
         let next = next_version(&tx).await?;
         tx.execute(
             "INSERT INTO popgate.policy_versions (version, state, files, author, reason, based_on)
@@ -250,12 +260,10 @@ impl Warehouse {
         &self,
         version: u64,
         approver: &str,
-        sign: &(dyn Fn(&StoredVersion) -> VersionSignature + Sync),
+        sign: Sign<'_>,
     ) -> Result<Result<(), StoreRefusal>> {
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
-            .await?;
+        let tx = locked(&mut client).await?;
         let Some(row) = tx
             .query_opt(
                 "SELECT state, author, based_on, files, reason FROM popgate.policy_versions WHERE version = $1",
@@ -342,9 +350,7 @@ impl Warehouse {
         reason: &str,
     ) -> Result<Result<u64, StoreRefusal>> {
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
-            .await?;
+        let tx = locked(&mut client).await?;
         let Some(row) = tx
             .query_opt(
                 "SELECT state, files, activated_at IS NOT NULL AND signature IS NOT NULL
@@ -387,12 +393,10 @@ impl Warehouse {
         author: &str,
         reason: &str,
         expires_at: time::OffsetDateTime,
-        sign: &(dyn Fn(&StoredVersion) -> VersionSignature + Sync),
+        sign: Sign<'_>,
     ) -> Result<u64> {
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
-            .await?;
+        let tx = locked(&mut client).await?;
         let active: Option<i64> = active_version_in(&*tx).await?;
         let next = next_version(&tx).await?;
         let signed = sign(&StoredVersion {
@@ -438,12 +442,10 @@ impl Warehouse {
         &self,
         version: u64,
         approver: &str,
-        sign: &(dyn Fn(&StoredVersion) -> VersionSignature + Sync),
+        sign: Sign<'_>,
     ) -> Result<Result<(), StoreRefusal>> {
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
-            .await?;
+        let tx = locked(&mut client).await?;
         let Some(v) = read_version(&*tx, version).await? else {
             return Ok(Err(StoreRefusal::NoSuchVersion(version)));
         };
@@ -482,9 +484,7 @@ impl Warehouse {
     /// freeze ended.
     pub async fn expire_freezes(&self) -> Result<Option<u64>> {
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
-            .await?;
+        let tx = locked(&mut client).await?;
         let Some(row) = tx
             .query_opt(
                 "SELECT version, based_on FROM popgate.policy_versions
@@ -518,14 +518,9 @@ impl Warehouse {
     /// version it applied is signed by `sign` once, when no version of the
     /// store carries a signature yet (so that history stays verifiable and
     /// can be rolled back to). Returns how many were.
-    pub async fn adopt_unsigned_store(
-        &self,
-        sign: &(dyn Fn(&StoredVersion) -> VersionSignature + Sync),
-    ) -> Result<usize> {
+    pub async fn adopt_unsigned_store(&self, sign: Sign<'_>) -> Result<usize> {
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.batch_execute("LOCK TABLE popgate.policy_versions IN EXCLUSIVE MODE")
-            .await?;
+        let tx = locked(&mut client).await?;
         let signed_any = tx
             .query_opt(
                 "SELECT 1 FROM popgate.policy_versions WHERE signature IS NOT NULL LIMIT 1",
@@ -583,12 +578,7 @@ impl Warehouse {
 
     /// Makes `files` version 1, signed by `sign`, when the store holds no
     /// version at all. Returns whether it did.
-    pub async fn seed_policy(
-        &self,
-        files: &PolicyFiles,
-        author: &str,
-        sign: &(dyn Fn(&StoredVersion) -> VersionSignature + Sync),
-    ) -> Result<bool> {
+    pub async fn seed_policy(&self, files: &PolicyFiles, author: &str, sign: Sign<'_>) -> Result<bool> {
         const REASON: &str = "initial import from the policy directory";
         let signed = sign(&StoredVersion {
             version: 1,
