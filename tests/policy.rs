@@ -249,3 +249,21 @@ async fn an_approved_change_under_load_swaps_atomically_and_sighup_changes_no_po
         Err(_) => panic!("workers still hold the environment"),
     }
 }
+
+#[test]
+fn a_closed_pipe_ends_a_command_quietly_never_with_a_panic() {
+    // `popgate policy check | head -0`: the reader is gone before popgate
+    // writes its answer.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_popgate"))
+        .args(["policy", "check"])
+        .arg(common::policies_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(matches!(out.status.code(), Some(0 | 141)), "{:?}: {stderr}", out.status);
+}
