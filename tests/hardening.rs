@@ -165,3 +165,60 @@ async fn a_stop_under_load_completes_every_accepted_request() {
     env.stop().await;
     drop(pg);
 }
+
+/// Every process of the cluster whose server is `pid`: it and its children.
+fn cluster_processes(pid: u32) -> Vec<String> {
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .expect("pgrep");
+    std::iter::once(pid.to_string())
+        .chain(
+            String::from_utf8_lossy(&children.stdout)
+                .split_whitespace()
+                .map(str::to_owned),
+        )
+        .collect()
+}
+
+fn signal(signal: &str, pids: &[String]) {
+    let status = std::process::Command::new("kill")
+        .arg(signal)
+        .args(pids)
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_warehouse_is_reported_down_within_seconds_and_up_again() {
+    let (pg, _home) = common::external_pg().await;
+    let env = common::TestEnv::start_with(|c| common::use_warehouse(c, &pg)).await;
+    let warehouse = |body: &str| -> String {
+        serde_json::from_str::<serde_json::Value>(body).expect("json")["warehouse"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(warehouse(&env.ops_get("/readyz").await.1), "up");
+    let pids = cluster_processes(pg.pid().expect("running"));
+    signal("-STOP", &pids);
+    let frozen = std::time::Instant::now();
+    loop {
+        let (_, body) = env.ops_get("/readyz").await;
+        if warehouse(&body) == "down" {
+            break;
+        }
+        assert!(
+            frozen.elapsed() < std::time::Duration::from_secs(5),
+            "still up: {body}"
+        );
+    }
+    signal("-CONT", &pids);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while warehouse(&env.ops_get("/readyz").await.1) != "up" {
+        assert!(std::time::Instant::now() < deadline, "not up again");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    env.stop().await;
+}

@@ -265,5 +265,9 @@ fn a_closed_pipe_ends_a_command_quietly_never_with_a_panic() {
     let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(matches!(out.status.code(), Some(0 | 141)), "{:?}: {stderr}", out.status);
+    assert!(
+        matches!(out.status.code(), Some(0 | 141)),
+        "{:?}: {stderr}",
+        out.status
+    );
 }

@@ -289,6 +289,11 @@ impl EmbeddedPostgres {
         }
     }
 
+    /// The server's (postmaster's) process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
