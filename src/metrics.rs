@@ -237,7 +237,84 @@ impl Metrics {
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP popgate_build_info The running build.\n# TYPE popgate_build_info gauge\npopgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        render_process(&mut out);
         out
+    }
+}
+
+/// The `process_*` metrics every Prometheus client library exports, read
+/// from `/proc/self` (Linux); what cannot be read is left out.
+fn render_process(out: &mut String) {
+    use std::fmt::Write;
+    // /proc reports CPU times in USER_HZ, 100 per second on Linux.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n).and_then(|v| v.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 here.
+    if let (Some(user), Some(system)) = (field(11), field(12)) {
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}",
+            (user + system) / TICKS_PER_SECOND
+        );
+    }
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines().find_map(|l| {
+            l.strip_prefix("btime ")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+    });
+    if let (Some(boot), Some(start)) = (boot, field(19)) {
+        let _ = writeln!(
+            out,
+            "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}",
+            boot + start / TICKS_PER_SECOND
+        );
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    for (name, key, help) in [
+        (
+            "process_resident_memory_bytes",
+            "VmRSS:",
+            "Resident memory size in bytes.",
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "VmSize:",
+            "Virtual memory size in bytes.",
+        ),
+    ] {
+        if let Some(kib) = kib(key) {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                kib * 1024.0
+            );
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        let _ = writeln!(
+            out,
+            "# HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}",
+            fds.count()
+        );
     }
 }
 
@@ -264,6 +341,23 @@ mod tests {
         assert!(text.contains("popgate_request_duration_seconds_bucket{operation=\"lookup\",le=\"0.005\"} 2"));
         assert!(text.contains("popgate_request_duration_seconds_count{operation=\"lookup\"} 3"));
         assert!(text.contains("popgate_journal_backlog 7"));
+        assert!(text.contains("popgate_build_info{version=\""), "{text}");
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.parse::<f64>().ok());
+            // CPU time may still be 0 this early; the others are positive.
+            assert!(
+                value.is_some_and(|v| v > 0.0 || name == "process_cpu_seconds_total"),
+                "{name}: {value:?}"
+            );
+        }
         assert!(text.contains("popgate_journal_wait_seconds_bucket{event=\"intent\",le=\"0.0005\"} 0"));
         assert!(text.contains("popgate_journal_wait_seconds_bucket{event=\"intent\",le=\"0.001\"} 1"));
         assert!(text.contains("popgate_journal_wait_seconds_bucket{event=\"outcome\",le=\"0.001\"} 0"));
