@@ -24,8 +24,10 @@ use tokio_postgres::NoTls;
 pub enum WarehouseError {
     #[error("no warehouse connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    // Not a `source`: the text already carries the driver's cause, which
+    // a report of the chain would otherwise print twice.
     #[error("{}", describe_db_error(.0))]
-    Db(#[from] tokio_postgres::Error),
+    Db(tokio_postgres::Error),
     #[error("the warehouse holds data popgate cannot read: {0}")]
     Malformed(String),
     #[error("{0}")]
@@ -36,6 +38,12 @@ pub enum WarehouseError {
     NoActivePolicy,
     #[error("chain fork: the warehouse holds event {seq} of this instance with another hash")]
     Fork { seq: u64 },
+}
+
+impl From<tokio_postgres::Error> for WarehouseError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        WarehouseError::Db(e)
+    }
 }
 
 /// `Result` of the warehouse's functions.
