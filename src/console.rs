@@ -102,7 +102,10 @@ pub struct EventFilterArgs {
     pub officer: Option<String>,
     #[arg(long)]
     pub purpose: Option<String>,
-    /// granted, denied, error, pending, done
+    /// The case reference (dossier number) the accesses served.
+    #[arg(long)]
+    pub case_ref: Option<String>,
+    /// granted, denied, error, abandoned, pending, done
     #[arg(long)]
     pub decision: Option<String>,
     /// intent, outcome, admin, purge
@@ -124,6 +127,7 @@ impl EventFilterArgs {
             ("app", &self.app),
             ("officer", &self.officer),
             ("purpose", &self.purpose),
+            ("case_ref", &self.case_ref),
             ("decision", &self.decision),
             ("kind", &self.kind),
             ("from", &self.from),
@@ -479,7 +483,9 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
                     "officer_id",
                     "operation",
                     "purpose",
+                    "case_ref",
                     "decision",
+                    "reason",
                     "fields",
                     "audit_id",
                 ]
@@ -496,7 +502,9 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
         "OFFICER",
         "OPERATION",
         "PURPOSE",
+        "CASE",
         "DECISION",
+        "REASON",
         "FIELDS",
         "AUDIT ID",
     ];

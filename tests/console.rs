@@ -412,6 +412,44 @@ async fn auditors_search_export_and_answer_a_citizen() {
     assert_eq!(headers["content-type"], "text/csv; charset=utf-8");
     let lines: Vec<&str> = csv.lines().collect();
     assert!(lines[0].starts_with("ts,audit_id,"));
+    assert!(
+        lines[0].ends_with(
+            ",case_ref,decision,http_status,citizen_key,fields,policy_version,reason,legal_basis,roles"
+        ),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        csv.contains("HS-2026-000901")
+            && csv.contains("Nghị định 104/2022/NĐ-CP")
+            && csv.contains(",citizen"),
+        "{csv}"
+    );
+    // Searched by the case reference the accesses served.
+    let by_case = auditor(
+        &env,
+        "/audit/v1/events/search",
+        Some(json!({"case_ref": "HS-2026-000901", "kind": "outcome"})),
+    )
+    .await;
+    assert_eq!(
+        by_case.body["events"].as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        by_case.body
+    );
+    let none = auditor(
+        &env,
+        "/audit/v1/events/search",
+        Some(json!({"case_ref": "HS-2026-999999"})),
+    )
+    .await;
+    assert_eq!(
+        none.body["events"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        none.body
+    );
     let (_, _, jsonl) = env
         .client("audit-cli")
         .post_raw(&env.url("/audit/v1/events/export"), &token, &filter, &[])

@@ -40,7 +40,7 @@ pub struct AuditApi {
 }
 
 /// What each call's body takes, for error details.
-const TAKES_SEARCH: &str = "the body takes personal_id, app, officer, purpose, decision, kind, from, to, cursor (strings) and limit (a number), all optional";
+const TAKES_SEARCH: &str = "the body takes personal_id, app, officer, purpose, case_ref, decision, kind, from, to, cursor (strings) and limit (a number), all optional";
 const TAKES_CITIZEN: &str = "the body takes personal_id (a string)";
 
 const DEFAULT_PAGE: i64 = 50;
@@ -80,6 +80,7 @@ struct SearchBody {
     app: Option<String>,
     officer: Option<String>,
     purpose: Option<String>,
+    case_ref: Option<String>,
     decision: Option<String>,
     kind: Option<String>,
     /// RFC 3339, inclusive.
@@ -172,6 +173,7 @@ impl AuditApi {
             app: b.app.clone(),
             officer: b.officer.clone(),
             purpose: b.purpose.clone(),
+            case_ref: b.case_ref.clone(),
             decision: b.decision.clone(),
             kind: b.kind.clone(),
             from: timestamp(&b.from, "from")?,
@@ -291,7 +293,7 @@ impl AuditApi {
 fn search_details(b: &SearchBody) -> Value {
     json!({
         "by_citizen": b.personal_id.is_some(), "app": b.app, "officer": b.officer, "purpose": b.purpose,
-        "decision": b.decision, "kind": b.kind, "from": b.from, "to": b.to,
+        "case_ref": b.case_ref, "decision": b.decision, "kind": b.kind, "from": b.from, "to": b.to,
     })
 }
 
@@ -318,7 +320,7 @@ fn wants_csv(parts: &http::request::Parts) -> Result<bool, ApiError> {
     Err(ApiError::NotAcceptable("text/csv or application/x-ndjson"))
 }
 
-const CSV_HEADER: &str = "ts,audit_id,instance_id,seq,kind,app_id,officer_id,operation,purpose,case_ref,decision,http_status,citizen_key,fields,policy_version\n";
+const CSV_HEADER: &str = "ts,audit_id,instance_id,seq,kind,app_id,officer_id,operation,purpose,case_ref,decision,http_status,citizen_key,fields,policy_version,reason,legal_basis,roles\n";
 
 fn csv_cell(v: &Value) -> String {
     let text = match v {
@@ -358,11 +360,31 @@ fn csv_row(e: &StoredEvent) -> String {
         "citizen_key",
         "fields",
         "policy_version",
+        "reason",
+        "legal_basis",
     ]
     .iter()
     .map(|k| csv_cell(&b[*k]))
+    .chain(std::iter::once(csv_cell(&roles(b))))
     .collect();
     format!("{}\n", cells.join(","))
+}
+
+/// The roles of the people an event's answer carried (`citizen`, `head`,
+/// `member`, …), once each.
+fn roles(body: &Value) -> Value {
+    let mut roles: Vec<&str> = Vec::new();
+    for role in body["subjects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["role"].as_str())
+    {
+        if !roles.contains(&role) {
+            roles.push(role);
+        }
+    }
+    json!(roles)
 }
 
 /// Streams every matching event, a page at a time, as it is read.

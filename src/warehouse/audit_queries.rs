@@ -14,6 +14,7 @@ pub struct EventFilter {
     pub app: Option<String>,
     pub officer: Option<String>,
     pub purpose: Option<String>,
+    pub case_ref: Option<String>,
     pub decision: Option<String>,
     pub kind: Option<String>,
     pub from: Option<OffsetDateTime>,
@@ -48,6 +49,7 @@ WHERE ($1::text IS NULL OR citizen_key = $1 OR subject_keys @> ARRAY[$1::text])
   AND ($7::timestamptz IS NULL OR ts >= $7)
   AND ($8::timestamptz IS NULL OR ts < $8)
   AND ($9::timestamptz IS NULL OR (ts, instance_id, seq) < ($9, $10, $11))
+  AND ($13::text IS NULL OR case_ref = $13)
 ORDER BY ts DESC, instance_id DESC, seq DESC
 LIMIT $12";
 
@@ -90,6 +92,7 @@ impl Warehouse {
                     &cursor.map(|c| c.instance_id.clone()),
                     &cursor.map(|c| c.seq),
                     &limit,
+                    &filter.case_ref,
                 ],
             )
             .await?;
