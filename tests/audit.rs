@@ -231,6 +231,12 @@ async fn a_row_planted_ahead_of_the_shipper_is_a_fork_that_stops_shipping_and_is
         "{found:#?}"
     );
     assert!(found.iter().any(|f| f.contains("missing tail")), "{found:#?}");
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains(&format!("seq {next}: chain fork"))),
+        "{found:#?}"
+    );
     assert!(!report.is_whole());
 }
 

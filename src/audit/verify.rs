@@ -181,6 +181,16 @@ pub async fn verify_anchored(
     }
     report.instances = instances.len();
     check_policy_versions(client, trusted, &mut report).await?;
+    for (instance, seq, detected) in chain::forks(client).await? {
+        let when = detected.format(&Rfc3339).unwrap_or_default();
+        report.findings.push(Finding {
+            instance,
+            seq,
+            what: format!(
+                "chain fork: the warehouse holds another event here than the instance's journal (found by its shipper at {when}); its shipping stopped"
+            ),
+        });
+    }
     for instance in instances {
         let anchored: Vec<&Checkpoint> = anchors.iter().filter(|a| a.instance_id == instance).collect();
         let delivered = watermarks

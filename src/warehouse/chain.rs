@@ -135,3 +135,16 @@ pub async fn watermarks(client: &Client) -> Result<Vec<(String, u64)>> {
         .map(|r| (r.get(0), seq(r.get(1))))
         .collect())
 }
+
+/// A fork a shipper found: `(instance, seq, detected at)`.
+pub async fn forks(client: &Client) -> Result<Vec<(String, u64, time::OffsetDateTime)>> {
+    Ok(client
+        .query(
+            "SELECT instance_id, seq, detected_at FROM popgate.audit_forks ORDER BY instance_id, seq",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), seq(r.get(1)), r.get(2)))
+        .collect())
+}

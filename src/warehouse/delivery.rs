@@ -391,7 +391,14 @@ impl Warehouse {
             Err(e) if e.is_unique_violation() => {
                 // The same event delivered before is no harm; another event
                 // at one of these places is a fork.
-                if let Some(seq) = forked_at(&client, batch).await? {
+                if let Some((seq, theirs, ours)) = forked_at(&client, batch).await? {
+                    client
+                        .execute(
+                            "INSERT INTO popgate.audit_forks (instance_id, seq, warehouse_hash, journal_hash)
+                             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                            &[&batch.instance_id, &(seq as i64), &theirs, &ours],
+                        )
+                        .await?;
                     return Err(WarehouseError::Fork { seq });
                 }
                 tracing::warn!(
@@ -406,11 +413,12 @@ impl Warehouse {
     }
 }
 
-/// The first event of `batch` that the warehouse holds with another hash.
+/// The first event of `batch` that the warehouse holds with another hash:
+/// its seq, the warehouse's hash and the journal's.
 async fn forked_at(
     client: &deadpool_postgres::Object,
     batch: &Delivery<'_>,
-) -> Result<Option<u64>, WarehouseError> {
+) -> Result<Option<(u64, String, String)>, WarehouseError> {
     let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) else {
         return Ok(None);
     };
@@ -427,8 +435,8 @@ async fn forked_at(
     for row in rows {
         let (seq, hash): (i64, String) = (row.get(0), row.get(1));
         let ours = batch.events.iter().find(|e| e.event.seq as i64 == seq);
-        if ours.is_some_and(|e| e.hash != hash) {
-            return Ok(Some(seq as u64));
+        if let Some(ours) = ours.filter(|e| e.hash != hash) {
+            return Ok(Some((seq as u64, hash, ours.hash.clone())));
         }
     }
     Ok(None)

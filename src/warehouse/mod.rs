@@ -111,6 +111,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "signed policy versions",
         include_str!("migrations/0004_signed_policy_versions.sql"),
     ),
+    (5, "audit forks", include_str!("migrations/0005_audit_forks.sql")),
 ];
 
 const POOL_SIZE: usize = 16;
