@@ -489,14 +489,16 @@ async fn refresh_policy(warehouse: &Warehouse, policy: &PolicyStore) -> anyhow::
             "an unconfirmed emergency freeze expired; version {version} is active again"
         );
     }
-    let active = warehouse
-        .active_policy()
-        .await?
-        .context("the policy store has no active version")?;
-    let refused = policy.refused().is_some_and(|(v, _)| v == active.version);
-    if active.version == policy.version() || refused {
+    // The number first: the files are read only when it changed.
+    let number = warehouse.active_version().await?;
+    let refused = policy.refused().is_some_and(|(v, _)| v == number);
+    if number == policy.version() || refused {
         return Ok(());
     }
+    let active = warehouse
+        .version(number)
+        .await?
+        .context("the active version vanished")?;
     policy.activate(&active).map_err(|why| anyhow::anyhow!(why))?;
     tracing::info!(
         version = active.version,
