@@ -162,13 +162,59 @@ pub enum AuditCommand {
         #[arg(long)]
         csv: bool,
     },
-    /// Who accessed a citizen's data: when, through which app, for which purpose, which fields.
+    /// Who accessed a citizen's data: when (Vietnam time), through which app, for which purpose, on which legal basis, which fields; never the officer.
     Accesses {
         #[arg(long)]
         personal_id: String,
         /// Vietnamese labels.
         #[arg(long)]
         vi: bool,
+        /// RFC 3339, inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339, exclusive.
+        #[arg(long)]
+        to: Option<String>,
+        /// Writes the printable letter (HTML, Vietnamese, A4) to this file instead of printing a table.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Alerts of the rules, newest first.
+    Alerts {
+        /// distinct-citizens, repeated-denials, off-hours, watch-list, case-spread, chain-fork, policy-signature, verify-failure
+        #[arg(long)]
+        rule: Option<String>,
+        /// open or resolved
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Disclosure holds: what citizen reports leave out, until when, and why.
+    Holds,
+    /// An evidence bundle of one case's or one citizen's events that verifies offline (`verify-bundle`).
+    Bundle {
+        /// The case reference (dossier number).
+        #[arg(long = "case", conflicts_with = "personal_id", required_unless_present = "personal_id")]
+        case_ref: Option<String>,
+        #[arg(long)]
+        personal_id: Option<String>,
+        /// RFC 3339, inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339, exclusive.
+        #[arg(long)]
+        to: Option<String>,
+        /// Where to write the bundle (JSON, readable by its owner only).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verifies an evidence bundle with no database and no network; exit 0 when whole, else 1 and one line per problem.
+    VerifyBundle {
+        file: PathBuf,
+        /// JSON file {"INSTANCE": ["BASE64 PUBLIC KEY", ...]} of the keys to trust; without it the keys the bundle carries are used.
+        #[arg(long)]
+        trusted_keys: Option<PathBuf>,
     },
     /// The local audit journal of a stopped gateway: inspect it, or salvage a damaged one.
     Journal {
@@ -467,6 +513,22 @@ pub async fn run_admin(console: &ConsoleArgs, command: AdminCommand) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
+/// The roles of the people an event's answer carried, once each.
+fn roles(event: &serde_json::Value) -> String {
+    let mut roles: Vec<&str> = Vec::new();
+    for role in event["subjects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["role"].as_str())
+    {
+        if !roles.contains(&role) {
+            roles.push(role);
+        }
+    }
+    roles.join(",")
+}
+
 pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::Result<ExitCode> {
     use serde_json::json;
     let connect = || ConsoleClient::new(console, "audit-cli", "auditor");
@@ -486,11 +548,13 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
                     "case_ref",
                     "decision",
                     "reason",
+                    "legal_basis",
                     "fields",
                     "audit_id",
                 ]
                 .iter()
                 .map(|k| cell(&e[*k]))
+                .chain(std::iter::once(roles(e)))
                 .collect()
             })
             .collect()
@@ -505,8 +569,10 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
         "CASE",
         "DECISION",
         "REASON",
+        "LEGAL BASIS",
         "FIELDS",
         "AUDIT ID",
+        "ROLES",
     ];
     match command {
         AuditCommand::Search {
@@ -553,17 +619,38 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
                 .ok()?;
             print!("{}", a.text);
         }
-        AuditCommand::Accesses { personal_id, vi } => {
-            let lang: &[(&str, &str)] = if vi { &[("accept-language", "vi")] } else { &[] };
-            let v = connect()?
-                .post(
-                    "/audit/v1/citizens/accesses",
-                    &json!({ "personal_id": personal_id }),
-                    lang,
-                )
-                .await?
-                .ok()?
-                .json();
+        AuditCommand::Accesses {
+            personal_id,
+            vi,
+            from,
+            to,
+            out,
+        } => {
+            let mut body = json!({ "personal_id": personal_id, "from": from, "to": to });
+            if let Some(out) = out {
+                let a = connect()?
+                    .post("/audit/v1/citizens/accesses", &body, &[("accept", "text/html")])
+                    .await?
+                    .ok()?;
+                crate::tls::pki::write_file(&out, a.text.as_bytes(), 0o600)?;
+                eprintln!("wrote the letter to {}", out.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let client = connect()?;
+            let mut list = Vec::new();
+            loop {
+                let page = client
+                    .post("/audit/v1/citizens/accesses", &body, &[])
+                    .await?
+                    .ok()?
+                    .json();
+                list.extend(page["accesses"].as_array().cloned().unwrap_or_default());
+                match page["next_cursor"].as_str() {
+                    Some(c) => body["cursor"] = json!(c),
+                    None => break,
+                }
+            }
+            let v = json!({ "accesses": list, "count": list.len() });
             if console.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -577,7 +664,7 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
                             .into_iter()
                             .flatten()
                             .map(|f| {
-                                f["label"]
+                                f[if vi { "label" } else { "label_en" }]
                                     .as_str()
                                     .or(f["id"].as_str())
                                     .unwrap_or_default()
@@ -588,23 +675,107 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
                         let purpose = if vi {
                             cell(&a["purpose_label"])
                         } else {
-                            cell(&a["purpose"])
+                            cell(&a["purpose_label_en"])
                         };
                         vec![
                             cell(&a["time"]),
                             app,
                             purpose,
+                            cell(&a["legal_basis"]),
                             cell(&a["case_ref"]),
                             fields.join(", "),
                         ]
                     })
                     .collect();
                 let headers = if vi {
-                    ["THỜI GIAN", "HỆ THỐNG", "MỤC ĐÍCH", "HỒ SƠ", "TRƯỜNG DỮ LIỆU"]
+                    ["THỜI GIAN", "HỆ THỐNG", "MỤC ĐÍCH", "CĂN CỨ PHÁP LÝ", "HỒ SƠ", "TRƯỜNG DỮ LIỆU"]
                 } else {
-                    ["TIME", "APP", "PURPOSE", "CASE", "FIELDS"]
+                    ["TIME", "APP", "PURPOSE", "LEGAL BASIS", "CASE", "FIELDS"]
                 };
                 print_table(&headers, &rows);
+            }
+        }
+        AuditCommand::Alerts { rule, state, limit } => {
+            let mut path = format!("/audit/v1/alerts?limit={limit}");
+            for (k, v) in [("rule", &rule), ("state", &state)] {
+                if let Some(v) = v {
+                    path.push_str(&format!("&{k}={v}"));
+                }
+            }
+            let v = connect()?.get(&path).await?.ok()?.json();
+            if console.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let rows: Vec<Vec<String>> = v["alerts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| {
+                        let evidence = a["audit_ids"].as_array().map_or(0, Vec::len).to_string();
+                        ["raised_at", "rule", "state", "officer_id", "app_id", "summary"]
+                            .iter()
+                            .map(|k| cell(&a[*k]))
+                            .chain([evidence, cell(&a["id"])])
+                            .collect()
+                    })
+                    .collect();
+                print_table(&["RAISED", "RULE", "STATE", "OFFICER", "APP", "SUMMARY", "EVENTS", "ID"], &rows);
+            }
+        }
+        AuditCommand::Holds => {
+            let v = connect()?.get("/audit/v1/holds").await?.ok()?.json();
+            if console.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let rows: Vec<Vec<String>> = v["holds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|h| {
+                        ["case_ref", "app", "purpose", "in_force_until", "until", "in_force", "created_by", "approved_by", "reason", "id"]
+                            .iter()
+                            .map(|k| cell(&h[*k]))
+                            .collect()
+                    })
+                    .collect();
+                print_table(
+                    &["CASE", "APP", "PURPOSE", "IN FORCE UNTIL", "ASKED UNTIL", "IN FORCE", "BY", "APPROVED BY", "REASON", "ID"],
+                    &rows,
+                );
+            }
+        }
+        AuditCommand::Bundle {
+            case_ref,
+            personal_id,
+            from,
+            to,
+            out,
+        } => {
+            let body = json!({ "case_ref": case_ref, "personal_id": personal_id, "from": from, "to": to });
+            let a = connect()?.post("/audit/v1/evidence", &body, &[]).await?.ok()?;
+            crate::tls::pki::write_file(&out, a.text.as_bytes(), 0o600)?;
+            let v = a.json();
+            eprintln!(
+                "wrote {} matching events to {}",
+                v["matched"].as_array().map_or(0, Vec::len),
+                out.display()
+            );
+        }
+        AuditCommand::VerifyBundle { file, trusted_keys } => {
+            let trusted = trusted_keys
+                .as_deref()
+                .map(crate::audit::verify::load_trusted_keys)
+                .transpose()?;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let bundle: crate::audit::bundle::Bundle = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not an evidence bundle", file.display()))?;
+            let verdict = crate::audit::bundle::verify(&bundle, trusted.as_ref());
+            for problem in &verdict.problems {
+                println!("{problem}");
+            }
+            println!("{}", verdict.summary());
+            if !verdict.is_whole() {
+                return Ok(ExitCode::FAILURE);
             }
         }
         AuditCommand::Journal { command } => return run_journal(command),

@@ -56,6 +56,8 @@ const POLICY_RELISTEN: Duration = Duration::from_millis(500);
 pub struct StartOptions {
     /// While set, every journal write fails as on a full disk.
     pub journal_fail_writes: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The clock of holds and reports (tests move it forward).
+    pub clock: crate::clock::Clock,
 }
 
 /// A gateway that is serving; [`Gateway::stop`] ends it.
@@ -328,6 +330,19 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
         .as_deref()
         .map(crate::audit::verify::load_trusted_keys)
         .transpose()?;
+    let alerts = if config.alerts.enabled {
+        let rules = match &config.alerts.rules {
+            Some(path) => crate::audit::alerts::Rules::load(path)?,
+            None => crate::audit::alerts::Rules::default(),
+        };
+        Some(Arc::new(crate::audit::alerts::Engine::new(
+            rules,
+            warehouse.clone(),
+            metrics.clone(),
+        )?))
+    } else {
+        None
+    };
     let in_flight = crate::api::InFlight::default();
     let api = Arc::new(Api {
         in_flight: in_flight.clone(),
@@ -364,6 +379,14 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
             pseudonyms,
             trusted_keys,
             journal: journal.clone(),
+            signer: signer.clone(),
+            instance_id: config.gateway.instance_id.clone(),
+            clock: options.clock.clone(),
+            hold_without_approval: a.hold_without_approval,
+            province_name: crate::units::Units::get()
+                .province(config.gateway.province)
+                .map_or_else(|| config.gateway.province.to_string(), |p| p.name.to_owned()),
+            alerts: alerts.clone(),
         },
     });
     let ops_api = Arc::new(OpsApi {
@@ -379,7 +402,7 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let limits = config.limits.server_limits();
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(server::serve(
             gateway_listener,
             Some(server_tls.active.clone()),
@@ -404,10 +427,14 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
         tokio::spawn(follow_policy(
             warehouse.clone(),
             policy.clone(),
+            alerts.clone(),
             shutdown_rx.clone(),
         )),
-        tokio::spawn(watch_tls_files(server_tls.clone(), shutdown_rx)),
+        tokio::spawn(watch_tls_files(server_tls.clone(), shutdown_rx.clone())),
     ];
+    if let Some(engine) = alerts {
+        tasks.push(tokio::spawn(engine.run(shutdown_rx.clone())));
+    }
     status.set_listening(true);
     tracing::info!(%gateway_addr, %ops_addr, "gateway listening");
     Ok(Gateway {
@@ -482,7 +509,11 @@ async fn watch_tls_files(tls: Arc<tls::ReloadableServerTls>, mut shutdown: watch
 /// Swaps this instance's snapshot to the store's active version when they
 /// differ (a version this instance refused is not tried again), and ends an
 /// emergency freeze past its time.
-async fn refresh_policy(warehouse: &Warehouse, policy: &PolicyStore) -> anyhow::Result<()> {
+async fn refresh_policy(
+    warehouse: &Warehouse,
+    policy: &PolicyStore,
+    alerts: Option<&crate::audit::alerts::Engine>,
+) -> anyhow::Result<()> {
     if let Some(version) = warehouse.expire_freezes().await? {
         tracing::warn!(
             version,
@@ -499,7 +530,24 @@ async fn refresh_policy(warehouse: &Warehouse, policy: &PolicyStore) -> anyhow::
         .version(number)
         .await?
         .context("the active version vanished")?;
-    policy.activate(&active).map_err(|why| anyhow::anyhow!(why))?;
+    if let Err(why) = policy.activate(&active) {
+        if let Some(engine) = alerts {
+            use crate::audit::alerts::POLICY_SIGNATURE;
+            let alert = crate::warehouse::alerts::NewAlert {
+                rule: POLICY_SIGNATURE,
+                dedup_key: format!("{POLICY_SIGNATURE}:{number}"),
+                officer_id: None,
+                app_id: None,
+                instance_id: None,
+                summary: format!("policy version {number} was refused: {why}"),
+                audit_ids: Vec::new(),
+            };
+            if let Err(error) = engine.raise(alert).await {
+                tracing::error!(%error, "cannot store the policy-signature alert");
+            }
+        }
+        anyhow::bail!(why);
+    }
     tracing::info!(
         version = active.version,
         "switched to the store's active policy version"
@@ -509,12 +557,18 @@ async fn refresh_policy(warehouse: &Warehouse, policy: &PolicyStore) -> anyhow::
 
 /// Follows the store's active policy version: on every `popgate_policy`
 /// notification and every few seconds.
-async fn follow_policy(warehouse: Warehouse, policy: Arc<PolicyStore>, mut shutdown: watch::Receiver<bool>) {
+async fn follow_policy(
+    warehouse: Warehouse,
+    policy: Arc<PolicyStore>,
+    alerts: Option<Arc<crate::audit::alerts::Engine>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let alerts = alerts.as_deref();
     loop {
         // A dedicated connection that LISTENs; rebuilt whenever it drops.
         let Ok(mut listener) = warehouse.listen_for_policy_changes().await else {
             tokio::select! {
-                _ = tokio::time::sleep(POLICY_RECHECK) => { let _ = refresh_policy(&warehouse, &policy).await; continue; }
+                _ = tokio::time::sleep(POLICY_RECHECK) => { let _ = refresh_policy(&warehouse, &policy, alerts).await; continue; }
                 _ = shutdown.changed() => return,
             }
         };
@@ -523,14 +577,14 @@ async fn follow_policy(warehouse: Warehouse, policy: Arc<PolicyStore>, mut shutd
             tokio::select! {
                 changed = listener.next_change() => match changed {
                     Ok(()) => {
-                        if let Err(error) = refresh_policy(&warehouse, &policy).await {
+                        if let Err(error) = refresh_policy(&warehouse, &policy, alerts).await {
                             tracing::warn!(%error, "cannot load the newly active policy version");
                         }
                     }
                     Err(_) => break,
                 },
                 _ = tick.tick() => {
-                    if let Err(error) = refresh_policy(&warehouse, &policy).await {
+                    if let Err(error) = refresh_policy(&warehouse, &policy, alerts).await {
                         tracing::debug!(%error, "policy re-check failed");
                     }
                 }

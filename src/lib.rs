@@ -30,6 +30,7 @@
 //!   [`warehouse::WarehouseError`].
 //! - [`sim`]: the national population DB simulator.
 //! - [`units`]: Vietnam's administrative units (2025).
+//! - [`clock`]: the wall clock of holds and reports, Vietnam's time zone.
 //! - [`client`]: the HTTPS client of the `admin` and `audit` commands.
 //! - [`console`]: the `popgate admin` and `popgate audit` commands.
 //! - [`demo`]: `popgate demo`, everything on embedded defaults.
@@ -38,6 +39,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod demo;

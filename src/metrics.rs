@@ -56,6 +56,7 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
     upstream: Histogram,
     journal_wait: BTreeMap<&'static str, Histogram>,
+    alerts: BTreeMap<&'static str, u64>,
 }
 
 /// The audit events a request waits for before it goes on.
@@ -139,9 +140,20 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    /// An alert this instance stored, by its rule (a fixed name).
+    pub fn observe_alert(&self, rule: &'static str) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *m.alerts.entry(rule).or_default() += 1;
+    }
+
     pub fn render(&self, g: &Gauges) -> String {
         let m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::with_capacity(4096);
+        out.push_str("# HELP popgate_alerts_total Alerts this instance raised, by rule.\n");
+        out.push_str("# TYPE popgate_alerts_total counter\n");
+        for (rule, n) in &m.alerts {
+            let _ = writeln!(out, "popgate_alerts_total{{rule=\"{rule}\"}} {n}");
+        }
         out.push_str(
             "# HELP popgate_requests_total Requests on the app listener by app, operation and status.\n",
         );

@@ -1,10 +1,13 @@
 //! The auditors' surface, `/audit/v1/...` (role `auditor`, through an audit
 //! app): search events, read one, export them (CSV or JSON Lines, streamed
-//! page by page), answer a citizen's "who accessed my data", and verify the
-//! log. A personal ID given by an auditor is turned into its pseudonym
-//! before any query; none is ever stored or logged.
+//! page by page), answer a citizen's "who accessed my data" (JSON pages or
+//! a printable letter), verify the log, act on alerts, keep a watch list,
+//! hold disclosures for investigations and make evidence bundles. A
+//! personal ID given by an auditor is turned into its pseudonym before any
+//! query; none is ever stored or logged.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -18,14 +21,20 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::problem::ApiError;
-use super::request::{parse_json, parse_json_or_empty, Trail};
+use super::request::{check_text, parse_json, parse_json_or_empty, query_param, Caller, Trail};
+use crate::audit::alerts::{Engine as AlertEngine, VERIFY_FAILURE};
+use crate::audit::checkpoint::Signer;
 use crate::audit::event::Pseudonymiser;
 use crate::audit::journal::Journal;
+use crate::audit::report::{access, vietnam_time, Letter};
 use crate::audit::verify::TrustedKeys;
+use crate::clock::Clock;
 use crate::personal_id::PersonalId;
 use crate::policy::PolicySet;
 use crate::server::{json_response, Body, ChannelBody};
+use crate::warehouse::alerts::{AlertFilter, NewAlert};
 use crate::warehouse::audit_queries::{EventFilter, EventKey, StoredEvent};
+use crate::warehouse::holds::Hold;
 use crate::warehouse::Warehouse;
 
 /// What the audit surface uses.
@@ -37,16 +46,37 @@ pub struct AuditApi {
     /// This instance's journal: its newest signed checkpoint is an anchor
     /// the database cannot rewrite.
     pub journal: Journal,
+    /// Signs evidence bundles.
+    pub signer: Arc<Signer>,
+    pub instance_id: String,
+    /// Today, for holds and reports.
+    pub clock: Clock,
+    /// A hold longer than this needs a second auditor's approval.
+    pub hold_without_approval: Duration,
+    /// The province's name, at the top of a citizen's letter.
+    pub province_name: String,
+    /// The alert rules (a failed verify raises an alert).
+    pub alerts: Option<Arc<AlertEngine>>,
 }
 
 /// What each call's body takes, for error details.
 const TAKES_SEARCH: &str = "the body takes personal_id, app, officer, purpose, case_ref, decision, kind, from, to, cursor (strings) and limit (a number), all optional";
-const TAKES_CITIZEN: &str = "the body takes personal_id (a string)";
+const TAKES_CITIZEN: &str = "the body takes personal_id (a string), and optionally from, to, cursor (strings) and limit (a number)";
+const TAKES_HOLD: &str = "the body takes until (a date, YYYY-MM-DD), reason and legal_basis (strings), and case_ref, or app and purpose (strings)";
+const TAKES_EXTEND: &str = "the body takes until (a date, YYYY-MM-DD) and reason (a string)";
+const TAKES_NOTE: &str = "the body takes note (a string)";
+const TAKES_REASON: &str = "the body takes reason (a string)";
+const TAKES_WATCH: &str = "the body takes personal_id and reason (strings)";
+const TAKES_UNWATCH: &str = "the body takes personal_id (a string)";
+const TAKES_EVIDENCE: &str = "the body takes case_ref or personal_id, and optionally from and to (strings)";
 
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
 const EXPORT_PAGE: i64 = 1000;
-const MAX_ACCESSES: i64 = 1000;
+/// A citizen report's page, by default and at most.
+const REPORT_PAGE: i64 = 100;
+/// The printable letter holds at most this many accesses.
+const LETTER_MAX: usize = 5000;
 /// How long `verify` waits for the checkpoint it asked for to be delivered.
 const ANCHOR_WAIT: Duration = Duration::from_secs(3);
 
@@ -58,6 +88,17 @@ pub enum AuditOp {
     CitizenAccesses,
     Verify,
     LatestCheckpoints,
+    Alerts,
+    ResolveAlert(uuid::Uuid),
+    Holds,
+    CreateHold,
+    ApproveHold(uuid::Uuid),
+    ExtendHold(uuid::Uuid),
+    LiftHold(uuid::Uuid),
+    WatchList,
+    Watch,
+    Unwatch,
+    Evidence,
 }
 
 impl AuditOp {
@@ -69,6 +110,17 @@ impl AuditOp {
             AuditOp::CitizenAccesses => "citizen-accesses",
             AuditOp::Verify => "verify",
             AuditOp::LatestCheckpoints => "checkpoints-latest",
+            AuditOp::Alerts => "alerts",
+            AuditOp::ResolveAlert(_) => "alert-resolve",
+            AuditOp::Holds => "holds",
+            AuditOp::CreateHold => "hold-create",
+            AuditOp::ApproveHold(_) => "hold-approve",
+            AuditOp::ExtendHold(_) => "hold-extend",
+            AuditOp::LiftHold(_) => "hold-lift",
+            AuditOp::WatchList => "watch-list",
+            AuditOp::Watch => "watch",
+            AuditOp::Unwatch => "unwatch",
+            AuditOp::Evidence => "evidence",
         }
     }
 }
@@ -95,6 +147,62 @@ struct SearchBody {
 #[serde(deny_unknown_fields)]
 struct CitizenBody {
     personal_id: String,
+    from: Option<String>,
+    to: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldBody {
+    case_ref: Option<String>,
+    app: Option<String>,
+    purpose: Option<String>,
+    until: String,
+    reason: String,
+    legal_basis: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtendBody {
+    until: String,
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteBody {
+    note: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchBody {
+    personal_id: String,
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnwatchBody {
+    personal_id: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EvidenceBody {
+    case_ref: Option<String>,
+    personal_id: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
 }
 
 fn bad(detail: impl Into<String>) -> ApiError {
@@ -111,6 +219,24 @@ fn timestamp(s: &Option<String>, name: &str) -> Result<Option<OffsetDateTime>, A
             })
         })
         .transpose()
+}
+
+fn date(s: &str, name: &str) -> Result<time::Date, ApiError> {
+    time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+        .map_err(|_| bad(format!("{name} must be a date such as 2027-03-31")))
+}
+
+/// A non-empty, printable text field.
+fn required_text(name: &str, value: &str) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(bad(format!("{name} must not be empty")));
+    }
+    check_text(name, value)
+}
+
+/// A query parameter, with the escapes a time needs (`%2B`, `%3A`) undone.
+fn query_text(parts: &http::request::Parts, name: &str) -> Option<String> {
+    query_param(parts.uri.query(), name).map(|v| v.replace("%2B", "+").replace("%2b", "+").replace("%3A", ":").replace("%3a", ":"))
 }
 
 fn encode_cursor(key: &EventKey) -> String {
@@ -196,6 +322,7 @@ impl AuditApi {
         &self,
         op: AuditOp,
         policy: &PolicySet,
+        caller: &Caller<'_>,
         parts: &http::request::Parts,
         body: &[u8],
         trail: &mut Trail,
@@ -248,15 +375,199 @@ impl AuditApi {
                 let b: CitizenBody = parse_json(body, TAKES_CITIZEN)?;
                 let key = api.pseudonym_of(&b.personal_id)?;
                 trail.citizen_key = Some(key.clone());
-                let vietnamese = parts
-                    .headers
-                    .get(http::header::ACCEPT_LANGUAGE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("vi"));
+                let window = (timestamp(&b.from, "from")?, timestamp(&b.to, "to")?);
+                let cursor = b.cursor.as_deref().map(decode_cursor).transpose()?;
+                let limit = b.limit.unwrap_or(REPORT_PAGE);
+                if !(1..=MAX_PAGE).contains(&limit) {
+                    return Err(bad(format!("limit must be 1 to {MAX_PAGE}")));
+                }
+                trail.details = Some(json!({ "from": b.from, "to": b.to, "page": b.cursor.is_some() }));
+                if wants_html(parts) {
+                    if cursor.is_some() || b.limit.is_some() {
+                        return Err(bad("the printable letter takes personal_id, from and to only (it holds every access of the period)"));
+                    }
+                    return api.letter(policy, &key, window).await;
+                }
+                let today = api.clock.today();
+                let page = api
+                    .warehouse
+                    .citizen_accesses(&key, window, cursor.as_ref(), today, limit)
+                    .await?;
+                let next = (page.len() as i64 == limit)
+                    .then(|| page.last().map(|e| encode_cursor(&e.key)))
+                    .flatten();
+                let list: Vec<_> = page.iter().map(|e| access(policy, &key, e)).collect();
                 Ok(json_response(
                     StatusCode::OK,
-                    &accesses(api, policy, key, vietnamese).await?,
+                    &json!({
+                        "province": api.province_name,
+                        "generated_at": vietnam_time(&api.clock.now()),
+                        "from": b.from, "to": b.to,
+                        "accesses": list, "count": list.len(), "next_cursor": next,
+                    }),
                 ))
+            }
+            AuditOp::Alerts => {
+                let filter = AlertFilter {
+                    rule: query_text(parts, "rule"),
+                    state: query_text(parts, "state"),
+                    from: timestamp(&query_text(parts, "from"), "from")?,
+                    to: timestamp(&query_text(parts, "to"), "to")?,
+                };
+                if let Some(state) = &filter.state {
+                    if state != "open" && state != "resolved" {
+                        return Err(bad("state must be open or resolved"));
+                    }
+                }
+                if let Some(rule) = &filter.rule {
+                    if !crate::audit::alerts::RULES.contains(&rule.as_str()) {
+                        return Err(bad(format!("rule must be one of {}", crate::audit::alerts::RULES.join(", "))));
+                    }
+                }
+                let limit = match query_text(parts, "limit") {
+                    None => DEFAULT_PAGE,
+                    Some(l) => l.parse().ok().filter(|l| (1..=MAX_PAGE).contains(l)).ok_or_else(|| bad(format!("limit must be 1 to {MAX_PAGE}")))?,
+                };
+                let cursor = query_text(parts, "cursor").as_deref().map(decode_alert_cursor).transpose()?;
+                let page = api.warehouse.alerts(&filter, cursor, limit).await?;
+                let next = (page.len() as i64 == limit)
+                    .then(|| page.last().map(|a| encode_alert_cursor(a.raised_at, a.id)))
+                    .flatten();
+                Ok(json_response(StatusCode::OK, &json!({ "alerts": page, "next_cursor": next })))
+            }
+            AuditOp::ResolveAlert(id) => {
+                let b: NoteBody = parse_json(body, TAKES_NOTE)?;
+                required_text("note", &b.note)?;
+                trail.details = Some(json!({ "alert": id, "note": b.note }));
+                match api.warehouse.resolve_alert(&id, &caller.officer_id, &b.note).await? {
+                    None => Err(ApiError::NotFound("no alert with this id".into())),
+                    Some((_, false)) => Err(ApiError::Conflict("this alert is already resolved".into())),
+                    Some((alert, true)) => Ok(json_response(StatusCode::OK, &json!(alert))),
+                }
+            }
+            AuditOp::Holds => {
+                let today = api.clock.today();
+                let holds: Vec<Value> = api.warehouse.holds().await?.iter().map(|h| hold_json(h, today)).collect();
+                Ok(json_response(StatusCode::OK, &json!({ "holds": holds })))
+            }
+            AuditOp::CreateHold => {
+                let b: HoldBody = parse_json(body, TAKES_HOLD)?;
+                let hold = api.new_hold(policy, caller, b)?;
+                trail.case_ref.clone_from(&hold.case_ref);
+                trail.details = Some(hold_details(&hold));
+                api.warehouse.insert_hold(&hold).await?;
+                Ok(json_response(StatusCode::CREATED, &hold_json(&hold, api.clock.today())))
+            }
+            AuditOp::ApproveHold(id) | AuditOp::ExtendHold(id) | AuditOp::LiftHold(id) => {
+                let mut hold = api.warehouse.hold(&id).await?.ok_or_else(|| ApiError::NotFound("no hold with this id".into()))?;
+                if hold.lifted_at.is_some() {
+                    return Err(ApiError::Conflict("this hold was lifted; make a new one".into()));
+                }
+                let today = api.clock.today();
+                let now = api.clock.now();
+                let who = caller.officer_id.clone();
+                match op {
+                    AuditOp::ApproveHold(_) => {
+                        if hold.requested_by == who {
+                            return Err(ApiError::Forbidden("a hold is approved by a second auditor, not by the one who asked for it".into()));
+                        }
+                        if hold.in_force_until == hold.until {
+                            return Err(ApiError::Conflict("this hold is already in force for its whole length".into()));
+                        }
+                        hold.approved_by = Some(who);
+                        hold.approved_at = Some(now);
+                        hold.in_force_until = hold.until;
+                    }
+                    AuditOp::ExtendHold(_) => {
+                        let b: ExtendBody = parse_json(body, TAKES_EXTEND)?;
+                        required_text("reason", &b.reason)?;
+                        let until = date(&b.until, "until")?;
+                        if until <= hold.until {
+                            return Err(bad(format!("until must be after the hold's current end, {}", hold.until)));
+                        }
+                        let cap = today + time::Duration::days(api.hold_days());
+                        hold.until = until;
+                        hold.requested_by = who;
+                        hold.approved_by = None;
+                        hold.approved_at = None;
+                        hold.in_force_until = hold.in_force_until.max(until.min(cap));
+                        trail.details = Some(json!({ "reason": b.reason }));
+                    }
+                    _ => {
+                        let b: ReasonBody = parse_json(body, TAKES_REASON)?;
+                        required_text("reason", &b.reason)?;
+                        hold.lifted_by = Some(who);
+                        hold.lifted_at = Some(now);
+                        hold.lift_reason = Some(b.reason);
+                    }
+                }
+                let mut details = hold_details(&hold);
+                if let (Some(Value::Object(extra)), Value::Object(d)) = (trail.details.take(), &mut details) {
+                    d.extend(extra);
+                }
+                trail.case_ref.clone_from(&hold.case_ref);
+                trail.details = Some(details);
+                api.warehouse.update_hold(&hold).await?;
+                Ok(json_response(StatusCode::OK, &hold_json(&hold, today)))
+            }
+            AuditOp::WatchList => {
+                let list = api.warehouse.watch_list().await?;
+                let entries: Vec<Value> = list
+                    .iter()
+                    .map(|(reason, by, at)| json!({ "reason": reason, "added_by": by, "added_at": vietnam_time(at) }))
+                    .collect();
+                Ok(json_response(StatusCode::OK, &json!({ "count": entries.len(), "entries": entries })))
+            }
+            AuditOp::Watch => {
+                let b: WatchBody = parse_json(body, TAKES_WATCH)?;
+                required_text("reason", &b.reason)?;
+                let key = api.pseudonym_of(&b.personal_id)?;
+                trail.citizen_key = Some(key.clone());
+                trail.details = Some(json!({ "reason": b.reason }));
+                let added = api.warehouse.watch(&key, &b.reason, &caller.officer_id).await?;
+                let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+                Ok(json_response(status, &json!({ "watched": true, "added": added })))
+            }
+            AuditOp::Unwatch => {
+                let b: UnwatchBody = parse_json(body, TAKES_UNWATCH)?;
+                let key = api.pseudonym_of(&b.personal_id)?;
+                trail.citizen_key = Some(key.clone());
+                if !api.warehouse.unwatch(&key).await? {
+                    return Err(ApiError::NotFound("this citizen is not on the watch list".into()));
+                }
+                Ok(json_response(StatusCode::OK, &json!({ "watched": false })))
+            }
+            AuditOp::Evidence => {
+                let b: EvidenceBody = parse_json(body, TAKES_EVIDENCE)?;
+                if b.case_ref.is_none() == b.personal_id.is_none() {
+                    return Err(bad("an evidence bundle is of one case (case_ref) or one citizen (personal_id): give exactly one"));
+                }
+                let filter = EventFilter {
+                    citizen_key: b.personal_id.as_deref().map(|p| api.pseudonym_of(p)).transpose()?,
+                    case_ref: b.case_ref.clone(),
+                    from: timestamp(&b.from, "from")?,
+                    to: timestamp(&b.to, "to")?,
+                    ..EventFilter::default()
+                };
+                trail.citizen_key.clone_from(&filter.citizen_key);
+                trail.case_ref.clone_from(&b.case_ref);
+                let query = json!({ "case_ref": b.case_ref, "by_citizen": b.personal_id.is_some(), "from": b.from, "to": b.to });
+                // Every event so far is anchored by a signed checkpoint.
+                api.anchor_now().await;
+                let bundle = crate::audit::bundle::build(
+                    &api.warehouse,
+                    crate::audit::bundle::Request {
+                        filter,
+                        query: query.clone(),
+                        created_by: json!({ "officer": caller.officer_id, "app": caller.app.id }),
+                        created_at: vietnam_time(&api.clock.now()),
+                    },
+                    &api.signer,
+                    &api.instance_id,
+                )
+                .await?;
+                trail.details = Some(json!({ "query": query, "events": bundle.matched.len() }));
+                Ok(json_response(StatusCode::OK, &json!(bundle)))
             }
             AuditOp::LatestCheckpoints => Ok(json_response(
                 StatusCode::OK,
@@ -271,6 +582,9 @@ impl AuditApi {
                         .await?;
                 trail.details =
                     Some(json!({ "whole": report.is_whole(), "findings": report.findings.len() }));
+                if !report.is_whole() {
+                    api.raise_verify_failure(&report.summary(), report.findings.len()).await;
+                }
                 Ok(json_response(
                     StatusCode::OK,
                     &json!({
@@ -437,68 +751,152 @@ fn export(warehouse: Warehouse, filter: EventFilter, csv: bool) -> Response<Body
     resp
 }
 
-/// Who accessed this citizen's data: time, app, purpose, case reference and
-/// fields — not the officer.
-async fn accesses(
-    api: &AuditApi,
-    policy: &PolicySet,
-    key: String,
-    vietnamese: bool,
-) -> Result<Value, ApiError> {
-    let filter = EventFilter {
-        citizen_key: Some(key.clone()),
-        decision: Some("granted".to_owned()),
-        kind: Some("outcome".to_owned()),
-        ..EventFilter::default()
-    };
-    let events = api.warehouse.search_events(&filter, None, MAX_ACCESSES).await?;
-    let list: Vec<Value> = events
-        .iter()
-        .map(|e| {
-            let b = &e.body;
-            let app = b["app_id"].as_str().unwrap_or_default();
-            let purpose = b["purpose"].as_str().unwrap_or_default();
-            // This citizen's part of the answer: as which person, which
-            // fields (events before subjects were recorded: the citizen).
-            let subject = b["subjects"]
-                .as_array()
-                .and_then(|list| list.iter().find(|s| s["key"].as_str() == Some(key.as_str())));
-            let role = subject.and_then(|s| s["role"].as_str()).unwrap_or("citizen");
-            let fields: Vec<Value> = subject
-                .map_or(&b["fields"], |s| &s["fields"])
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(|f| {
-                            let parent = f.split('.').next().unwrap_or(f);
-                            let label = policy.catalog.get(parent).map(|d| d.label.clone());
-                            if vietnamese {
-                                json!({ "id": f, "label": label })
-                            } else {
-                                json!({ "id": f })
-                            }
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut entry = json!({
-                "time": b["ts"],
-                "app": app,
-                "operation": b["operation"],
-                "purpose": purpose,
-                "case_ref": b["case_ref"],
-                "legal_basis": b["legal_basis"],
-                "role": role,
-                "fields": fields,
-                "audit_id": b["audit_id"],
-            });
-            if vietnamese {
-                entry["app_name"] = json!(policy.apps.get(app).map(|a| a.name.clone()));
-                entry["purpose_label"] = json!(policy.purposes.get(purpose).map(|p| p.label.clone()));
+fn wants_html(parts: &http::request::Parts) -> bool {
+    parts
+        .headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.split(',').any(|k| k.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("text/html")))
+}
+
+fn encode_alert_cursor(ts: OffsetDateTime, id: uuid::Uuid) -> String {
+    let ts = ts.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    URL_SAFE_NO_PAD.encode(json!([ts, id]).to_string())
+}
+
+fn decode_alert_cursor(s: &str) -> Result<(OffsetDateTime, uuid::Uuid), ApiError> {
+    let invalid = || bad("cursor is not one this API returned");
+    let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|_| invalid())?;
+    let (ts, id): (String, uuid::Uuid) = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    let ts = OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339).map_err(|_| invalid())?;
+    Ok((ts, id))
+}
+
+/// A hold as the API shows it: the row, and whether it is in force today.
+fn hold_json(h: &Hold, today: time::Date) -> Value {
+    let mut v = json!(h);
+    v["in_force"] = json!(h.lifted_at.is_none() && h.in_force_until > today);
+    v["needs_approval"] = json!(h.lifted_at.is_none() && h.in_force_until < h.until);
+    v
+}
+
+/// What a hold's audit event records.
+fn hold_details(h: &Hold) -> Value {
+    json!({
+        "hold": h.id, "case_ref": h.case_ref, "app": h.app, "purpose": h.purpose,
+        "until": h.until.to_string(), "in_force_until": h.in_force_until.to_string(),
+        "reason": h.reason, "legal_basis": h.legal_basis,
+        "approved_by": h.approved_by, "lifted": h.lifted_at.is_some(), "lift_reason": h.lift_reason,
+    })
+}
+
+impl AuditApi {
+    fn hold_days(&self) -> i64 {
+        i64::try_from(self.hold_without_approval.as_secs() / 86_400).unwrap_or(i64::MAX / 2)
+    }
+
+    /// A new hold from its request, checked.
+    fn new_hold(&self, policy: &PolicySet, caller: &Caller<'_>, b: HoldBody) -> Result<Hold, ApiError> {
+        required_text("reason", &b.reason)?;
+        required_text("legal_basis", &b.legal_basis)?;
+        for (name, v) in [("case_ref", &b.case_ref), ("app", &b.app), ("purpose", &b.purpose)] {
+            if let Some(v) = v {
+                required_text(name, v)?;
             }
-            entry
+        }
+        if b.case_ref.is_none() && (b.app.is_none() || b.purpose.is_none()) {
+            return Err(bad("a hold names a case_ref, or an app and a purpose"));
+        }
+        if let Some(app) = &b.app {
+            if !policy.apps.contains_key(app) {
+                return Err(bad(format!("app '{app}' is not an app of the active policy")));
+            }
+        }
+        if let Some(purpose) = &b.purpose {
+            if !policy.purposes.contains_key(purpose) {
+                return Err(bad(format!("purpose '{purpose}' is not a purpose of the active policy")));
+            }
+        }
+        let today = self.clock.today();
+        let until = date(&b.until, "until")?;
+        if until <= today {
+            return Err(bad(format!("until must be after today ({today}, Vietnam time)")));
+        }
+        let cap = today + time::Duration::days(self.hold_days());
+        Ok(Hold {
+            id: uuid::Uuid::now_v7(),
+            case_ref: b.case_ref,
+            app: b.app,
+            purpose: b.purpose,
+            until,
+            in_force_until: until.min(cap),
+            reason: b.reason,
+            legal_basis: b.legal_basis,
+            created_by: caller.officer_id.clone(),
+            created_at: self.clock.now(),
+            requested_by: caller.officer_id.clone(),
+            approved_by: None,
+            approved_at: None,
+            lifted_by: None,
+            lifted_at: None,
+            lift_reason: None,
         })
-        .collect();
-    Ok(json!({ "accesses": list, "count": list.len() }))
+    }
+
+    /// The printable letter: every access of the window, newest first.
+    async fn letter(
+        &self,
+        policy: &PolicySet,
+        key: &str,
+        window: (Option<OffsetDateTime>, Option<OffsetDateTime>),
+    ) -> Result<Response<Body>, ApiError> {
+        let today = self.clock.today();
+        let mut all = Vec::new();
+        let mut cursor: Option<EventKey> = None;
+        let mut truncated = false;
+        loop {
+            let page = self
+                .warehouse
+                .citizen_accesses(key, window, cursor.as_ref(), today, MAX_PAGE)
+                .await?;
+            let full = page.len() as i64 == MAX_PAGE;
+            cursor = page.last().map(|e| e.key.clone());
+            all.extend(page.iter().map(|e| access(policy, key, e)));
+            if all.len() >= LETTER_MAX {
+                truncated = full || all.len() > LETTER_MAX;
+                all.truncate(LETTER_MAX);
+                break;
+            }
+            if !full {
+                break;
+            }
+        }
+        let letter = Letter::new(self.province_name.clone(), today, window, &all, truncated);
+        let html = askama::Template::render(&letter).map_err(|e| ApiError::Internal(format!("the letter cannot be rendered: {e}")))?;
+        let mut resp = Response::new(http_body_util::Full::new(Bytes::from(html)).map_err(|never| match never {}).boxed());
+        let h = resp.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        h.insert(
+            http::header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+        );
+        Ok(resp)
+    }
+
+    async fn raise_verify_failure(&self, summary: &str, findings: usize) {
+        let Some(engine) = &self.alerts else { return };
+        let digest = crate::audit::event::digest_hex(summary.as_bytes());
+        let alert = NewAlert {
+            rule: VERIFY_FAILURE,
+            dedup_key: format!("{VERIFY_FAILURE}:{}:{}", self.clock.today(), &digest[..16]),
+            officer_id: None,
+            app_id: None,
+            instance_id: Some(self.instance_id.clone()),
+            summary: format!("audit verify found {findings} problems: {summary}"),
+            audit_ids: Vec::new(),
+        };
+        if let Err(error) = engine.raise(alert).await {
+            tracing::error!(%error, "cannot store the verify-failure alert");
+        }
+    }
 }

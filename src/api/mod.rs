@@ -256,7 +256,9 @@ impl Api {
             Route::Audit(op) => {
                 self.console.require(&caller, Console::Audit)?;
                 let (parts, body) = read_request(req, self.max_body_bytes).await?;
-                self.audit.handle(op, &policy, &parts, &body, trail).await
+                self.audit
+                    .handle(op, &policy, &caller, &parts, &body, trail)
+                    .await
             }
         }
     }
@@ -335,6 +337,17 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/audit/v1/citizens/accesses"),
     ("GET", "/audit/v1/verify"),
     ("GET", "/audit/v1/checkpoints/latest"),
+    ("GET", "/audit/v1/alerts"),
+    ("POST", "/audit/v1/alerts/{id}/resolve"),
+    ("GET", "/audit/v1/holds"),
+    ("POST", "/audit/v1/holds"),
+    ("POST", "/audit/v1/holds/{id}/approve"),
+    ("POST", "/audit/v1/holds/{id}/extend"),
+    ("POST", "/audit/v1/holds/{id}/lift"),
+    ("GET", "/audit/v1/watchlist"),
+    ("POST", "/audit/v1/watchlist"),
+    ("POST", "/audit/v1/watchlist/remove"),
+    ("POST", "/audit/v1/evidence"),
 ];
 
 /// Whether `path` fits `template`; the placeholder's value, if the
@@ -377,6 +390,11 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
             .filter(|n| *n > 0)
             .ok_or(ApiError::NoRoute)
     };
+    let id = || {
+        param
+            .and_then(|s| s.parse::<uuid::Uuid>().ok())
+            .ok_or(ApiError::NoRoute)
+    };
     Ok(match template {
         "/v1/citizens/lookup" => Route::App(Operation::Lookup),
         "/v1/citizens/verify" => Route::App(Operation::Verify),
@@ -399,6 +417,17 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         "/audit/v1/citizens/accesses" => Route::Audit(AuditOp::CitizenAccesses),
         "/audit/v1/verify" => Route::Audit(AuditOp::Verify),
         "/audit/v1/checkpoints/latest" => Route::Audit(AuditOp::LatestCheckpoints),
+        "/audit/v1/alerts" => Route::Audit(AuditOp::Alerts),
+        "/audit/v1/alerts/{id}/resolve" => Route::Audit(AuditOp::ResolveAlert(id()?)),
+        "/audit/v1/holds" if method == Method::GET => Route::Audit(AuditOp::Holds),
+        "/audit/v1/holds" => Route::Audit(AuditOp::CreateHold),
+        "/audit/v1/holds/{id}/approve" => Route::Audit(AuditOp::ApproveHold(id()?)),
+        "/audit/v1/holds/{id}/extend" => Route::Audit(AuditOp::ExtendHold(id()?)),
+        "/audit/v1/holds/{id}/lift" => Route::Audit(AuditOp::LiftHold(id()?)),
+        "/audit/v1/watchlist" if method == Method::GET => Route::Audit(AuditOp::WatchList),
+        "/audit/v1/watchlist" => Route::Audit(AuditOp::Watch),
+        "/audit/v1/watchlist/remove" => Route::Audit(AuditOp::Unwatch),
+        "/audit/v1/evidence" => Route::Audit(AuditOp::Evidence),
         _ => return Err(ApiError::NoRoute),
     })
 }

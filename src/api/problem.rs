@@ -60,6 +60,9 @@ pub enum ApiError {
     CircuitOpen(std::time::Duration),
     #[error("revocation status unknown")]
     RevocationUnknown,
+    /// A fault of the gateway itself; the detail is for the operator's log.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -110,6 +113,8 @@ impl ApiError {
                 "The provincial warehouse cannot be reached right now; retry later.".into()),
             NotAcceptable(offer) => (StatusCode::NOT_ACCEPTABLE, "not-acceptable", "Not acceptable",
                 format!("This endpoint answers {offer}; set the accept header to one of them.")),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal-error", "Internal error",
+                "The gateway could not complete this request because of a fault of its own; the operator's log says which. Retry later.".into()),
             AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", "Audit record could not be written",
                 "The gateway releases no data it cannot audit, and its audit journal cannot be written right now; retry later.".into()),
         }
@@ -122,6 +127,9 @@ pub fn problem_response(err: &ApiError, request_id: &str, audit_id: Option<&str>
     if let ApiError::Warehouse(e) = err {
         // The cause is for the operator; the caller is told to retry.
         tracing::error!(%request_id, error = %e, "warehouse unavailable");
+    }
+    if let ApiError::Internal(e) = err {
+        tracing::error!(%request_id, error = %e, "internal error");
     }
     let (status, slug, title, detail) = err.parts();
     let mut doc = json!({

@@ -14,11 +14,14 @@
 //! This module never stores a personal ID: citizens appear only as keyed
 //! pseudonyms.
 
+pub mod alerts;
+pub mod bundle;
 pub mod checkpoint;
 pub mod event;
 pub mod frame;
 pub mod journal;
 pub mod record;
+pub mod report;
 pub mod salvage;
 pub mod segments;
 pub mod shipper;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::Uri;
 use serde::{Deserialize, Serialize};
 
-mod de;
+pub(crate) mod de;
 
 pub use crate::server::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
@@ -45,6 +45,8 @@ pub const DEFAULT_MAX_BACKLOG_AGE: Duration = Duration::from_secs(6 * 3600);
 pub const DEFAULT_SHIP_BATCH: usize = 1_000;
 pub const DEFAULT_JOURNAL_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(3_600);
+/// 90 days.
+pub const DEFAULT_HOLD_WITHOUT_APPROVAL: Duration = Duration::from_secs(90 * 86_400);
 pub const DEFAULT_PER_OFFICER_PER_MINUTE: u32 = 60;
 pub const DEFAULT_UPSTREAM_PER_SECOND: u32 = 200;
 pub const DEFAULT_DISTINCT_CITIZENS_PER_HOUR: u32 = 300;
@@ -67,6 +69,34 @@ pub struct Config {
     pub warehouse: WarehouseSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub alerts: AlertsSection,
+}
+
+/// The alert rules over the audit log (docs/audit.md, "Alerts").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSection {
+    /// Whether this instance runs the rules (one instance of a deployment
+    /// runs them at a time; the others wait).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The rules file (`alerts.toml`); without it, the documented defaults.
+    #[serde(default)]
+    pub rules: Option<PathBuf>,
+}
+
+impl Default for AlertsSection {
+    fn default() -> AlertsSection {
+        AlertsSection {
+            enabled: true,
+            rules: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -253,6 +283,14 @@ pub struct AuditSection {
     /// without it the keys recorded in the warehouse are used.
     #[serde(default)]
     pub trusted_keys: Option<PathBuf>,
+    /// A disclosure hold longer than this needs a second auditor's approval
+    /// (until then it is in force for this long).
+    #[serde(default = "default_hold_without_approval", with = "de::secs")]
+    pub hold_without_approval: Duration,
+}
+
+fn default_hold_without_approval() -> Duration {
+    DEFAULT_HOLD_WITHOUT_APPROVAL
 }
 
 impl AuditSection {
@@ -271,6 +309,7 @@ impl AuditSection {
             retention: DEFAULT_JOURNAL_RETENTION,
             purge_interval: DEFAULT_PURGE_INTERVAL,
             trusted_keys: None,
+            hold_without_approval: DEFAULT_HOLD_WITHOUT_APPROVAL,
         }
     }
 
@@ -603,6 +642,7 @@ impl Config {
             rate_limits: RateLimitsSection::default(),
             warehouse: WarehouseSection::default(),
             limits: LimitsSection::default(),
+            alerts: AlertsSection::default(),
         }
     }
 

@@ -72,11 +72,28 @@ impl FieldKind {
     }
 }
 
+/// A sub-field's label, in Vietnamese and English (`parent.child`: the
+/// parent's label, then this).
+pub fn subfield_label(sub: &str) -> Option<(&'static str, &'static str)> {
+    Some(match sub {
+        "province_code" => ("tỉnh, thành phố", "province"),
+        "ward_code" => ("xã, phường, đặc khu", "commune or ward"),
+        "detail" => ("số nhà, đường, thôn, tổ", "street address"),
+        "full_name" => ("họ và tên", "full name"),
+        "nationality" => ("quốc tịch", "nationality"),
+        "personal_id" => ("số định danh cá nhân", "personal ID number"),
+        "relation" => ("quan hệ với chủ hộ", "relation to the head of household"),
+        _ => return None,
+    })
+}
+
 /// One catalog entry.
 #[derive(Debug, Clone)]
 pub struct FieldDef {
     pub id: String,
+    /// In Vietnamese, as officials and citizens read it.
     pub label: String,
+    pub label_en: Option<String>,
     pub class: Sensitivity,
     pub kind: FieldKind,
     /// Key of the upstream `CongDan` object.
@@ -321,6 +338,7 @@ mod tests {
         let field = |id: &str, kind, upstream: &str| FieldDef {
             id: id.to_owned(),
             label: id.to_owned(),
+            label_en: None,
             class: Sensitivity::Personal,
             kind,
             upstream: upstream.to_owned(),

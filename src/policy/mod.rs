@@ -49,7 +49,9 @@ impl Operation {
 #[derive(Debug, Clone)]
 pub struct Purpose {
     pub id: String,
+    /// In Vietnamese, as officials and citizens read it.
     pub label: String,
+    pub label_en: Option<String>,
     pub legal_basis: String,
     pub retention_days: u32,
     /// The form a `case_ref` must have for this purpose (for example the
@@ -351,6 +353,9 @@ struct RawFieldsFile {
 struct RawField {
     id: Spanned<String>,
     label: String,
+    /// The label in English (citizen reports in English); optional.
+    #[serde(default)]
+    label_en: Option<String>,
     class: Sensitivity,
     kind: FieldKind,
     upstream: String,
@@ -367,6 +372,8 @@ struct RawPurposesFile {
 struct RawPurpose {
     id: Spanned<String>,
     label: String,
+    #[serde(default)]
+    label_en: Option<String>,
     legal_basis: String,
     retention_days: u32,
     #[serde(default)]
@@ -491,6 +498,7 @@ pub fn parse(files: &PolicyFiles, province: u16) -> Result<PolicySet, Problems> 
                         catalog.fields.push(FieldDef {
                             id: id.clone(),
                             label: f.label,
+                            label_en: f.label_en,
                             class: f.class,
                             kind: f.kind,
                             upstream: f.upstream,
@@ -538,6 +546,7 @@ pub fn parse(files: &PolicyFiles, province: u16) -> Result<PolicySet, Problems> 
                         Purpose {
                             id,
                             label: p.label,
+                            label_en: p.label_en,
                             legal_basis: p.legal_basis,
                             retention_days: p.retention_days,
                             case_ref_pattern,

@@ -53,6 +53,24 @@ WHERE ($1::text IS NULL OR citizen_key = $1 OR subject_keys @> ARRAY[$1::text])
 ORDER BY ts DESC, instance_id DESC, seq DESC
 LIMIT $12";
 
+/// A citizen's granted accesses (as any subject), newest first, with the
+/// accesses that a disclosure hold in force on `today` covers left out.
+const CITIZEN_ACCESSES: &str = "
+SELECT e.ts, e.instance_id, e.seq, e.body, e.prev_hash, e.hash FROM popgate.audit_events e
+WHERE (e.citizen_key = $1 OR e.subject_keys @> ARRAY[$1::text])
+  AND e.decision = 'granted' AND e.body->>'kind' = 'outcome'
+  AND ($2::timestamptz IS NULL OR e.ts >= $2)
+  AND ($3::timestamptz IS NULL OR e.ts < $3)
+  AND ($4::timestamptz IS NULL OR (e.ts, e.instance_id, e.seq) < ($4, $5, $6))
+  AND NOT EXISTS (
+      SELECT 1 FROM popgate.disclosure_holds h
+      WHERE h.lifted_at IS NULL AND h.in_force_until > $7
+        AND (h.case_ref IS NULL OR h.case_ref = e.case_ref)
+        AND (h.app_id IS NULL OR h.app_id = e.app_id)
+        AND (h.purpose IS NULL OR h.purpose = e.purpose))
+ORDER BY e.ts DESC, e.instance_id DESC, e.seq DESC
+LIMIT $8";
+
 /// A row of `ts, instance_id, seq, body, prev_hash, hash`.
 fn stored_event(r: &tokio_postgres::Row) -> StoredEvent {
     StoredEvent {
@@ -93,6 +111,36 @@ impl Warehouse {
                     &cursor.map(|c| c.seq),
                     &limit,
                     &filter.case_ref,
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(stored_event).collect())
+    }
+
+    /// One page of a citizen's report: granted accesses to `citizen_key`
+    /// in `[from, to)` after `cursor`, less those under a hold in force on
+    /// `today`.
+    pub async fn citizen_accesses(
+        &self,
+        citizen_key: &str,
+        window: (Option<OffsetDateTime>, Option<OffsetDateTime>),
+        cursor: Option<&EventKey>,
+        today: time::Date,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                CITIZEN_ACCESSES,
+                &[
+                    &citizen_key,
+                    &window.0,
+                    &window.1,
+                    &cursor.map(|c| c.ts),
+                    &cursor.map(|c| c.instance_id.clone()),
+                    &cursor.map(|c| c.seq),
+                    &today,
+                    &limit,
                 ],
             )
             .await?;

@@ -6,10 +6,12 @@
 //! the verifier's reads of the chains ([`chain`]). Every failure is a
 //! [`WarehouseError`]; `api::problem` turns it into HTTP in one place.
 
+pub mod alerts;
 pub mod audit_queries;
 pub mod chain;
 pub mod delivery;
 pub mod embedded;
+pub mod holds;
 pub mod policies;
 
 use std::time::Duration;
@@ -112,6 +114,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0004_signed_policy_versions.sql"),
     ),
     (5, "audit forks", include_str!("migrations/0005_audit_forks.sql")),
+    (
+        6,
+        "auditor tools",
+        include_str!("migrations/0006_auditor_tools.sql"),
+    ),
 ];
 
 const POOL_SIZE: usize = 16;

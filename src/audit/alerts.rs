@@ -1,0 +1,536 @@
+//! Alert rules over the audit event stream. They run on the events the
+//! warehouse holds, each instance's chain read once, in seq order, after a
+//! watermark kept in the warehouse; a tick takes a lock so that one gateway
+//! of a deployment runs them at a time. An alert is stored once (its
+//! `dedup_key`: the rule, who, and the hour, day or event it is about) with
+//! the audit ids that support it, and names officers and apps, never a
+//! citizen.
+//!
+//! The rules (names as in `/metrics`, `GET /audit/v1/alerts?rule=` and the
+//! rules file):
+//! - `distinct-citizens`: an officer's distinct people in one hour through
+//!   one app reach `min_citizens` and exceed `factor` × both that officer's
+//!   and that app's usual hourly level over `baseline`.
+//! - `repeated-denials`: `count` requests of one officer refused by policy
+//!   (outside the jurisdiction, an ungranted purpose or role) within `within`.
+//! - `off-hours`: granted requests outside working hours in Vietnam time
+//!   (one alert per officer, app and day).
+//! - `watch-list`: any access to a citizen on the auditors' watch list.
+//! - `case-spread`: one case reference used for `citizens` or more
+//!   distinct citizens within `within`.
+//! - `chain-fork`, `policy-signature`, `verify-failure`: the log or the
+//!   policy store is not what it should be.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use time::{OffsetDateTime, Weekday};
+
+use crate::clock::VIETNAM;
+use crate::metrics::Metrics;
+use crate::warehouse::alerts::{Alert, NewAlert, RuleEvent, RuleTx};
+use crate::warehouse::{Result, Warehouse};
+
+pub const DISTINCT_CITIZENS: &str = "distinct-citizens";
+pub const REPEATED_DENIALS: &str = "repeated-denials";
+pub const OFF_HOURS: &str = "off-hours";
+pub const WATCH_LIST: &str = "watch-list";
+pub const CASE_SPREAD: &str = "case-spread";
+pub const CHAIN_FORK: &str = "chain-fork";
+pub const POLICY_SIGNATURE: &str = "policy-signature";
+pub const VERIFY_FAILURE: &str = "verify-failure";
+
+/// Every rule name.
+pub const RULES: &[&str] = &[
+    DISTINCT_CITIZENS,
+    REPEATED_DENIALS,
+    OFF_HOURS,
+    WATCH_LIST,
+    CASE_SPREAD,
+    CHAIN_FORK,
+    POLICY_SIGNATURE,
+    VERIFY_FAILURE,
+];
+
+/// The rules file (`alerts.toml`); every key has a documented default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rules {
+    /// How often the rules read new events.
+    #[serde(with = "crate::config::de::secs")]
+    pub interval: Duration,
+    pub distinct_citizens: DistinctCitizens,
+    pub repeated_denials: RepeatedDenials,
+    pub off_hours: OffHours,
+    pub watch_list: Toggle,
+    pub case_spread: CaseSpread,
+    pub system: Toggle,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistinctCitizens {
+    pub enabled: bool,
+    pub min_citizens: i64,
+    pub factor: f64,
+    #[serde(with = "crate::config::de::secs")]
+    pub baseline: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepeatedDenials {
+    pub enabled: bool,
+    pub count: usize,
+    #[serde(with = "crate::config::de::secs")]
+    pub within: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OffHours {
+    pub enabled: bool,
+    /// `HH:MM`, Vietnam time.
+    pub start: String,
+    pub end: String,
+    /// Working days: `mon` … `sun`.
+    pub days: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaseSpread {
+    pub enabled: bool,
+    pub citizens: i64,
+    #[serde(with = "crate::config::de::secs")]
+    pub within: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Toggle {
+    pub enabled: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules {
+            interval: Duration::from_secs(5),
+            distinct_citizens: DistinctCitizens::default(),
+            repeated_denials: RepeatedDenials::default(),
+            off_hours: OffHours::default(),
+            watch_list: Toggle::default(),
+            case_spread: CaseSpread::default(),
+            system: Toggle::default(),
+        }
+    }
+}
+
+impl Default for DistinctCitizens {
+    fn default() -> DistinctCitizens {
+        DistinctCitizens {
+            enabled: true,
+            min_citizens: 40,
+            factor: 4.0,
+            baseline: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+impl Default for RepeatedDenials {
+    fn default() -> RepeatedDenials {
+        RepeatedDenials {
+            enabled: true,
+            count: 5,
+            within: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Default for OffHours {
+    fn default() -> OffHours {
+        OffHours {
+            enabled: true,
+            start: "07:00".into(),
+            end: "18:00".into(),
+            days: ["mon", "tue", "wed", "thu", "fri"].map(String::from).to_vec(),
+        }
+    }
+}
+
+impl Default for CaseSpread {
+    fn default() -> CaseSpread {
+        CaseSpread {
+            enabled: true,
+            citizens: 10,
+            within: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl Default for Toggle {
+    fn default() -> Toggle {
+        Toggle { enabled: true }
+    }
+}
+
+/// Minutes after midnight of `HH:MM` (`24:00` is the day's end).
+fn hh_mm(s: &str) -> Option<u16> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+    (m < 60 && h * 60 + m <= 1440).then_some(h * 60 + m)
+}
+
+fn weekday(s: &str) -> Option<Weekday> {
+    Some(match s.to_ascii_lowercase().as_str() {
+        "mon" => Weekday::Monday,
+        "tue" => Weekday::Tuesday,
+        "wed" => Weekday::Wednesday,
+        "thu" => Weekday::Thursday,
+        "fri" => Weekday::Friday,
+        "sat" => Weekday::Saturday,
+        "sun" => Weekday::Sunday,
+        _ => return None,
+    })
+}
+
+/// Working hours, parsed.
+#[derive(Debug, Clone)]
+struct WorkingHours {
+    start: u16,
+    end: u16,
+    days: Vec<Weekday>,
+}
+
+impl WorkingHours {
+    fn contains(&self, t: OffsetDateTime) -> bool {
+        let local = t.to_offset(VIETNAM);
+        let minute = u16::from(local.hour()) * 60 + u16::from(local.minute());
+        self.days.contains(&local.weekday()) && minute >= self.start && minute < self.end
+    }
+}
+
+impl Rules {
+    /// Reads a rules file; `FILE: message` naming the key on error.
+    pub fn load(path: &Path) -> anyhow::Result<Rules> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let rules: Rules = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+        rules.working_hours().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(rules)
+    }
+
+    fn working_hours(&self) -> std::result::Result<WorkingHours, String> {
+        let o = &self.off_hours;
+        let start = hh_mm(&o.start).ok_or("off_hours.start must be HH:MM, such as \"07:00\"")?;
+        let end = hh_mm(&o.end).ok_or("off_hours.end must be HH:MM, such as \"18:00\"")?;
+        let days = o
+            .days
+            .iter()
+            .map(|d| weekday(d).ok_or(format!("off_hours.days: '{d}' is not one of mon, tue, wed, thu, fri, sat, sun")))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(WorkingHours { start, end, days })
+    }
+}
+
+/// The rules, run tick by tick.
+pub struct Engine {
+    pub rules: Rules,
+    hours: WorkingHours,
+    pub warehouse: Warehouse,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Events read per instance and tick.
+const BATCH: i64 = 2000;
+
+fn hour_of(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_minute(0)
+        .and_then(|t| t.replace_second(0))
+        .and_then(|t| t.replace_nanosecond(0))
+        .unwrap_or(t)
+}
+
+fn is_app_request(e: &RuleEvent) -> bool {
+    e.kind == "outcome" && matches!(e.operation.as_deref(), Some("lookup" | "verify" | "household"))
+}
+
+fn granted(e: &RuleEvent) -> bool {
+    is_app_request(e) && e.decision == "granted"
+}
+
+fn std_to_time(d: Duration) -> time::Duration {
+    time::Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2))
+}
+
+impl Engine {
+    pub fn new(rules: Rules, warehouse: Warehouse, metrics: Arc<Metrics>) -> anyhow::Result<Engine> {
+        let hours = rules.working_hours().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Engine {
+            rules,
+            hours,
+            warehouse,
+            metrics,
+        })
+    }
+
+    /// Stores an alert raised outside a tick (a refused policy signature, a
+    /// failed verify), counts it and sends it on when it is new.
+    pub async fn raise(&self, a: NewAlert) -> Result<Alert> {
+        let (alert, new) = self.warehouse.raise_alert(&a).await?;
+        if new {
+            self.announce(a.rule, &alert);
+        }
+        Ok(alert)
+    }
+
+    fn announce(&self, rule: &'static str, alert: &Alert) {
+        self.metrics.observe_alert(rule);
+        tracing::warn!(rule, alert = %alert.id, officer = alert.officer_id.as_deref().unwrap_or("-"), app = alert.app_id.as_deref().unwrap_or("-"), "alert raised");
+    }
+
+    /// One pass: every instance's new events, until each is caught up.
+    /// Returns how many events were read (0 when another instance holds
+    /// the lock).
+    pub async fn tick(&self) -> Result<usize> {
+        let mut client = self.warehouse.client().await?;
+        let Some(rt) = RuleTx::begin(&mut client).await? else {
+            return Ok(0);
+        };
+        let mut raised: Vec<(&'static str, Alert)> = Vec::new();
+        let mut read = 0;
+        if self.rules.system.enabled {
+            for (instance, seq) in rt.forks().await? {
+                let a = NewAlert {
+                    rule: CHAIN_FORK,
+                    dedup_key: format!("{CHAIN_FORK}:{instance}:{seq}"),
+                    officer_id: None,
+                    app_id: None,
+                    instance_id: Some(instance.clone()),
+                    summary: format!("the warehouse holds another event at seq {seq} of {instance}'s chain than its journal (a fork); that instance's shipper has stopped"),
+                    audit_ids: Vec::new(),
+                };
+                let (alert, new) = rt.raise(&a).await?;
+                if new {
+                    raised.push((CHAIN_FORK, alert));
+                }
+            }
+        }
+        let watched = if self.rules.watch_list.enabled {
+            rt.watched().await?
+        } else {
+            Default::default()
+        };
+        for (instance, mark) in rt.watermarks().await? {
+            let mut after = mark;
+            loop {
+                let events = rt.events_after(&instance, after, BATCH).await?;
+                let Some(last) = events.last() else { break };
+                after = last.seq;
+                read += events.len();
+                for a in self.judge(&rt, &instance, &events, &watched).await? {
+                    let (alert, new) = rt.raise(&a).await?;
+                    if new {
+                        raised.push((a.rule, alert));
+                    }
+                }
+                if (events.len() as i64) < BATCH {
+                    break;
+                }
+            }
+            if after != mark {
+                rt.set_watermark(&instance, after).await?;
+            }
+        }
+        rt.commit().await?;
+        for (rule, alert) in &raised {
+            self.announce(rule, alert);
+        }
+        Ok(read)
+    }
+
+    /// The alerts one batch of an instance's events gives.
+    async fn judge(
+        &self,
+        rt: &RuleTx<'_>,
+        instance: &str,
+        events: &[RuleEvent],
+        watched: &std::collections::HashSet<String>,
+    ) -> Result<Vec<NewAlert>> {
+        let r = &self.rules;
+        let mut out = Vec::new();
+        // Who and what this batch touched.
+        let mut hours: BTreeMap<(String, String, OffsetDateTime), ()> = BTreeMap::new();
+        let mut denials: BTreeMap<(String, String), OffsetDateTime> = BTreeMap::new();
+        let mut late: BTreeMap<(String, String, time::Date), Vec<uuid::Uuid>> = BTreeMap::new();
+        let mut cases: BTreeMap<(String, String), OffsetDateTime> = BTreeMap::new();
+        for e in events {
+            let (Some(officer), Some(app)) = (e.officer_id.clone(), e.app_id.clone()) else {
+                continue;
+            };
+            if is_app_request(e) && e.decision == "denied" && e.http_status == Some(403) {
+                let newest = denials.entry((officer.clone(), app.clone())).or_insert(e.ts);
+                *newest = (*newest).max(e.ts);
+            }
+            if !granted(e) {
+                continue;
+            }
+            hours.insert((officer.clone(), app.clone(), hour_of(e.ts)), ());
+            if r.off_hours.enabled && !self.hours.contains(e.ts) {
+                late.entry((officer.clone(), app.clone(), e.ts.to_offset(VIETNAM).date()))
+                    .or_default()
+                    .push(e.audit_id);
+            }
+            if let Some(case) = &e.case_ref {
+                let newest = cases.entry((app.clone(), case.clone())).or_insert(e.ts);
+                *newest = (*newest).max(e.ts);
+            }
+            if r.watch_list.enabled
+                && e.subject_keys
+                    .iter()
+                    .chain(e.citizen_key.iter())
+                    .any(|k| watched.contains(k))
+            {
+                out.push(NewAlert {
+                    rule: WATCH_LIST,
+                    dedup_key: format!("{WATCH_LIST}:{}", e.audit_id),
+                    officer_id: Some(officer.clone()),
+                    app_id: Some(app.clone()),
+                    instance_id: Some(instance.to_owned()),
+                    summary: format!("officer {officer} of {app} accessed a citizen on the watch list"),
+                    audit_ids: vec![e.audit_id],
+                });
+            }
+        }
+        if r.distinct_citizens.enabled {
+            let d = &r.distinct_citizens;
+            let mut app_means: HashMap<String, f64> = HashMap::new();
+            for (officer, app, hour) in hours.into_keys() {
+                let n = rt.distinct_people(&officer, &app, hour, hour + time::Duration::HOUR).await?;
+                if n < d.min_citizens {
+                    continue;
+                }
+                let since = hour - std_to_time(d.baseline);
+                let own = rt.hourly_mean(Some(&officer), &app, since, hour).await?;
+                let app_mean = match app_means.get(&app) {
+                    Some(m) => *m,
+                    None => {
+                        let m = rt.hourly_mean(None, &app, since, hour).await?;
+                        app_means.insert(app.clone(), m);
+                        m
+                    }
+                };
+                let usual = own.max(app_mean);
+                if (n as f64) <= d.factor * usual {
+                    continue;
+                }
+                let label = hour
+                    .to_offset(VIETNAM)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                out.push(NewAlert {
+                    rule: DISTINCT_CITIZENS,
+                    dedup_key: format!("{DISTINCT_CITIZENS}:{app}:{officer}:{}", hour.unix_timestamp()),
+                    officer_id: Some(officer.clone()),
+                    app_id: Some(app.clone()),
+                    instance_id: None,
+                    summary: format!(
+                        "officer {officer} of {app} reached {n} distinct people in the hour from {label}; the usual level is {own:.1} for this officer and {app_mean:.1} for this app"
+                    ),
+                    audit_ids: Vec::new(),
+                });
+            }
+        }
+        if r.repeated_denials.enabled {
+            let d = &r.repeated_denials;
+            let within = std_to_time(d.within);
+            for ((officer, app), newest) in denials {
+                let ids = rt.denials(&officer, &app, newest - within, newest).await?;
+                if ids.len() < d.count {
+                    continue;
+                }
+                let bucket = newest.unix_timestamp() / within.whole_seconds().max(1);
+                out.push(NewAlert {
+                    rule: REPEATED_DENIALS,
+                    dedup_key: format!("{REPEATED_DENIALS}:{app}:{officer}:{bucket}"),
+                    officer_id: Some(officer.clone()),
+                    app_id: Some(app.clone()),
+                    instance_id: None,
+                    summary: format!(
+                        "officer {officer} of {app} was refused by policy {} times within {} (outside the jurisdiction, or a purpose or role not granted)",
+                        ids.len(),
+                        crate::config::de::format_duration(d.within)
+                    ),
+                    audit_ids: ids,
+                });
+            }
+        }
+        for ((officer, app, day), ids) in late {
+            out.push(NewAlert {
+                rule: OFF_HOURS,
+                dedup_key: format!("{OFF_HOURS}:{app}:{officer}:{day}"),
+                officer_id: Some(officer.clone()),
+                app_id: Some(app.clone()),
+                instance_id: Some(instance.to_owned()),
+                summary: format!(
+                    "officer {officer} of {app} accessed citizen data outside working hours ({}–{} Vietnam time) on {day}",
+                    r.off_hours.start, r.off_hours.end
+                ),
+                audit_ids: ids,
+            });
+        }
+        if r.case_spread.enabled {
+            let c = &r.case_spread;
+            let within = std_to_time(c.within);
+            for ((app, case), newest) in cases {
+                let (n, ids) = rt.case_citizens(&app, &case, newest - within, newest).await?;
+                if n < c.citizens {
+                    continue;
+                }
+                let day = newest.to_offset(VIETNAM).date();
+                out.push(NewAlert {
+                    rule: CASE_SPREAD,
+                    dedup_key: format!("{CASE_SPREAD}:{app}:{case}:{day}"),
+                    officer_id: None,
+                    app_id: Some(app.clone()),
+                    instance_id: None,
+                    summary: format!(
+                        "the case reference {case} of {app} served requests about {n} distinct citizens within {}",
+                        crate::config::de::format_duration(c.within)
+                    ),
+                    audit_ids: ids,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs ticks until `shutdown`.
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.rules.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => match self.tick().await {
+                    Ok(_) => {
+                        if failing {
+                            tracing::info!("alert rules run again");
+                        }
+                        failing = false;
+                    }
+                    Err(error) => {
+                        if !failing {
+                            tracing::warn!(%error, "alert rules cannot read the warehouse; retrying");
+                        }
+                        failing = true;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
