@@ -195,7 +195,11 @@ pub enum AuditCommand {
     /// An evidence bundle of one case's or one citizen's events that verifies offline (`verify-bundle`).
     Bundle {
         /// The case reference (dossier number).
-        #[arg(long = "case", conflicts_with = "personal_id", required_unless_present = "personal_id")]
+        #[arg(
+            long = "case",
+            conflicts_with = "personal_id",
+            required_unless_present = "personal_id"
+        )]
         case_ref: Option<String>,
         #[arg(long)]
         personal_id: Option<String>,
@@ -688,7 +692,14 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
                     })
                     .collect();
                 let headers = if vi {
-                    ["THỜI GIAN", "HỆ THỐNG", "MỤC ĐÍCH", "CĂN CỨ PHÁP LÝ", "HỒ SƠ", "TRƯỜNG DỮ LIỆU"]
+                    [
+                        "THỜI GIAN",
+                        "HỆ THỐNG",
+                        "MỤC ĐÍCH",
+                        "CĂN CỨ PHÁP LÝ",
+                        "HỒ SƠ",
+                        "TRƯỜNG DỮ LIỆU",
+                    ]
                 } else {
                     ["TIME", "APP", "PURPOSE", "LEGAL BASIS", "CASE", "FIELDS"]
                 };
@@ -719,7 +730,12 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
                             .collect()
                     })
                     .collect();
-                print_table(&["RAISED", "RULE", "STATE", "OFFICER", "APP", "SUMMARY", "EVENTS", "ID"], &rows);
+                print_table(
+                    &[
+                        "RAISED", "RULE", "STATE", "OFFICER", "APP", "SUMMARY", "EVENTS", "ID",
+                    ],
+                    &rows,
+                );
             }
         }
         AuditCommand::Holds => {
@@ -732,14 +748,36 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
                     .into_iter()
                     .flatten()
                     .map(|h| {
-                        ["case_ref", "app", "purpose", "in_force_until", "until", "in_force", "created_by", "approved_by", "reason", "id"]
-                            .iter()
-                            .map(|k| cell(&h[*k]))
-                            .collect()
+                        [
+                            "case_ref",
+                            "app",
+                            "purpose",
+                            "in_force_until",
+                            "until",
+                            "in_force",
+                            "created_by",
+                            "approved_by",
+                            "reason",
+                            "id",
+                        ]
+                        .iter()
+                        .map(|k| cell(&h[*k]))
+                        .collect()
                     })
                     .collect();
                 print_table(
-                    &["CASE", "APP", "PURPOSE", "IN FORCE UNTIL", "ASKED UNTIL", "IN FORCE", "BY", "APPROVED BY", "REASON", "ID"],
+                    &[
+                        "CASE",
+                        "APP",
+                        "PURPOSE",
+                        "IN FORCE UNTIL",
+                        "ASKED UNTIL",
+                        "IN FORCE",
+                        "BY",
+                        "APPROVED BY",
+                        "REASON",
+                        "ID",
+                    ],
                     &rows,
                 );
             }
@@ -766,7 +804,8 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
                 .as_deref()
                 .map(crate::audit::verify::load_trusted_keys)
                 .transpose()?;
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let bundle: crate::audit::bundle::Bundle = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not an evidence bundle", file.display()))?;
             let verdict = crate::audit::bundle::verify(&bundle, trusted.as_ref());

@@ -470,6 +470,7 @@ async fn a_journal_that_cannot_be_written_releases_nothing_and_recovers() {
     let fail = Arc::new(AtomicBool::new(false));
     let options = popgate::gateway::StartOptions {
         journal_fail_writes: Some(fail.clone()),
+        ..Default::default()
     };
     let env = TestEnv::start_full(|_| {}, options).await;
     let id = env.citizen(true).personal_id().as_str().to_owned();

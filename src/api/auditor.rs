@@ -61,7 +61,8 @@ pub struct AuditApi {
 
 /// What each call's body takes, for error details.
 const TAKES_SEARCH: &str = "the body takes personal_id, app, officer, purpose, case_ref, decision, kind, from, to, cursor (strings) and limit (a number), all optional";
-const TAKES_CITIZEN: &str = "the body takes personal_id (a string), and optionally from, to, cursor (strings) and limit (a number)";
+const TAKES_CITIZEN: &str =
+    "the body takes personal_id (a string), and optionally from, to, cursor (strings) and limit (a number)";
 const TAKES_HOLD: &str = "the body takes until (a date, YYYY-MM-DD), reason and legal_basis (strings), and case_ref, or app and purpose (strings)";
 const TAKES_EXTEND: &str = "the body takes until (a date, YYYY-MM-DD) and reason (a string)";
 const TAKES_NOTE: &str = "the body takes note (a string)";
@@ -236,7 +237,12 @@ fn required_text(name: &str, value: &str) -> Result<(), ApiError> {
 
 /// A query parameter, with the escapes a time needs (`%2B`, `%3A`) undone.
 fn query_text(parts: &http::request::Parts, name: &str) -> Option<String> {
-    query_param(parts.uri.query(), name).map(|v| v.replace("%2B", "+").replace("%2b", "+").replace("%3A", ":").replace("%3a", ":"))
+    query_param(parts.uri.query(), name).map(|v| {
+        v.replace("%2B", "+")
+            .replace("%2b", "+")
+            .replace("%3A", ":")
+            .replace("%3a", ":")
+    })
 }
 
 fn encode_cursor(key: &EventKey) -> String {
@@ -421,25 +427,42 @@ impl AuditApi {
                 }
                 if let Some(rule) = &filter.rule {
                     if !crate::audit::alerts::RULES.contains(&rule.as_str()) {
-                        return Err(bad(format!("rule must be one of {}", crate::audit::alerts::RULES.join(", "))));
+                        return Err(bad(format!(
+                            "rule must be one of {}",
+                            crate::audit::alerts::RULES.join(", ")
+                        )));
                     }
                 }
                 let limit = match query_text(parts, "limit") {
                     None => DEFAULT_PAGE,
-                    Some(l) => l.parse().ok().filter(|l| (1..=MAX_PAGE).contains(l)).ok_or_else(|| bad(format!("limit must be 1 to {MAX_PAGE}")))?,
+                    Some(l) => l
+                        .parse()
+                        .ok()
+                        .filter(|l| (1..=MAX_PAGE).contains(l))
+                        .ok_or_else(|| bad(format!("limit must be 1 to {MAX_PAGE}")))?,
                 };
-                let cursor = query_text(parts, "cursor").as_deref().map(decode_alert_cursor).transpose()?;
+                let cursor = query_text(parts, "cursor")
+                    .as_deref()
+                    .map(decode_alert_cursor)
+                    .transpose()?;
                 let page = api.warehouse.alerts(&filter, cursor, limit).await?;
                 let next = (page.len() as i64 == limit)
                     .then(|| page.last().map(|a| encode_alert_cursor(a.raised_at, a.id)))
                     .flatten();
-                Ok(json_response(StatusCode::OK, &json!({ "alerts": page, "next_cursor": next })))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "alerts": page, "next_cursor": next }),
+                ))
             }
             AuditOp::ResolveAlert(id) => {
                 let b: NoteBody = parse_json(body, TAKES_NOTE)?;
                 required_text("note", &b.note)?;
                 trail.details = Some(json!({ "alert": id, "note": b.note }));
-                match api.warehouse.resolve_alert(&id, &caller.officer_id, &b.note).await? {
+                match api
+                    .warehouse
+                    .resolve_alert(&id, &caller.officer_id, &b.note)
+                    .await?
+                {
                     None => Err(ApiError::NotFound("no alert with this id".into())),
                     Some((_, false)) => Err(ApiError::Conflict("this alert is already resolved".into())),
                     Some((alert, true)) => Ok(json_response(StatusCode::OK, &json!(alert))),
@@ -447,7 +470,13 @@ impl AuditApi {
             }
             AuditOp::Holds => {
                 let today = api.clock.today();
-                let holds: Vec<Value> = api.warehouse.holds().await?.iter().map(|h| hold_json(h, today)).collect();
+                let holds: Vec<Value> = api
+                    .warehouse
+                    .holds()
+                    .await?
+                    .iter()
+                    .map(|h| hold_json(h, today))
+                    .collect();
                 Ok(json_response(StatusCode::OK, &json!({ "holds": holds })))
             }
             AuditOp::CreateHold => {
@@ -456,10 +485,17 @@ impl AuditApi {
                 trail.case_ref.clone_from(&hold.case_ref);
                 trail.details = Some(hold_details(&hold));
                 api.warehouse.insert_hold(&hold).await?;
-                Ok(json_response(StatusCode::CREATED, &hold_json(&hold, api.clock.today())))
+                Ok(json_response(
+                    StatusCode::CREATED,
+                    &hold_json(&hold, api.clock.today()),
+                ))
             }
             AuditOp::ApproveHold(id) | AuditOp::ExtendHold(id) | AuditOp::LiftHold(id) => {
-                let mut hold = api.warehouse.hold(&id).await?.ok_or_else(|| ApiError::NotFound("no hold with this id".into()))?;
+                let mut hold = api
+                    .warehouse
+                    .hold(&id)
+                    .await?
+                    .ok_or_else(|| ApiError::NotFound("no hold with this id".into()))?;
                 if hold.lifted_at.is_some() {
                     return Err(ApiError::Conflict("this hold was lifted; make a new one".into()));
                 }
@@ -469,10 +505,15 @@ impl AuditApi {
                 match op {
                     AuditOp::ApproveHold(_) => {
                         if hold.requested_by == who {
-                            return Err(ApiError::Forbidden("a hold is approved by a second auditor, not by the one who asked for it".into()));
+                            return Err(ApiError::Forbidden(
+                                "a hold is approved by a second auditor, not by the one who asked for it"
+                                    .into(),
+                            ));
                         }
                         if hold.in_force_until == hold.until {
-                            return Err(ApiError::Conflict("this hold is already in force for its whole length".into()));
+                            return Err(ApiError::Conflict(
+                                "this hold is already in force for its whole length".into(),
+                            ));
                         }
                         hold.approved_by = Some(who);
                         hold.approved_at = Some(now);
@@ -483,7 +524,10 @@ impl AuditApi {
                         required_text("reason", &b.reason)?;
                         let until = date(&b.until, "until")?;
                         if until <= hold.until {
-                            return Err(bad(format!("until must be after the hold's current end, {}", hold.until)));
+                            return Err(bad(format!(
+                                "until must be after the hold's current end, {}",
+                                hold.until
+                            )));
                         }
                         let cap = today + time::Duration::days(api.hold_days());
                         hold.until = until;
@@ -516,7 +560,10 @@ impl AuditApi {
                     .iter()
                     .map(|(reason, by, at)| json!({ "reason": reason, "added_by": by, "added_at": vietnam_time(at) }))
                     .collect();
-                Ok(json_response(StatusCode::OK, &json!({ "count": entries.len(), "entries": entries })))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "count": entries.len(), "entries": entries }),
+                ))
             }
             AuditOp::Watch => {
                 let b: WatchBody = parse_json(body, TAKES_WATCH)?;
@@ -525,7 +572,11 @@ impl AuditApi {
                 trail.citizen_key = Some(key.clone());
                 trail.details = Some(json!({ "reason": b.reason }));
                 let added = api.warehouse.watch(&key, &b.reason, &caller.officer_id).await?;
-                let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+                let status = if added {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
                 Ok(json_response(status, &json!({ "watched": true, "added": added })))
             }
             AuditOp::Unwatch => {
@@ -543,7 +594,11 @@ impl AuditApi {
                     return Err(bad("an evidence bundle is of one case (case_ref) or one citizen (personal_id): give exactly one"));
                 }
                 let filter = EventFilter {
-                    citizen_key: b.personal_id.as_deref().map(|p| api.pseudonym_of(p)).transpose()?,
+                    citizen_key: b
+                        .personal_id
+                        .as_deref()
+                        .map(|p| api.pseudonym_of(p))
+                        .transpose()?,
                     case_ref: b.case_ref.clone(),
                     from: timestamp(&b.from, "from")?,
                     to: timestamp(&b.to, "to")?,
@@ -583,7 +638,8 @@ impl AuditApi {
                 trail.details =
                     Some(json!({ "whole": report.is_whole(), "findings": report.findings.len() }));
                 if !report.is_whole() {
-                    api.raise_verify_failure(&report.summary(), report.findings.len()).await;
+                    api.raise_verify_failure(&report.summary(), report.findings.len())
+                        .await;
                 }
                 Ok(json_response(
                     StatusCode::OK,
@@ -756,11 +812,21 @@ fn wants_html(parts: &http::request::Parts) -> bool {
         .headers
         .get(http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.split(',').any(|k| k.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("text/html")))
+        .is_some_and(|a| {
+            a.split(',').any(|k| {
+                k.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("text/html")
+            })
+        })
 }
 
 fn encode_alert_cursor(ts: OffsetDateTime, id: uuid::Uuid) -> String {
-    let ts = ts.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let ts = ts
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
     URL_SAFE_NO_PAD.encode(json!([ts, id]).to_string())
 }
 
@@ -768,7 +834,8 @@ fn decode_alert_cursor(s: &str) -> Result<(OffsetDateTime, uuid::Uuid), ApiError
     let invalid = || bad("cursor is not one this API returned");
     let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|_| invalid())?;
     let (ts, id): (String, uuid::Uuid) = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
-    let ts = OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339).map_err(|_| invalid())?;
+    let ts =
+        OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339).map_err(|_| invalid())?;
     Ok((ts, id))
 }
 
@@ -799,7 +866,11 @@ impl AuditApi {
     fn new_hold(&self, policy: &PolicySet, caller: &Caller<'_>, b: HoldBody) -> Result<Hold, ApiError> {
         required_text("reason", &b.reason)?;
         required_text("legal_basis", &b.legal_basis)?;
-        for (name, v) in [("case_ref", &b.case_ref), ("app", &b.app), ("purpose", &b.purpose)] {
+        for (name, v) in [
+            ("case_ref", &b.case_ref),
+            ("app", &b.app),
+            ("purpose", &b.purpose),
+        ] {
             if let Some(v) = v {
                 required_text(name, v)?;
             }
@@ -814,7 +885,9 @@ impl AuditApi {
         }
         if let Some(purpose) = &b.purpose {
             if !policy.purposes.contains_key(purpose) {
-                return Err(bad(format!("purpose '{purpose}' is not a purpose of the active policy")));
+                return Err(bad(format!(
+                    "purpose '{purpose}' is not a purpose of the active policy"
+                )));
             }
         }
         let today = self.clock.today();
@@ -872,10 +945,18 @@ impl AuditApi {
             }
         }
         let letter = Letter::new(self.province_name.clone(), today, window, &all, truncated);
-        let html = askama::Template::render(&letter).map_err(|e| ApiError::Internal(format!("the letter cannot be rendered: {e}")))?;
-        let mut resp = Response::new(http_body_util::Full::new(Bytes::from(html)).map_err(|never| match never {}).boxed());
+        let html = askama::Template::render(&letter)
+            .map_err(|e| ApiError::Internal(format!("the letter cannot be rendered: {e}")))?;
+        let mut resp = Response::new(
+            http_body_util::Full::new(Bytes::from(html))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
         let h = resp.headers_mut();
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
         h.insert(
             http::header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),

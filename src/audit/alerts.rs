@@ -217,9 +217,13 @@ impl WorkingHours {
 impl Rules {
     /// Reads a rules file; `FILE: message` naming the key on error.
     pub fn load(path: &Path) -> anyhow::Result<Rules> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let rules: Rules = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
-        rules.working_hours().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let rules: Rules =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+        rules
+            .working_hours()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(rules)
     }
 
@@ -230,7 +234,11 @@ impl Rules {
         let days = o
             .days
             .iter()
-            .map(|d| weekday(d).ok_or(format!("off_hours.days: '{d}' is not one of mon, tue, wed, thu, fri, sat, sun")))
+            .map(|d| {
+                weekday(d).ok_or(format!(
+                    "off_hours.days: '{d}' is not one of mon, tue, wed, thu, fri, sat, sun"
+                ))
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(WorkingHours { start, end, days })
     }
@@ -409,7 +417,9 @@ impl Engine {
             let d = &r.distinct_citizens;
             let mut app_means: HashMap<String, f64> = HashMap::new();
             for (officer, app, hour) in hours.into_keys() {
-                let n = rt.distinct_people(&officer, &app, hour, hour + time::Duration::HOUR).await?;
+                let n = rt
+                    .distinct_people(&officer, &app, hour, hour + time::Duration::HOUR)
+                    .await?;
                 if n < d.min_citizens {
                     continue;
                 }

@@ -95,11 +95,18 @@ pub struct Request {
 }
 
 /// Collects a bundle from the warehouse and signs it.
-pub async fn build(warehouse: &Warehouse, req: Request, signer: &Signer, instance_id: &str) -> crate::warehouse::Result<Bundle> {
+pub async fn build(
+    warehouse: &Warehouse,
+    req: Request,
+    signer: &Signer,
+    instance_id: &str,
+) -> crate::warehouse::Result<Bundle> {
     let mut matched = Vec::new();
     let mut cursor: Option<EventKey> = None;
     loop {
-        let page = warehouse.search_events(&req.filter, cursor.as_ref(), 1000).await?;
+        let page = warehouse
+            .search_events(&req.filter, cursor.as_ref(), 1000)
+            .await?;
         let full = page.len() == 1000;
         cursor = page.last().map(|e| e.key.clone());
         matched.extend(page);
@@ -261,7 +268,10 @@ pub fn verify(bundle: &Bundle, trusted: Option<&TrustedKeys>) -> Verdict {
     };
     let p = &mut v.problems;
     if bundle.format != FORMAT {
-        p.push(format!("the bundle's format is '{}', not {FORMAT}", bundle.format));
+        p.push(format!(
+            "the bundle's format is '{}', not {FORMAT}",
+            bundle.format
+        ));
     }
     match &bundle.signature {
         None => p.push("the bundle is not signed".into()),
@@ -298,7 +308,9 @@ pub fn verify(bundle: &Bundle, trusted: Option<&TrustedKeys>) -> Verdict {
                 None => p.push(format!("{name}: altered: prev_hash is not a SHA-256 hex digest")),
                 Some(ph) => {
                     if hex(&chain_hash(&ph, &canonical_value(body))) != stored {
-                        p.push(format!("{name}: altered: the event's content does not match its hash"));
+                        p.push(format!(
+                            "{name}: altered: the event's content does not match its hash"
+                        ));
                     }
                 }
             }
@@ -312,7 +324,9 @@ pub fn verify(bundle: &Bundle, trusted: Option<&TrustedKeys>) -> Verdict {
                         seq - 1
                     ));
                 } else if prev_hash != last_hash {
-                    p.push(format!("{name}: altered: prev_hash is not the hash of seq {last_seq}"));
+                    p.push(format!(
+                        "{name}: altered: prev_hash is not the hash of seq {last_seq}"
+                    ));
                 }
             }
             hashes.insert(seq, stored.clone());
@@ -327,9 +341,15 @@ pub fn verify(bundle: &Bundle, trusted: Option<&TrustedKeys>) -> Verdict {
             let Some(h) = hashes.get(&c.seq) else { continue };
             v.checkpoints += 1;
             if !keys.iter().any(|k| c.verify_with(k)) {
-                p.push(format!("instance {inst}: the checkpoint at seq {} is not signed by a trusted key", c.seq));
+                p.push(format!(
+                    "instance {inst}: the checkpoint at seq {} is not signed by a trusted key",
+                    c.seq
+                ));
             } else if &c.head_hash != h {
-                p.push(format!("instance {inst}: the checkpoint at seq {} does not sign the event held at that place", c.seq));
+                p.push(format!(
+                    "instance {inst}: the checkpoint at seq {} does not sign the event held at that place",
+                    c.seq
+                ));
             } else {
                 anchor_at = Some(anchor_at.map_or(c.seq, |a: u64| a.max(c.seq)));
             }
@@ -348,7 +368,9 @@ pub fn verify(bundle: &Bundle, trusted: Option<&TrustedKeys>) -> Verdict {
     }
     for id in &bundle.matched {
         match anchored.get(id) {
-            None => p.push(format!("audit id {id}: missing: a matching event is not in the bundle")),
+            None => p.push(format!(
+                "audit id {id}: missing: a matching event is not in the bundle"
+            )),
             Some(false) => p.push(format!("audit id {id}: not anchored by a signed checkpoint")),
             Some(true) => {}
         }
@@ -374,7 +396,10 @@ pub fn verify(bundle: &Bundle, trusted: Option<&TrustedKeys>) -> Verdict {
         if stored.signature.is_none() {
             p.push(format!("policy version {}: not signed", pv.version));
         } else if !signature_matches(&stored) {
-            p.push(format!("policy version {}: its signature does not match its files", pv.version));
+            p.push(format!(
+                "policy version {}: its signature does not match its files",
+                pv.version
+            ));
         }
     }
     v

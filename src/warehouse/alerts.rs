@@ -4,9 +4,9 @@
 //! `audit::alerts`. No citizen data leaves here in an alert: an alert names
 //! an officer, an app, an instance and audit ids.
 
+use deadpool_postgres::Transaction;
 use serde::Serialize;
 use time::OffsetDateTime;
-use deadpool_postgres::Transaction;
 
 use super::{Result, Warehouse};
 
@@ -150,7 +150,12 @@ impl Warehouse {
 
     /// Closes an open alert with a note; `None` when there is no such
     /// alert, `Some(false)` when it was already closed.
-    pub async fn resolve_alert(&self, id: &uuid::Uuid, by: &str, note: &str) -> Result<Option<(Alert, bool)>> {
+    pub async fn resolve_alert(
+        &self,
+        id: &uuid::Uuid,
+        by: &str,
+        note: &str,
+    ) -> Result<Option<(Alert, bool)>> {
         let client = self.pool.get().await?;
         let updated = client
             .query_opt(
@@ -165,7 +170,10 @@ impl Warehouse {
             return Ok(Some((alert(&row), true)));
         }
         let row = client
-            .query_opt(&format!("SELECT {COLUMNS} FROM popgate.alerts WHERE id = $1"), &[id])
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM popgate.alerts WHERE id = $1"),
+                &[id],
+            )
             .await?;
         Ok(row.map(|r| (alert(&r), false)))
     }
@@ -186,7 +194,10 @@ impl Warehouse {
     pub async fn unwatch(&self, citizen_key: &str) -> Result<bool> {
         let client = self.pool.get().await?;
         let n = client
-            .execute("DELETE FROM popgate.watch_list WHERE citizen_key = $1", &[&citizen_key])
+            .execute(
+                "DELETE FROM popgate.watch_list WHERE citizen_key = $1",
+                &[&citizen_key],
+            )
             .await?;
         Ok(n == 1)
     }
@@ -229,10 +240,12 @@ pub struct RuleTx<'a> {
 }
 
 /// Granted outcome events of apps (no console actions).
-const GRANTED: &str = "decision = 'granted' AND body->>'kind' = 'outcome' AND operation IN ('lookup', 'verify', 'household')";
+const GRANTED: &str =
+    "decision = 'granted' AND body->>'kind' = 'outcome' AND operation IN ('lookup', 'verify', 'household')";
 
 /// The people an event's answer carried (older events: the citizen).
-const PEOPLE: &str = "unnest(CASE WHEN cardinality(subject_keys) > 0 THEN subject_keys ELSE ARRAY[citizen_key] END)";
+const PEOPLE: &str =
+    "unnest(CASE WHEN cardinality(subject_keys) > 0 THEN subject_keys ELSE ARRAY[citizen_key] END)";
 
 impl<'a> RuleTx<'a> {
     /// Begins, and takes the rules' lock; `None` when another instance
@@ -240,7 +253,10 @@ impl<'a> RuleTx<'a> {
     pub async fn begin(client: &'a mut deadpool_postgres::Object) -> Result<Option<RuleTx<'a>>> {
         let tx = client.transaction().await?;
         let locked: bool = tx
-            .query_one("SELECT pg_try_advisory_xact_lock(hashtext('popgate-alert-rules'))", &[])
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock(hashtext('popgate-alert-rules'))",
+                &[],
+            )
             .await?
             .get(0);
         Ok(locked.then_some(RuleTx { tx }))
@@ -310,7 +326,13 @@ impl<'a> RuleTx<'a> {
 
     /// The distinct people an officer's granted requests through an app
     /// carried in `[from, to)`.
-    pub async fn distinct_people(&self, officer: &str, app: &str, from: OffsetDateTime, to: OffsetDateTime) -> Result<i64> {
+    pub async fn distinct_people(
+        &self,
+        officer: &str,
+        app: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<i64> {
         Ok(self
             .tx
             .query_one(
@@ -327,7 +349,13 @@ impl<'a> RuleTx<'a> {
     /// The usual level: the mean of the distinct people per officer and
     /// active hour in `[from, to)`, of one officer (`Some`) or of every
     /// officer of the app (`None`).
-    pub async fn hourly_mean(&self, officer: Option<&str>, app: &str, from: OffsetDateTime, to: OffsetDateTime) -> Result<f64> {
+    pub async fn hourly_mean(
+        &self,
+        officer: Option<&str>,
+        app: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<f64> {
         let mean: Option<f64> = self
             .tx
             .query_one(
@@ -347,7 +375,13 @@ impl<'a> RuleTx<'a> {
 
     /// An officer's requests refused by policy (403) through an app in
     /// `[from, to]`: their audit ids.
-    pub async fn denials(&self, officer: &str, app: &str, from: OffsetDateTime, to: OffsetDateTime) -> Result<Vec<uuid::Uuid>> {
+    pub async fn denials(
+        &self,
+        officer: &str,
+        app: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<uuid::Uuid>> {
         Ok(self
             .tx
             .query(
@@ -365,7 +399,13 @@ impl<'a> RuleTx<'a> {
 
     /// The distinct citizens asked about under one case reference of an app
     /// in `[from, to]`, and the audit ids of those requests.
-    pub async fn case_citizens(&self, app: &str, case_ref: &str, from: OffsetDateTime, to: OffsetDateTime) -> Result<(i64, Vec<uuid::Uuid>)> {
+    pub async fn case_citizens(
+        &self,
+        app: &str,
+        case_ref: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<(i64, Vec<uuid::Uuid>)> {
         let row = self
             .tx
             .query_one(
@@ -377,7 +417,10 @@ impl<'a> RuleTx<'a> {
                 &[&case_ref, &app, &from, &to],
             )
             .await?;
-        Ok((row.get(0), row.get::<_, Option<Vec<uuid::Uuid>>>(1).unwrap_or_default()))
+        Ok((
+            row.get(0),
+            row.get::<_, Option<Vec<uuid::Uuid>>>(1).unwrap_or_default(),
+        ))
     }
 
     /// The pseudonyms on the watch list.

@@ -80,7 +80,17 @@ impl Warehouse {
                 "UPDATE popgate.disclosure_holds SET until = $2, in_force_until = $3, requested_by = $4,
                         approved_by = $5, approved_at = $6, lifted_by = $7, lifted_at = $8, lift_reason = $9
                  WHERE id = $1",
-                &[&h.id, &h.until, &h.in_force_until, &h.requested_by, &h.approved_by, &h.approved_at, &h.lifted_by, &h.lifted_at, &h.lift_reason],
+                &[
+                    &h.id,
+                    &h.until,
+                    &h.in_force_until,
+                    &h.requested_by,
+                    &h.approved_by,
+                    &h.approved_at,
+                    &h.lifted_by,
+                    &h.lifted_at,
+                    &h.lift_reason,
+                ],
             )
             .await?;
         Ok(())
