@@ -81,8 +81,11 @@ within = "1d"
 async fn each_alert_rule_fires_on_a_crafted_burst_and_not_on_ordinary_traffic() {
     // The gateway's own rules run once at start and then hourly: this test
     // drives the ticks itself, with rules of its choosing.
+    let hourly = tempfile::NamedTempFile::new().expect("rules");
+    std::fs::write(hourly.path(), "interval = \"1h\"\n").expect("rules");
+    let rules = hourly.path().to_owned();
     let env = TestEnv::start_with(|c| {
-        c.alerts.rules = None;
+        c.alerts.rules = Some(rules);
         c.rate_limits.scale = 100.0;
     })
     .await;
@@ -141,6 +144,7 @@ async fn each_alert_rule_fires_on_a_crafted_burst_and_not_on_ordinary_traffic() 
     let distinct = alerts_of(body, "distinct-citizens");
     assert_eq!(distinct.len(), 1, "{body}");
     assert_eq!(distinct[0]["officer_id"], "officer-burst");
+    assert_eq!(distinct[0]["audit_ids"].as_array().map(Vec::len), Some(15));
     let denials = alerts_of(body, "repeated-denials");
     assert_eq!(denials.len(), 1, "{body}");
     assert_eq!(denials[0]["officer_id"], "officer-denied");

@@ -62,7 +62,9 @@ async fn every_documented_path_is_answered() {
         let concrete = path
             .replace("{id}", "1")
             .replace("{n}", "1")
-            .replace("{audit_id}", "6f9619ff-8b86-d011-b42d-00c04fc964ff");
+            .replace("{audit_id}", "6f9619ff-8b86-d011-b42d-00c04fc964ff")
+            .replace("{alert_id}", "0190f6a4-3c1e-7d2a-9b7f-1a2b3c4d5e6f")
+            .replace("{hold_id}", "0190f6a4-3c1e-7d2a-9b7f-1a2b3c4d5e70");
         let body = (method == "POST").then_some("{}");
         let r = env.call_as(app, "probe", role, &concrete, body).await;
         assert_ne!(r.status, 405, "{method} {path}: {}", r.body);

@@ -417,7 +417,7 @@ impl Engine {
             let d = &r.distinct_citizens;
             let mut app_means: HashMap<String, f64> = HashMap::new();
             for (officer, app, hour) in hours.into_keys() {
-                let n = rt
+                let (n, ids) = rt
                     .distinct_people(&officer, &app, hour, hour + time::Duration::HOUR)
                     .await?;
                 if n < d.min_citizens {
@@ -450,7 +450,7 @@ impl Engine {
                     summary: format!(
                         "officer {officer} of {app} reached {n} distinct people in the hour from {label}; the usual level is {own:.1} for this officer and {app_mean:.1} for this app"
                     ),
-                    audit_ids: Vec::new(),
+                    audit_ids: ids,
                 });
             }
         }

@@ -325,25 +325,29 @@ impl<'a> RuleTx<'a> {
     }
 
     /// The distinct people an officer's granted requests through an app
-    /// carried in `[from, to)`.
+    /// carried in `[from, to)`, and those requests' audit ids.
     pub async fn distinct_people(
         &self,
         officer: &str,
         app: &str,
         from: OffsetDateTime,
         to: OffsetDateTime,
-    ) -> Result<i64> {
-        Ok(self
+    ) -> Result<(i64, Vec<uuid::Uuid>)> {
+        let row = self
             .tx
             .query_one(
                 &format!(
-                    "SELECT count(DISTINCT k) FROM popgate.audit_events, {PEOPLE} AS k
+                    "SELECT count(DISTINCT k), (array_agg(DISTINCT audit_id))[1:500]
+                     FROM popgate.audit_events, {PEOPLE} AS k
                      WHERE officer_id = $1 AND app_id = $2 AND ts >= $3 AND ts < $4 AND {GRANTED}"
                 ),
                 &[&officer, &app, &from, &to],
             )
-            .await?
-            .get(0))
+            .await?;
+        Ok((
+            row.get(0),
+            row.get::<_, Option<Vec<uuid::Uuid>>>(1).unwrap_or_default(),
+        ))
     }
 
     /// The usual level: the mean of the distinct people per officer and
