@@ -190,8 +190,45 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Acknowledges and closes an alert with a note.
+    Resolve {
+        alert_id: String,
+        #[arg(long)]
+        note: String,
+    },
     /// Disclosure holds: what citizen reports leave out, until when, and why.
     Holds,
+    /// Leaves a case's (or an app's purpose's) accesses out of citizen reports until a date.
+    Hold {
+        #[arg(long = "case")]
+        case_ref: Option<String>,
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long)]
+        purpose: Option<String>,
+        /// YYYY-MM-DD: the first day the accesses are reported again.
+        #[arg(long)]
+        until: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        legal_basis: String,
+    },
+    /// A second auditor puts a long hold in force for its whole length.
+    ApproveHold { hold_id: String },
+    /// Ends a hold at once.
+    LiftHold {
+        hold_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Puts a citizen on the watch list: every later access raises an alert.
+    Watch {
+        #[arg(long)]
+        personal_id: String,
+        #[arg(long)]
+        reason: String,
+    },
     /// An evidence bundle of one case's or one citizen's events that verifies offline (`verify-bundle`).
     Bundle {
         /// The case reference (dossier number).
@@ -737,6 +774,53 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
                     &rows,
                 );
             }
+        }
+        AuditCommand::Resolve { alert_id, note } => {
+            let path = format!("/audit/v1/alerts/{alert_id}/resolve");
+            let v = connect()?
+                .post(&path, &json!({ "note": note }), &[])
+                .await?
+                .ok()?
+                .json();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        AuditCommand::Hold {
+            case_ref,
+            app,
+            purpose,
+            until,
+            reason,
+            legal_basis,
+        } => {
+            let body = json!({
+                "case_ref": case_ref, "app": app, "purpose": purpose,
+                "until": until, "reason": reason, "legal_basis": legal_basis,
+            });
+            let v = connect()?.post("/audit/v1/holds", &body, &[]).await?.ok()?.json();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        AuditCommand::ApproveHold { hold_id } => {
+            let path = format!("/audit/v1/holds/{hold_id}/approve");
+            let v = connect()?.post(&path, &json!({}), &[]).await?.ok()?.json();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        AuditCommand::LiftHold { hold_id, reason } => {
+            let path = format!("/audit/v1/holds/{hold_id}/lift");
+            let v = connect()?
+                .post(&path, &json!({ "reason": reason }), &[])
+                .await?
+                .ok()?
+                .json();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        AuditCommand::Watch { personal_id, reason } => {
+            let body = json!({ "personal_id": personal_id, "reason": reason });
+            let v = connect()?
+                .post("/audit/v1/watchlist", &body, &[])
+                .await?
+                .ok()?
+                .json();
+            println!("{}", serde_json::to_string_pretty(&v)?);
         }
         AuditCommand::Holds => {
             let v = connect()?.get("/audit/v1/holds").await?.ok()?.json();

@@ -59,7 +59,13 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     };
     let mut sim = Simulator::spawn(&settings, &layout).await?;
 
+    // The alert rules beside the policies, when there are any.
+    let alert_rules = policies
+        .parent()
+        .map(|p| p.join("alerts.toml"))
+        .filter(|p| p.is_file());
     let mut config = Config::development(&layout, sim.url(), policies, dir.clone());
+    config.alerts.rules = alert_rules;
     config.gateway.listen = ([127, 0, 0, 1], free_port()?).into();
     config.gateway.ops_listen = ([127, 0, 0, 1], free_port()?).into();
     config.gateway.instance_id = "demo-1".to_owned();

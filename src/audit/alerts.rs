@@ -544,3 +544,40 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_rules_file_states_the_defaults() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("alerts.toml");
+        let shipped = Rules::load(&file).expect("alerts.toml");
+        assert_eq!(format!("{shipped:?}"), format!("{:?}", Rules::default()));
+    }
+
+    #[test]
+    fn a_bad_rules_file_names_the_key() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("alerts.toml");
+        std::fs::write(&file, "[off_hours]\nstart = \"7h\"\n").expect("write");
+        let e = Rules::load(&file).expect_err("bad start").to_string();
+        assert!(e.contains("off_hours.start"), "{e}");
+        std::fs::write(&file, "[repeated_denials]\ncuont = 3\n").expect("write");
+        let e = Rules::load(&file).expect_err("unknown key").to_string();
+        assert!(e.contains("cuont"), "{e}");
+    }
+
+    #[test]
+    fn working_hours_are_vietnam_time() {
+        let rules = Rules::default();
+        let hours = rules.working_hours().expect("hours");
+        // 19:31Z on a Tuesday is 02:31 on Wednesday in Vietnam.
+        let night = time::macros::datetime!(2026-12-01 19:31 UTC);
+        assert!(!hours.contains(night));
+        let morning = time::macros::datetime!(2026-12-02 02:00 UTC);
+        assert!(hours.contains(morning), "09:00 on a Wednesday");
+        let saturday = time::macros::datetime!(2026-12-05 02:00 UTC);
+        assert!(!hours.contains(saturday));
+    }
+}
