@@ -330,18 +330,26 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
         .as_deref()
         .map(crate::audit::verify::load_trusted_keys)
         .transpose()?;
-    let alerts = if config.alerts.enabled {
+    let alerts = {
         let rules = match &config.alerts.rules {
             Some(path) => crate::audit::alerts::Rules::load(path)?,
             None => crate::audit::alerts::Rules::default(),
         };
-        Some(Arc::new(crate::audit::alerts::Engine::new(
-            rules,
-            warehouse.clone(),
-            metrics.clone(),
-        )?))
-    } else {
-        None
+        let mut engine = crate::audit::alerts::Engine::new(rules, warehouse.clone(), metrics.clone())?;
+        let al = &config.alerts;
+        if let Some(url) = &al.webhook_url {
+            let ca = al.webhook_ca.as_deref().context(
+                "[alerts] webhook_url needs webhook_ca, the CA of the webhook's server certificate",
+            )?;
+            engine.webhook = Some(crate::audit::alerts::Webhook::new(
+                url.clone(),
+                ca,
+                al.webhook_cert.as_deref().unwrap_or(&config.upstream.cert),
+                al.webhook_key.as_deref().unwrap_or(&config.upstream.key),
+                config.gateway.instance_id.clone(),
+            )?);
+        }
+        Arc::new(engine)
     };
     let in_flight = crate::api::InFlight::default();
     let api = Arc::new(Api {
@@ -432,8 +440,8 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
         )),
         tokio::spawn(watch_tls_files(server_tls.clone(), shutdown_rx.clone())),
     ];
-    if let Some(engine) = alerts {
-        tasks.push(tokio::spawn(engine.run(shutdown_rx.clone())));
+    if config.alerts.enabled {
+        tasks.push(tokio::spawn(alerts.run(shutdown_rx.clone())));
     }
     status.set_listening(true);
     tracing::info!(%gateway_addr, %ops_addr, "gateway listening");
@@ -512,7 +520,7 @@ async fn watch_tls_files(tls: Arc<tls::ReloadableServerTls>, mut shutdown: watch
 async fn refresh_policy(
     warehouse: &Warehouse,
     policy: &PolicyStore,
-    alerts: Option<&crate::audit::alerts::Engine>,
+    alerts: &crate::audit::alerts::Engine,
 ) -> anyhow::Result<()> {
     if let Some(version) = warehouse.expire_freezes().await? {
         tracing::warn!(
@@ -531,20 +539,18 @@ async fn refresh_policy(
         .await?
         .context("the active version vanished")?;
     if let Err(why) = policy.activate(&active) {
-        if let Some(engine) = alerts {
-            use crate::audit::alerts::POLICY_SIGNATURE;
-            let alert = crate::warehouse::alerts::NewAlert {
-                rule: POLICY_SIGNATURE,
-                dedup_key: format!("{POLICY_SIGNATURE}:{number}"),
-                officer_id: None,
-                app_id: None,
-                instance_id: None,
-                summary: format!("policy version {number} was refused: {why}"),
-                audit_ids: Vec::new(),
-            };
-            if let Err(error) = engine.raise(alert).await {
-                tracing::error!(%error, "cannot store the policy-signature alert");
-            }
+        use crate::audit::alerts::POLICY_SIGNATURE;
+        let alert = crate::warehouse::alerts::NewAlert {
+            rule: POLICY_SIGNATURE,
+            dedup_key: format!("{POLICY_SIGNATURE}:{number}"),
+            officer_id: None,
+            app_id: None,
+            instance_id: None,
+            summary: format!("policy version {number} was refused: {why}"),
+            audit_ids: Vec::new(),
+        };
+        if let Err(error) = alerts.raise(alert).await {
+            tracing::error!(%error, "cannot store the policy-signature alert");
         }
         anyhow::bail!(why);
     }
@@ -560,10 +566,10 @@ async fn refresh_policy(
 async fn follow_policy(
     warehouse: Warehouse,
     policy: Arc<PolicyStore>,
-    alerts: Option<Arc<crate::audit::alerts::Engine>>,
+    alerts: Arc<crate::audit::alerts::Engine>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let alerts = alerts.as_deref();
+    let alerts = &*alerts;
     loop {
         // A dedicated connection that LISTENs; rebuilt whenever it drops.
         let Ok(mut listener) = warehouse.listen_for_policy_changes().await else {

@@ -57,6 +57,7 @@ struct Inner {
     upstream: Histogram,
     journal_wait: BTreeMap<&'static str, Histogram>,
     alerts: BTreeMap<&'static str, u64>,
+    webhook_failures: u64,
 }
 
 /// The audit events a request waits for before it goes on.
@@ -146,6 +147,12 @@ impl Metrics {
         *m.alerts.entry(rule).or_default() += 1;
     }
 
+    /// The alert webhook did not take an alert.
+    pub fn observe_webhook_failure(&self) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.webhook_failures += 1;
+    }
+
     pub fn render(&self, g: &Gauges) -> String {
         let m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::with_capacity(4096);
@@ -154,6 +161,11 @@ impl Metrics {
         for (rule, n) in &m.alerts {
             let _ = writeln!(out, "popgate_alerts_total{{rule=\"{rule}\"}} {n}");
         }
+        out.push_str(
+            "# HELP popgate_alert_webhook_failures_total Alerts the webhook did not take (retried).\n",
+        );
+        out.push_str("# TYPE popgate_alert_webhook_failures_total counter\n");
+        let _ = writeln!(out, "popgate_alert_webhook_failures_total {}", m.webhook_failures);
         out.push_str(
             "# HELP popgate_requests_total Requests on the app listener by app, operation and status.\n",
         );

@@ -56,6 +56,64 @@ fn engine(env: &TestEnv, rules: &str) -> Engine {
     Engine::new(rules, warehouse, Arc::default()).expect("engine")
 }
 
+/// An HTTPS endpoint of the security operations that requires the
+/// province's client certificate (issued by the national CA in the dev
+/// PKI) and collects what it is sent.
+async fn webhook_receiver(
+    listener: tokio::net::TcpListener,
+    env: &TestEnv,
+) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+    let layout = &env.pki.layout;
+    let config = popgate::tls::mutual_server_config(&popgate::tls::MutualServerFiles {
+        cert: &layout.sim_cert(),
+        key: &layout.sim_key(),
+        client_ca: &layout.national_ca_cert(),
+        allow_tls12: false,
+        alpn: &[b"http/1.1"],
+        crls: Vec::new(),
+    })
+    .expect("tls");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let bytes = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                                let _ = tx.send(v);
+                            }
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"{}")),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    rx
+}
+
 fn alerts_of<'a>(list: &'a Value, rule: &str) -> Vec<&'a Value> {
     list["alerts"]
         .as_array()
@@ -81,14 +139,22 @@ within = "1d"
 async fn each_alert_rule_fires_on_a_crafted_burst_and_not_on_ordinary_traffic() {
     // The gateway's own rules run once at start and then hourly: this test
     // drives the ticks itself, with rules of its choosing.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hook_url = format!(
+        "https://127.0.0.1:{}/alerts",
+        hook.local_addr().expect("addr").port()
+    );
     let hourly = tempfile::NamedTempFile::new().expect("rules");
     std::fs::write(hourly.path(), "interval = \"1h\"\n").expect("rules");
     let rules = hourly.path().to_owned();
     let env = TestEnv::start_with(|c| {
         c.alerts.rules = Some(rules);
+        c.alerts.webhook_url = Some(hook_url.parse().expect("url"));
+        c.alerts.webhook_ca = Some(c.upstream.ca.clone());
         c.rate_limits.scale = 100.0;
     })
     .await;
+    let mut sent = webhook_receiver(hook, &env).await;
     let inside = citizens(&env, true, 40);
     let outside = citizens(&env, false, 6);
     let watched = inside[39].clone();
@@ -223,6 +289,27 @@ async fn each_alert_rule_fires_on_a_crafted_burst_and_not_on_ordinary_traffic() 
         "{}",
         failed.body
     );
+    // The gateway sent it to the security operations' webhook, over mTLS.
+    // Those the test's own engines raised went along (none was sent yet).
+    let mut rules = std::collections::BTreeSet::new();
+    while !rules.contains("verify-failure") {
+        let got = tokio::time::timeout(Duration::from_secs(10), sent.recv())
+            .await
+            .expect("the webhook got the alerts")
+            .expect("alert");
+        assert_eq!(got["instance_id"], "test-1");
+        rules.insert(got["alert"]["rule"].as_str().expect("rule").to_owned());
+    }
+    for rule in [
+        "distinct-citizens",
+        "repeated-denials",
+        "case-spread",
+        "watch-list",
+        "off-hours",
+        "chain-fork",
+    ] {
+        assert!(rules.contains(rule), "{rule} sent: {rules:?}");
+    }
     let (_, metrics) = env.ops_get("/metrics").await;
     assert!(
         metrics.contains("popgate_alerts_total{rule=\"verify-failure\"} 1"),

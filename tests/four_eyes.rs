@@ -221,6 +221,25 @@ async fn a_version_written_into_the_database_changes_no_answer_and_is_reported()
         .contains("popgate_policy_versions_refused 1"));
     let r = admin(&env, "admin-binh", "/admin/v1/policies/versions/99", None).await;
     assert_eq!(r.body["signature_valid"], false, "{}", r.body);
+    // ... and an alert for the auditors.
+    let alerts = env
+        .call_as(
+            "audit-cli",
+            "inspector-1",
+            "auditor",
+            "/audit/v1/alerts?rule=policy-signature",
+            None,
+        )
+        .await;
+    let list = alerts.body["alerts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 1, "{}", alerts.body);
+    assert!(
+        list[0]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("version 99")),
+        "{}",
+        alerts.body
+    );
     let report = popgate::audit::verify::verify(&db, Some(&trusted(&env)))
         .await
         .expect("verify");

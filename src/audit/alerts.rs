@@ -244,12 +244,63 @@ impl Rules {
     }
 }
 
+/// Where new alerts are POSTed (JSON, mutual TLS): the province's
+/// security operations. An alert is sent until the webhook answers 2xx;
+/// those of the last day that were not are sent on the next tick.
+pub struct Webhook {
+    pub url: http::Uri,
+    pub client: crate::tls::https_client::HttpsClient,
+    /// Names the sender in the payload.
+    pub instance_id: String,
+}
+
+impl Webhook {
+    /// A client presenting `cert`/`key` and trusting `ca`.
+    pub fn new(
+        url: http::Uri,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        instance_id: String,
+    ) -> anyhow::Result<Webhook> {
+        let tls = crate::tls::mutual_client_config(ca, cert, key, &[]).context("the alert webhook's TLS")?;
+        let options = crate::tls::https_client::ClientOptions {
+            connect_timeout: Some(Duration::from_secs(5)),
+            ..Default::default()
+        };
+        Ok(Webhook {
+            url,
+            client: crate::tls::https_client::https_client(tls, &options),
+            instance_id,
+        })
+    }
+
+    async fn post(&self, alert: &Alert) -> std::result::Result<(), String> {
+        let body =
+            serde_json::json!({ "source": "popgate", "instance_id": self.instance_id, "alert": alert });
+        let req = http::Request::post(self.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .map_err(|_| "no answer within 10 s".to_owned())?
+            .map_err(|e| e.to_string())?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {}", resp.status()))
+        }
+    }
+}
+
 /// The rules, run tick by tick.
 pub struct Engine {
     pub rules: Rules,
     hours: WorkingHours,
     pub warehouse: Warehouse,
     pub metrics: Arc<Metrics>,
+    pub webhook: Option<Webhook>,
 }
 
 /// Events read per instance and tick.
@@ -282,6 +333,7 @@ impl Engine {
             hours,
             warehouse,
             metrics,
+            webhook: None,
         })
     }
 
@@ -291,6 +343,7 @@ impl Engine {
         let (alert, new) = self.warehouse.raise_alert(&a).await?;
         if new {
             self.announce(a.rule, &alert);
+            self.send_unsent().await?;
         }
         Ok(alert)
     }
@@ -357,7 +410,25 @@ impl Engine {
         for (rule, alert) in &raised {
             self.announce(rule, alert);
         }
+        self.send_unsent().await?;
         Ok(read)
+    }
+
+    /// Sends the alerts the webhook has not taken yet; stops at the first
+    /// failure (the next tick tries again).
+    pub async fn send_unsent(&self) -> Result<()> {
+        let Some(hook) = &self.webhook else { return Ok(()) };
+        for alert in self.warehouse.unsent_alerts(100).await? {
+            match hook.post(&alert).await {
+                Ok(()) => self.warehouse.mark_alert_sent(&alert.id).await?,
+                Err(why) => {
+                    self.metrics.observe_webhook_failure();
+                    tracing::warn!(alert = %alert.id, %why, "the alert webhook did not take an alert; retrying on the next tick");
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The alerts one batch of an instance's events gives.

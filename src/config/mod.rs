@@ -78,12 +78,30 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct AlertsSection {
     /// Whether this instance runs the rules (one instance of a deployment
-    /// runs them at a time; the others wait).
+    /// runs them at a time; the others wait). Alerts of this instance's own
+    /// (a refused policy version, a failed verify) are raised either way.
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// The rules file (`alerts.toml`); without it, the documented defaults.
     #[serde(default)]
     pub rules: Option<PathBuf>,
+    /// Each new alert is POSTed here (JSON) for the province's security
+    /// operations, over mutual TLS.
+    #[serde(
+        default,
+        with = "de::optional_https_uri",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub webhook_url: Option<Uri>,
+    /// The CA of the webhook's server certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_ca: Option<PathBuf>,
+    /// The client certificate and key presented to the webhook; default the
+    /// province's certificate of `[upstream]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_key: Option<PathBuf>,
 }
 
 impl Default for AlertsSection {
@@ -91,6 +109,10 @@ impl Default for AlertsSection {
         AlertsSection {
             enabled: true,
             rules: None,
+            webhook_url: None,
+            webhook_ca: None,
+            webhook_cert: None,
+            webhook_key: None,
         }
     }
 }
@@ -724,6 +746,20 @@ impl Config {
         for crl in config.tls.crls.iter_mut() {
             if crl.is_relative() {
                 *crl = base.join(&*crl);
+            }
+        }
+        let al = &mut config.alerts;
+        for p in [
+            &mut al.rules,
+            &mut al.webhook_ca,
+            &mut al.webhook_cert,
+            &mut al.webhook_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
         }
         for p in [

@@ -178,6 +178,30 @@ impl Warehouse {
         Ok(row.map(|r| (alert(&r), false)))
     }
 
+    /// Alerts of the last day not yet sent to the webhook, oldest first.
+    pub async fn unsent_alerts(&self, limit: i64) -> Result<Vec<Alert>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM popgate.alerts WHERE sent_at IS NULL AND raised_at > now() - interval '1 day'
+                     ORDER BY raised_at, id LIMIT $1"
+                ),
+                &[&limit],
+            )
+            .await?;
+        Ok(rows.iter().map(alert).collect())
+    }
+
+    /// Records that the webhook took an alert.
+    pub async fn mark_alert_sent(&self, id: &uuid::Uuid) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute("UPDATE popgate.alerts SET sent_at = now() WHERE id = $1", &[id])
+            .await?;
+        Ok(())
+    }
+
     /// Puts a citizen's pseudonym on the watch list; false when it was on it.
     pub async fn watch(&self, citizen_key: &str, reason: &str, by: &str) -> Result<bool> {
         let client = self.pool.get().await?;

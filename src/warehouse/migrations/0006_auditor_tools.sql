@@ -41,7 +41,9 @@ CREATE TABLE popgate.alerts (
     state        text        NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'resolved')),
     resolved_by  text,
     resolved_at  timestamptz,
-    note         text
+    note         text,
+    -- When the alert reached the security operations' webhook.
+    sent_at      timestamptz
 );
 CREATE INDEX alerts_newest ON popgate.alerts (raised_at DESC, id DESC);
 
