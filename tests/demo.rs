@@ -184,6 +184,49 @@ async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
         "--vi",
     ]);
     assert!(report.contains("Giải quyết thủ tục hành chính"), "{report}");
+    // The printable letter, and an evidence bundle of the case, written
+    // readable by their owner only.
+    let letter = demo_dir.join("letter.html");
+    let bundle = demo_dir.join("case.json");
+    let l = letter.to_str().expect("path");
+    cli(&[
+        "audit",
+        "--dir",
+        d,
+        "--as",
+        "thanh-tra",
+        "accesses",
+        "--personal-id",
+        &ids[0],
+        "--out",
+        l,
+    ]);
+    let html = std::fs::read_to_string(&letter).expect("letter");
+    assert!(
+        html.contains("THÔNG BÁO") && html.contains("HS-2026-000900"),
+        "{html}"
+    );
+    let b = bundle.to_str().expect("path");
+    cli(&[
+        "audit",
+        "--dir",
+        d,
+        "--as",
+        "thanh-tra",
+        "bundle",
+        "--case",
+        "HS-2026-000900",
+        "--out",
+        b,
+    ]);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in [&letter, &bundle] {
+            let mode = std::fs::metadata(f).expect("file").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is readable by its owner only", f.display());
+        }
+    }
+    let keys = demo_dir.join("audit-trusted-keys.json");
 
     // The demo directory is under the system temp dir, so the cluster lives
     // inside it.
@@ -205,6 +248,20 @@ async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
     assert!(exit.success(), "{exit}");
     assert!(!ready_path.exists(), "ready.json removed on shutdown");
     assert!(!pg_pid_file.exists(), "PostgreSQL stopped");
+    // With the demo stopped: no database, no network.
+    let check = Command::new(env!("CARGO_BIN_EXE_popgate"))
+        .args(["audit", "verify-bundle"])
+        .arg(&bundle)
+        .arg("--trusted-keys")
+        .arg(&keys)
+        .output()
+        .expect("verify-bundle");
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{said}");
+    assert!(
+        said.contains("bundle whole") && said.contains("keys pinned"),
+        "{said}"
+    );
     let mut stdout = String::new();
     use std::io::Read;
     child
