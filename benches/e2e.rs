@@ -684,6 +684,7 @@ async fn bench(pinned: bool) {
             population: 1_000_000,
             province: 79,
             faults: Faults::default(),
+            legacy_address_share: popgate::demo::DEMO_LEGACY_ADDRESS_SHARE,
         },
         &l,
     )

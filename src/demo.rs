@@ -27,7 +27,12 @@ pub struct DemoOptions {
     pub population: u32,
     /// Multiplies every rate limit (still enforced), for load tests.
     pub limit_scale: f64,
+    /// Share of the simulator's residences coded before the 2025 reform.
+    pub legacy_address_share: f64,
 }
+
+/// The demo's share of residences coded before the 2025 reform.
+pub const DEMO_LEGACY_ADDRESS_SHARE: f64 = 0.15;
 
 /// Lifetime of the tokens the demo prints.
 const DEMO_TOKEN_TTL_SECS: u64 = 12 * 3600;
@@ -56,6 +61,7 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         population: opts.population,
         province: opts.province,
         faults: Faults::default(),
+        legacy_address_share: opts.legacy_address_share,
     };
     let mut sim = Simulator::spawn(&settings, &layout).await?;
 

@@ -52,6 +52,9 @@ enum Command {
         /// Multiplies every rate limit (still enforced), for load tests and benchmarks.
         #[arg(long, default_value_t = 1.0, value_parser = positive)]
         limit_scale: f64,
+        /// Share of the simulator's residences coded as before the 2025 reform (old province, district and ward codes).
+        #[arg(long, default_value_t = popgate::demo::DEMO_LEGACY_ADDRESS_SHARE, value_parser = fraction)]
+        legacy_address_share: f64,
     },
     /// Prints an officer token from the demo identity provider in DIR, bound to APP's certificate.
     Token {
@@ -159,6 +162,9 @@ struct SimArgs {
     /// Fraction of requests answered with HTTP 500.
     #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     error_rate: f64,
+    /// Share of residences coded as before the 2025 reform: the 63 provinces' codes, the district (MaQuanHuyen) and the old ward, per household and seed.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    legacy_address_share: f64,
     /// Fraction of requests that stall for --stall-ms first.
     #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     stall_rate: f64,
@@ -249,8 +255,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             seed,
             population,
             limit_scale,
+            legacy_address_share,
         } => {
             let opts = popgate::demo::DemoOptions {
+                legacy_address_share,
                 dir,
                 policies,
                 province,
@@ -342,6 +350,7 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         seed: args.seed,
         population: args.population,
         province: args.province,
+        legacy_address_share: args.legacy_address_share,
         faults: Faults {
             latency: Duration::from_millis(args.latency_ms),
             jitter: Duration::from_millis(args.jitter_ms),

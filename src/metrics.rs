@@ -95,6 +95,7 @@ pub struct Gauges {
     pub journal_degraded: bool,
     pub chain_fork: bool,
     pub policy_refusals: u64,
+    pub unresolved_addresses: u64,
     pub upstream_circuit_open: bool,
     pub limiter_keys: usize,
     pub token_cache_entries: usize,
@@ -201,7 +202,7 @@ impl Metrics {
                 &format!("event=\"{event}\""),
             );
         }
-        let gauges: [(&str, &str, f64); 11] = [
+        let gauges: [(&str, &str, f64); 12] = [
             (
                 "popgate_policy_version",
                 "The active policy version.",
@@ -236,6 +237,11 @@ impl Metrics {
                 "popgate_policy_versions_refused",
                 "Policy versions this instance refused to apply (unsigned, untrusted or altered).",
                 g.policy_refusals as f64,
+            ),
+            (
+                "popgate_unresolved_addresses",
+                "Addresses from the national database that resolved to no 2025 unit since start (treated as outside every jurisdiction).",
+                g.unresolved_addresses as f64,
             ),
             (
                 "popgate_audit_chain_fork",

@@ -80,7 +80,7 @@ async fn every_answer_is_in_the_warehouse_once_and_the_log_verifies() {
         .query(
             "SELECT r.fields, r.ward_name, r.province_name, r.age_band, r.retain_until > now() + interval '1000 days'
              FROM popgate.citizen_records r JOIN popgate.audit_events e ON e.audit_id = r.audit_id
-             WHERE e.decision = 'granted'",
+             WHERE e.decision = 'granted' AND r.citizen_key = e.citizen_key",
             &[],
         )
         .await
@@ -609,9 +609,9 @@ async fn expired_warehouse_records_are_purged_and_the_purge_is_audited() {
     let env = TestEnv::start_with(|c| c.audit.purge_interval = Duration::from_secs(1)).await;
     let db = env.admin_db().await;
     db.execute(
-        "INSERT INTO popgate.citizen_records (audit_id, citizen_key, app_id, purpose, policy_version, released_at, fields, retain_until)
-         VALUES (gen_random_uuid(), 'k', 'mot-cua', 'administrative-procedure', 1, now() - interval '6 years', '{}', now() - interval '1 day'),
-                (gen_random_uuid(), 'k', 'mot-cua', 'administrative-procedure', 1, now(), '{}', now() + interval '5 years')",
+        "INSERT INTO popgate.citizen_records (audit_id, citizen_key, app_id, purpose, policy_version, released_at, released_month, fields, retain_until)
+         VALUES (gen_random_uuid(), 'k', 'mot-cua', 'administrative-procedure', 1, now() - interval '6 years', date_trunc('month', now() - interval '6 years')::date, '{}', now() - interval '1 day'),
+                (gen_random_uuid(), 'k', 'mot-cua', 'administrative-procedure', 1, now(), date_trunc('month', now())::date, '{}', now() + interval '5 years')",
         &[],
     )
     .await

@@ -23,6 +23,7 @@ async fn start(l: &PkiLayout, faults: Faults) -> (Arc<Simulator>, String, Runnin
         population: 5000,
         province: 79,
         faults,
+        legacy_address_share: 0.15,
     };
     let running = Simulator::spawn(&settings, l).await.expect("simulator");
     (running.sim.clone(), format!("https://{}", running.addr), running)

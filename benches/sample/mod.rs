@@ -77,6 +77,14 @@ pub fn record(i: u64) -> WarehouseRecord {
         .cloned()
         .unwrap_or_default(),
         retain_until: "2027-11-27T10:00:00Z".into(),
+        legal_basis: Some("Nghị định 61/2018/NĐ-CP".into()),
+        residence_old: None,
+        residence_ambiguous: false,
+        permanent: None,
+        region: Some("Đông Nam Bộ".into()),
+        sex: Some("male".into()),
+        household_size: None,
+        household_role: Some("head".into()),
     }
 }
 

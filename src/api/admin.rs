@@ -612,11 +612,12 @@ fn simulate(
         Err(denial) => return json!({ "decision": "denied", "reason": denial.to_string() }),
     };
     let mapped = policy.catalog.map_record(record);
-    let inside = policy.within_jurisdiction(grant, &mapped, unit);
+    let residence = policy.residence_check(grant, &mapped, unit);
+    let inside = residence.is_ok();
     let (released, fields) = policy.release(grant, &mapped);
     json!({
         "decision": if inside { "granted" } else { "denied" },
-        "reason": (!inside).then_some("the citizen resides outside the jurisdiction of this grant"),
+        "reason": residence.err().map(|d| d.to_string()),
         "policy_version": policy.version,
         "within_jurisdiction": inside,
         "case_ref_required": grant.case_ref_required,

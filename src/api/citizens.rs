@@ -20,7 +20,7 @@ use crate::audit::record::{RecordOf, WarehouseRecord};
 use crate::limits::RateLimits;
 use crate::metrics::{AuditWait, Metrics};
 use crate::personal_id::PersonalId;
-use crate::policy::release::Released;
+use crate::policy::release::{Released, Role};
 use crate::policy::{Denial, Grant, Operation, PolicySet};
 use crate::server::{self, Body};
 use crate::upstream::breaker::CircuitBreaker;
@@ -110,6 +110,27 @@ impl CitizensApi {
                             key: trail.citizen_key.clone(),
                             role: "citizen".to_owned(),
                         }];
+                        // A verify answer releases no record: its warehouse
+                        // copy says who asked, why and when.
+                        if let Some(key) = trail.citizen_key.clone() {
+                            let none = serde_json::Map::new();
+                            let record = WarehouseRecord::enrich(
+                                policy,
+                                grant,
+                                RecordOf {
+                                    citizen_key: &key,
+                                    app_id: &caller.app.id,
+                                    paths: &trail.released,
+                                    mapped: &none,
+                                    released: &none,
+                                    as_of: None,
+                                    legal_basis: trail.legal_basis.clone(),
+                                    household_size: None,
+                                    household_role: None,
+                                },
+                            );
+                            trail.warehouse = vec![record];
+                        }
                         Ok(envelope(trail, policy.version, "match", &Value::Bool(m)))
                     }
                     _ => Err(ApiError::UpstreamFailed),
@@ -184,7 +205,15 @@ impl CitizensApi {
         trail.released = released.fields();
         let app_id = caller.app.id.clone();
         let mut subjects = Vec::with_capacity(released.people.len());
-        let mut records = Vec::new();
+        let mut records: Vec<WarehouseRecord> = Vec::new();
+        let household_size = (key == "household").then(|| {
+            let in_household = released
+                .people
+                .iter()
+                .filter(|p| matches!(p.role, Role::Head | Role::Member))
+                .count();
+            u32::try_from(in_household + released.withheld).unwrap_or(u32::MAX)
+        });
         for person in &released.people {
             let key = person
                 .personal_id
@@ -196,6 +225,11 @@ impl CitizensApi {
                 self.limits
                     .check_distinct(&app_id, &caller.officer_id, key)
                     .map_err(ApiError::RateLimited)?;
+                let household_role = match person.role {
+                    Role::Head => Some("head"),
+                    Role::Member => Some("member"),
+                    _ => None,
+                };
                 let record = WarehouseRecord::enrich(
                     policy,
                     grant,
@@ -206,18 +240,16 @@ impl CitizensApi {
                         mapped: &person.mapped,
                         released: &person.released,
                         as_of: as_of.clone(),
+                        legal_basis: trail.legal_basis.clone(),
+                        household_size: household_size.filter(|_| household_role.is_some()),
+                        household_role,
                     },
                 );
                 // One record per person: a head named again as a member's
                 // household head adds to the head's record.
-                if let Some(record) = record {
-                    match records
-                        .iter_mut()
-                        .find(|r: &&mut WarehouseRecord| r.citizen_key == record.citizen_key)
-                    {
-                        Some(same) => same.fields.extend(record.fields),
-                        None => records.push(record),
-                    }
+                match records.iter_mut().find(|r| r.citizen_key == record.citizen_key) {
+                    Some(same) => same.fields.extend(record.fields),
+                    None => records.push(record),
                 }
             }
             subjects.push(Subject {

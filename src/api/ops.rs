@@ -70,6 +70,7 @@ impl OpsApi {
             journal_degraded: j.degraded.load(Ordering::Acquire),
             chain_fork: j.fork.load(Ordering::Acquire),
             policy_refusals: self.policy.refusals(),
+            unresolved_addresses: crate::units::unresolved_addresses(),
             upstream_circuit_open: self.breaker.is_open(),
             limiter_keys: self.limits.tracked_keys(),
             token_cache_entries: self.tokens.cached(),

@@ -213,6 +213,89 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
+/// Rewrites an address's codes as 2025 units (`province_code`,
+/// `ward_code`), whichever way the national database coded them. An
+/// old-coded address keeps what it was given under `legacy` (codes and
+/// names, whether the old ward was divided and, if so, every 2025 ward it
+/// went into, and the text "old name (cũ), nay thuộc new name, province");
+/// one that resolves to nothing keeps no ward code and says `unresolved`.
+fn normalise_address(out: &mut Map<String, Value>, district: Option<&str>) {
+    let code = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    };
+    let Some(ward) = code(out.get("ward_code")) else {
+        return;
+    };
+    let province = code(out.get("province_code")).and_then(|p| u16::try_from(p).ok());
+    let district_code = district.and_then(|d| d.trim().parse::<u16>().ok());
+    let units = crate::units::Units::get();
+    match units.resolve(province, district_code, ward) {
+        crate::units::Resolved::Current(w) => {
+            out.insert(
+                "province_code".into(),
+                Value::String(format!("{:02}", w.province_code)),
+            );
+            out.insert("ward_code".into(), Value::String(format!("{:05}", w.code)));
+        }
+        crate::units::Resolved::Legacy {
+            old,
+            ward,
+            candidates,
+        } => {
+            let province_name = units.province(ward.province_code).map_or("", |p| p.name);
+            let mut legacy = Map::new();
+            legacy.insert(
+                "province_code".into(),
+                Value::String(format!("{:02}", old.province_code)),
+            );
+            legacy.insert("province_name".into(), Value::from(old.province_name));
+            legacy.insert(
+                "district_code".into(),
+                Value::String(format!("{:03}", old.district_code)),
+            );
+            legacy.insert("district_name".into(), Value::from(old.district_name));
+            legacy.insert("ward_code".into(), Value::String(format!("{:05}", old.code)));
+            legacy.insert("ward_name".into(), Value::from(old.name));
+            legacy.insert("divided".into(), Value::Bool(old.divided));
+            if old.divided {
+                let all = candidates
+                    .iter()
+                    .map(|w| Value::String(format!("{:05}", w.code)))
+                    .collect();
+                legacy.insert("ward_candidates".into(), Value::Array(all));
+            }
+            legacy.insert(
+                "as_text".into(),
+                Value::String(format!(
+                    "{} (cũ), nay thuộc {}, {province_name}",
+                    old.name, ward.name
+                )),
+            );
+            out.insert(
+                "province_code".into(),
+                Value::String(format!("{:02}", ward.province_code)),
+            );
+            out.insert("ward_code".into(), Value::String(format!("{:05}", ward.code)));
+            out.insert("legacy".into(), Value::Object(legacy));
+        }
+        crate::units::Resolved::Unresolved => {
+            crate::units::count_unresolved();
+            let mut given = Map::new();
+            for k in ["province_code", "ward_code"] {
+                if let Some(v) = out.remove(k) {
+                    given.insert(k.into(), v);
+                }
+            }
+            if let Some(d) = district {
+                given.insert("district_code".into(), Value::from(d));
+            }
+            out.insert("as_given".into(), Value::Object(given));
+            out.insert("unresolved".into(), Value::Bool(true));
+        }
+    }
+}
+
 /// What to read from one upstream value. Every JSON value is accepted: one
 /// of a shape the reading does not take is skipped and reads as `None`.
 #[derive(Debug, Clone, Copy)]
@@ -286,13 +369,21 @@ impl<'de> Visitor<'de> for Read {
             Read::Field(kind @ (FieldKind::Address | FieldKind::Person | FieldKind::HouseholdHead)) => {
                 // Each sub-field is a string, or a name in parts.
                 let mut out = Map::new();
+                let mut district: Option<Value> = None;
                 while let Some(key) = map.next_key::<Key<'de>>()? {
                     match kind.subfields().iter().find(|(_, theirs)| *theirs == key.0) {
                         Some((ours, _)) => set(&mut out, ours, map.next_value_seed(Read::Name)?),
+                        // Pre-reform coding: the district of the ward.
+                        None if kind == FieldKind::Address && key.0 == "MaQuanHuyen" => {
+                            district = map.next_value_seed(Read::Text)?;
+                        }
                         None => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
+                }
+                if kind == FieldKind::Address {
+                    normalise_address(&mut out, district.as_ref().and_then(Value::as_str));
                 }
                 Ok((!out.is_empty()).then_some(Value::Object(out)))
             }

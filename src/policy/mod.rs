@@ -116,6 +116,8 @@ pub enum Denial {
     CaseRefRequired(String),
     #[error("the citizen resides outside the jurisdiction of this grant")]
     OutsideJurisdiction,
+    #[error("the citizen's address in the national database resolves to no administrative unit (before or after the 2025 reform), so it is treated as outside the jurisdiction; the data office can check the unit tables")]
+    UnresolvedAddress,
 }
 
 /// The whole active policy, immutable once built.
@@ -176,20 +178,45 @@ impl PolicySet {
         record: &Map<String, Value>,
         officer_unit: Option<u32>,
     ) -> bool {
-        let wards = ["permanent_address", "current_address"].map(|f| {
-            record
-                .get(f)
-                .and_then(|a| a.get("ward_code"))
-                .and_then(Value::as_str)
-                .and_then(|w| w.parse::<u32>().ok())
-        });
-        wards.into_iter().flatten().any(|ward| match &grant.jurisdiction {
-            Jurisdiction::Province => crate::units::Units::get()
-                .ward(ward)
-                .is_some_and(|w| w.province_code == self.province),
+        self.residence_check(grant, record, officer_unit).is_ok()
+    }
+
+    /// [`PolicySet::within_jurisdiction`] with the reason when not: outside,
+    /// or an address that resolved to no 2025 unit. Each residence is read
+    /// as a 2025 ward (`catalog::normalise_address`); an old ward divided
+    /// between several 2025 wards is inside when any of them is.
+    pub fn residence_check(
+        &self,
+        grant: &Grant,
+        record: &Map<String, Value>,
+        officer_unit: Option<u32>,
+    ) -> Result<(), Denial> {
+        let units = crate::units::Units::get();
+        let ward_of = |v: &Value| v.as_str().and_then(|w| w.parse::<u32>().ok());
+        let mut unresolved = false;
+        let mut wards: Vec<u32> = Vec::new();
+        for f in ["permanent_address", "current_address"] {
+            let Some(address) = record.get(f) else { continue };
+            if address.get("unresolved").and_then(Value::as_bool) == Some(true) {
+                unresolved = true;
+                continue;
+            }
+            let candidates = address["legacy"]["ward_candidates"].as_array();
+            match candidates {
+                Some(all) => wards.extend(all.iter().filter_map(ward_of)),
+                None => wards.extend(address.get("ward_code").and_then(ward_of)),
+            }
+        }
+        let inside = wards.into_iter().any(|ward| match &grant.jurisdiction {
+            Jurisdiction::Province => units.ward(ward).is_some_and(|w| w.province_code == self.province),
             Jurisdiction::Wards(list) => list.contains(&ward),
             Jurisdiction::OfficerUnit => officer_unit == Some(ward),
-        })
+        });
+        match (inside, unresolved) {
+            (true, _) => Ok(()),
+            (false, true) => Err(Denial::UnresolvedAddress),
+            (false, false) => Err(Denial::OutsideJurisdiction),
+        }
     }
 
     /// Builds the released document from the grant's field list (never by

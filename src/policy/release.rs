@@ -160,9 +160,7 @@ impl PolicySet {
         mapped: Map<String, Value>,
         officer_unit: Option<u32>,
     ) -> Result<Released, Denial> {
-        if !self.within_jurisdiction(grant, &mapped, officer_unit) {
-            return Err(Denial::OutsideJurisdiction);
-        }
+        self.residence_check(grant, &mapped, officer_unit)?;
         let (doc, paths) = self.release(grant, &mapped);
         let people = self.people_of(Role::Citizen, mapped, doc.clone(), paths);
         Ok(Released {
@@ -188,9 +186,7 @@ impl PolicySet {
             .chain(members.iter())
             .find(|m| is_asked(m))
             .unwrap_or(&head);
-        if !self.within_jurisdiction(grant, asked_record, officer_unit) {
-            return Err(Denial::OutsideJurisdiction);
-        }
+        self.residence_check(grant, asked_record, officer_unit)?;
         let mut people = Vec::new();
         let mut withheld = 0;
         let mut release = |role: Role, mapped: Map<String, Value>| -> Option<Value> {

@@ -57,6 +57,8 @@ pub struct SimSettings {
     pub population: u32,
     pub province: u16,
     pub faults: Faults,
+    /// The share of residences coded as before the 2025 reform (0 to 1).
+    pub legacy_address_share: f64,
 }
 
 /// The simulator's TLS from a development PKI: its server certificate, and
@@ -82,7 +84,8 @@ pub struct Simulator {
 impl Simulator {
     pub fn new(settings: &SimSettings) -> Simulator {
         Simulator {
-            population: Population::new(settings.seed, settings.population, settings.province),
+            population: Population::new(settings.seed, settings.population, settings.province)
+                .with_legacy_share(settings.legacy_address_share),
             faults: settings.faults.clone(),
             served: AtomicU64::new(0),
         }

@@ -36,6 +36,8 @@ pub struct Population {
     seed: u64,
     size: u32,
     province: u16,
+    /// Residences coded before the 2025 reform, per thousand.
+    legacy_permille: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +82,8 @@ struct Core {
 pub struct Citizen {
     core: Core,
     record: Value,
+    /// The 2025 province of the permanent residence, however it is coded.
+    residence_province: u16,
 }
 
 impl Citizen {
@@ -91,12 +95,15 @@ impl Citizen {
         self.core.index
     }
 
-    /// Province code of the permanent residence.
+    /// The 2025 province of the permanent residence (whichever way the
+    /// record codes it).
     pub fn residence_province(&self) -> u16 {
-        self.record["ThuongTru"]["MaTinhThanh"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_default()
+        self.residence_province
+    }
+
+    /// Whether the permanent residence is coded before the 2025 reform.
+    pub fn legacy_coded(&self) -> bool {
+        self.record["ThuongTru"].get("MaQuanHuyen").is_some()
     }
 
     /// Full name as one string.
@@ -122,7 +129,17 @@ impl Population {
             seed,
             size: size.clamp(1, MAX_POPULATION),
             province,
+            legacy_permille: 0,
         }
+    }
+
+    /// The same population with a share (0 to 1) of residences coded as
+    /// before the 2025 reform (`MaTinhThanh` of the 63 provinces,
+    /// `MaQuanHuyen`, the old `MaPhuongXa`), chosen per household by the
+    /// seed.
+    pub fn with_legacy_share(mut self, share: f64) -> Population {
+        self.legacy_permille = (share.clamp(0.0, 1.0) * 1000.0).round() as u64;
+        self
     }
 
     pub fn size(&self) -> u32 {
@@ -143,7 +160,12 @@ impl Population {
     pub fn citizen(&self, index: u32) -> Citizen {
         let core = self.core(index);
         let record = self.record(&core);
-        Citizen { core, record }
+        let residence_province = self.residence_province(core.household);
+        Citizen {
+            core,
+            record,
+            residence_province,
+        }
     }
 
     /// All members of the citizen's household, head first.
@@ -317,6 +339,33 @@ impl Population {
         p.wards.get((roll % p.wards.len().max(1) as u64) as usize)
     }
 
+    /// A residence in `ward`; coded as before the reform for a share of
+    /// rolls, as one of the old wards that went into it.
+    fn residence(&self, ward: Option<&'static Ward>, roll: u64) -> Value {
+        let legacy = self.hash(16, roll) % 1000 < self.legacy_permille;
+        let old = ward.filter(|_| legacy).and_then(|w| {
+            let olds: Vec<_> = Units::get().legacy_wards_into(w.code).collect();
+            (!olds.is_empty()).then(|| olds[(self.hash(17, roll) % olds.len() as u64) as usize])
+        });
+        let Some(old) = old else {
+            return self.address(ward, roll);
+        };
+        let street = names::STREETS[(roll % names::STREETS.len() as u64) as usize];
+        json!({
+            "MaTinhThanh": format!("{:02}", old.province_code),
+            "MaQuanHuyen": format!("{:03}", old.district_code),
+            "MaPhuongXa": format!("{:05}", old.code),
+            "ChiTiet": format!(
+                "Số {} {}, {}, {}, {}",
+                1 + (roll >> 8) % 300,
+                street,
+                old.name,
+                old.district_name,
+                old.province_name
+            ),
+        })
+    }
+
     fn address(&self, ward: Option<&'static Ward>, roll: u64) -> Value {
         let Some(ward) = ward else {
             return Value::Null;
@@ -376,9 +425,9 @@ impl Population {
         let hr = self.hash(14, u64::from(hh.head));
         let province = self.residence_province(hh);
         let home_ward = self.ward_in(province, hr);
-        let permanent = self.address(home_ward, hr >> 12);
+        let permanent = self.residence(home_ward, hr >> 12);
         let current = if r.is_multiple_of(10) {
-            self.address(self.ward_in(province, r >> 4), r >> 20)
+            self.residence(self.ward_in(province, r >> 4), r >> 20)
         } else {
             permanent.clone()
         };

@@ -5,10 +5,27 @@
 //!
 //! The table is compiled into the binary (`vn-wards-2025.tsv`, flattened from
 //! the `vietnam-provinces` data set, version 2025.10.1) so that the simulator
-//! and the warehouse enrichment never depend on a file at run time.
+//! and the warehouse enrichment never depend on a file at run time; so is
+//! the table of the wards before the reform ([`legacy`]).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
+
+pub mod legacy;
+pub use legacy::{LegacyWard, Resolved};
+
+/// Addresses from upstream that resolved to no unit, since start.
+static UNRESOLVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts an address that resolved to no unit (`/metrics`).
+pub fn count_unresolved() {
+    UNRESOLVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Addresses that resolved to no unit since start.
+pub fn unresolved_addresses() -> u64 {
+    UNRESOLVED.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 const WARDS_TSV: &str = include_str!("vn-wards-2025.tsv");
 
@@ -35,6 +52,7 @@ pub struct Units {
     provinces: Vec<Province>,
     province_index: HashMap<u16, usize>,
     ward_index: HashMap<u32, (usize, usize)>,
+    legacy: legacy::Legacy,
 }
 
 impl Units {
@@ -78,6 +96,7 @@ impl Units {
             provinces,
             province_index,
             ward_index,
+            legacy: legacy::Legacy::parse(legacy::LEGACY_TSV),
         }
     }
 
@@ -165,6 +184,20 @@ pub const BIRTH_PROVINCE_CODES: [(u16, u16); 63] = [
     (96, 96),
 ];
 
+/// The six socio-economic regions, as the statistics office groups
+/// provinces, for the 34 provinces of 2025 (each by where its seat lies).
+pub fn region_of(province: u16) -> Option<&'static str> {
+    Some(match province {
+        4 | 8 | 11 | 12 | 14 | 15 | 19 | 20 | 25 => "Trung du và miền núi phía Bắc",
+        1 | 22 | 24 | 31 | 33 | 37 => "Đồng bằng sông Hồng",
+        38 | 40 | 42 | 44 | 46 | 48 | 51 | 56 => "Bắc Trung Bộ và duyên hải miền Trung",
+        52 | 66 | 68 => "Tây Nguyên",
+        75 | 79 | 80 => "Đông Nam Bộ",
+        82 | 86 | 91 | 92 | 96 => "Đồng bằng sông Cửu Long",
+        _ => return None,
+    })
+}
+
 /// The post-2025 province that a pre-2025 birth-registration code belongs to.
 pub fn current_province_of_birth_code(old_code: u16) -> Option<u16> {
     BIRTH_PROVINCE_CODES
@@ -188,6 +221,14 @@ mod tests {
         let tdm = units.ward(25747).expect("ward 25747");
         assert_eq!(tdm.name, "Phường Thủ Dầu Một");
         assert_eq!(tdm.province_code, 79);
+    }
+
+    #[test]
+    fn every_province_has_a_region() {
+        for p in Units::get().provinces() {
+            assert!(region_of(p.code).is_some(), "{} {}", p.code, p.name);
+        }
+        assert_eq!(region_of(79), Some("Đông Nam Bộ"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use super::{Warehouse, WarehouseError};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::journal::DurableEvent;
+use crate::audit::record::{OldUnit, Place};
 use crate::audit::WarehouseRecord;
 
 /// Whether a batch was committed: `None` while it is being delivered.
@@ -100,20 +101,53 @@ const EVENT_TYPES: [Type; 26] = [
     Type::TEXT_ARRAY,
 ];
 
-const RECORD_COLUMNS: &str = "audit_id, citizen_key, app_id, purpose, policy_version, released_at, \
-    data_as_of, ward_code, ward_name, province_code, province_name, age_band, fields, retain_until";
-const RECORD_TYPES: [Type; 14] = [
+const RECORD_COLUMNS: &str =
+    "audit_id, citizen_key, app_id, purpose, legal_basis, policy_version, released_at, \
+    released_month, data_as_of, ward_code, ward_name, province_code, province_name, \
+    residence_old_province_code, residence_old_province_name, residence_old_district_code, \
+    residence_old_district_name, residence_old_ward_code, residence_old_ward_name, residence_ambiguous, \
+    permanent_ward_code, permanent_ward_name, permanent_province_code, permanent_province_name, \
+    permanent_old_province_code, permanent_old_province_name, permanent_old_district_code, \
+    permanent_old_district_name, permanent_old_ward_code, permanent_old_ward_name, permanent_ambiguous, \
+    region, age_band, sex, household_size, household_role, fields, retain_until";
+const RECORD_TYPES: [Type; 38] = [
     Type::UUID,
+    Type::TEXT,
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
     Type::INT8,
     Type::TIMESTAMPTZ,
+    Type::DATE,
     Type::TIMESTAMPTZ,
+    // residence
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::BOOL,
+    // permanent address
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::BOOL,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
     Type::TEXT,
     Type::JSONB,
     Type::TIMESTAMPTZ,
@@ -284,6 +318,11 @@ struct RecordRow<'a> {
     audit_id: uuid::Uuid,
     policy_version: i64,
     released_at: OffsetDateTime,
+    released_month: time::Date,
+    old: OldUnit,
+    permanent: Place,
+    permanent_old: OldUnit,
+    household_size: Option<i32>,
     data_as_of: Option<OffsetDateTime>,
     retain_until: OffsetDateTime,
     fields: RawJson<Vec<u8>>,
@@ -299,11 +338,19 @@ impl<'a> RecordRow<'a> {
                 ))
             })
         };
+        let released_at = time(&w.released_at, "released_at")?;
+        let local = released_at.to_offset(crate::clock::VIETNAM).date();
+        let permanent = w.permanent.clone().unwrap_or_default();
         Ok(RecordRow {
             w,
             audit_id: row.audit_id,
             policy_version: w.policy_version as i64,
-            released_at: time(&w.released_at, "released_at")?,
+            released_at,
+            released_month: local.replace_day(1).unwrap_or(local),
+            old: w.residence_old.clone().unwrap_or_default(),
+            permanent_old: permanent.old.clone().unwrap_or_default(),
+            permanent,
+            household_size: w.household_size.and_then(|n| i32::try_from(n).ok()),
             // The national database's own timestamp: kept when readable,
             // never a reason to hold the batch back.
             data_as_of: w
@@ -324,20 +371,44 @@ impl Row for RecordRow<'_> {
     const TYPES: &'static [Type] = &RECORD_TYPES;
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        let w = self.w;
+        let (w, o, p, po) = (self.w, &self.old, &self.permanent, &self.permanent_old);
         vec![
             &self.audit_id,
             &w.citizen_key,
             &w.app_id,
             &w.purpose,
+            &w.legal_basis,
             &self.policy_version,
             &self.released_at,
+            &self.released_month,
             &self.data_as_of,
             &w.ward_code,
             &w.ward_name,
             &w.province_code,
             &w.province_name,
+            &o.province_code,
+            &o.province_name,
+            &o.district_code,
+            &o.district_name,
+            &o.ward_code,
+            &o.ward_name,
+            &w.residence_ambiguous,
+            &p.ward_code,
+            &p.ward_name,
+            &p.province_code,
+            &p.province_name,
+            &po.province_code,
+            &po.province_name,
+            &po.district_code,
+            &po.district_name,
+            &po.ward_code,
+            &po.ward_name,
+            &p.ambiguous,
+            &w.region,
             &w.age_band,
+            &w.sex,
+            &self.household_size,
+            &w.household_role,
             &self.fields,
             &self.retain_until,
         ]

@@ -119,6 +119,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "auditor tools",
         include_str!("migrations/0006_auditor_tools.sql"),
     ),
+    (
+        7,
+        "enriched records",
+        include_str!("migrations/0007_enriched_records.sql"),
+    ),
 ];
 
 const POOL_SIZE: usize = 16;
@@ -310,14 +315,24 @@ impl Warehouse {
 }
 
 impl Warehouse {
-    /// Deletes warehouse records whose retention has passed; returns how many.
+    /// Makes the record partitions of this month and the next two, deletes
+    /// the records whose retention has passed (by each partition's
+    /// `retain_until` index) and drops past months' partitions left empty;
+    /// returns how many records it deleted.
     pub async fn purge_expired_records(&self) -> Result<u64> {
         let client = self.pool.get().await?;
-        Ok(client
+        client
+            .execute("SELECT popgate.prepare_record_partitions(2)", &[])
+            .await?;
+        let deleted = client
             .execute(
                 "DELETE FROM popgate.citizen_records WHERE retain_until < now()",
                 &[],
             )
-            .await?)
+            .await?;
+        client
+            .execute("SELECT popgate.drop_expired_record_partitions()", &[])
+            .await?;
+        Ok(deleted)
     }
 }

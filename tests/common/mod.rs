@@ -36,6 +36,8 @@ pub fn sim_settings(faults: Faults) -> SimSettings {
         population: POPULATION,
         province: 79,
         faults,
+        // Residences coded both ways, as the national database answers.
+        legacy_address_share: 0.15,
     }
 }
 
