@@ -172,12 +172,20 @@ async fn warehouse_and_policy(config: &Config, signer: &Signer) -> anyhow::Resul
     };
     let tls = config.warehouse.tls()?;
     let deadline = tokio::time::Instant::now() + WAREHOUSE_START_WAIT;
+    let mut wait = Duration::from_millis(250);
+    // Logged once per state change, not per attempt.
+    let mut failing: Option<String> = None;
     loop {
         match warehouse::migrate_with(&admin_url, &tls).await {
             Ok(()) => break,
             Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "warehouse not ready; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let text = e.to_string();
+                if failing.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %e, "warehouse not ready; retrying for up to {}s", WAREHOUSE_START_WAIT.as_secs());
+                    failing = Some(text);
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(anyhow::Error::new(e).context("the warehouse could not be prepared")),
         }

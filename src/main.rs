@@ -22,7 +22,10 @@ use popgate::tls::{self, MutualServerFiles};
 #[command(
     name = "popgate",
     version,
-    about = "The secured gateway between a province's applications and the national population database"
+    about = "The secured gateway between a province's applications and the national population database",
+    after_help = "Exit status: 0 on success; 1 when the command failed (one sentence on stderr says why) or a \
+check found problems (policy check, audit verify, audit verify-bundle, audit journal inspect); 2 for a command \
+line that does not parse; 141 when the reader of the output closed the pipe (popgate … | head)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -237,7 +240,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let outcome = runtime.block_on(run(cli.command));
+    // Whatever was still running logs before the verdict, never after it:
+    // a fatal error is the last line, alone.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("popgate: {e:#}");

@@ -222,3 +222,85 @@ async fn a_frozen_warehouse_is_reported_down_within_seconds_and_up_again() {
     }
     env.stop().await;
 }
+
+/// The config of `env` with another warehouse and a data directory of its
+/// own, written to a file for `popgate serve`.
+fn config_with_warehouse(env: &TestEnv, url: &str) -> std::path::PathBuf {
+    let mut config = env.config.clone();
+    config.warehouse.url = Some(url.to_owned());
+    config.warehouse.admin_url = None;
+    config.gateway.data_dir = env.dir.path().join("other-data");
+    let file = env
+        .dir
+        .path()
+        .join(format!("serve-{}.toml", rand::random::<u32>()));
+    std::fs::write(&file, config.to_toml()).expect("config");
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warehouse_that_cannot_be_reached_is_named_with_its_cause_once() {
+    let env = TestEnv::start().await;
+    // A wrong password: refused at once, naming the role and the address.
+    let port = url_port(&env.gateway().warehouse_url);
+    let wrong = format!("postgres://popgate_gateway:not-the-password@127.0.0.1:{port}/popgate");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_popgate"))
+        .args(["serve", "--config"])
+        .arg(config_with_warehouse(&env, &wrong))
+        .output()
+        .expect("serve");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("popgate: "), "{stderr}");
+    assert!(last.contains("password authentication failed"), "{last}");
+    assert!(
+        last.contains(&format!("127.0.0.1:{port}")) && last.contains("role popgate_gateway"),
+        "{last}"
+    );
+    assert!(!last.contains("not-the-password"), "{last}");
+    assert_eq!(
+        last.matches("password authentication failed").count(),
+        1,
+        "the cause once: {last}"
+    );
+
+    // Nothing listening: retried with backoff, logged once, then the cause.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let refused_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let refused = format!("postgres://popgate_gateway@127.0.0.1:{refused_port}/popgate");
+    let out = tokio::task::spawn_blocking({
+        let file = config_with_warehouse(&env, &refused);
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_popgate"))
+                .args(["serve", "--config"])
+                .arg(file)
+                .output()
+                .expect("serve")
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let retries = stderr
+        .lines()
+        .filter(|l| l.contains("warehouse not ready"))
+        .count();
+    assert_eq!(retries, 1, "one line per state, not per attempt: {stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("popgate: ") && last.contains(&format!("127.0.0.1:{refused_port}")),
+        "{stderr}"
+    );
+    assert!(last.to_lowercase().contains("refused"), "{last}");
+    env.stop().await;
+}
+
+fn url_port(url: &str) -> u16 {
+    url.parse::<tokio_postgres::Config>()
+        .ok()
+        .and_then(|c| c.get_ports().first().copied())
+        .expect("port")
+}

@@ -106,6 +106,8 @@ impl Shipper {
     /// transactions rather than many small ones.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = IDLE_POLL;
+        // Logged once per state change, not per attempt.
+        let mut failing: Option<String> = None;
         loop {
             if self.state.fork.load(Ordering::Acquire) {
                 // Another chain holds this instance's id in the warehouse:
@@ -114,7 +116,12 @@ impl Shipper {
                 return;
             }
             match self.ship_available().await {
-                Ok(_) => backoff = IDLE_POLL,
+                Ok(_) => {
+                    if failing.take().is_some() {
+                        tracing::info!(backlog = self.state.backlog(), "audit shipping works again");
+                    }
+                    backoff = IDLE_POLL;
+                }
                 Err(error) if self.state.fork.load(Ordering::Acquire) => {
                     tracing::error!(
                         %error,
@@ -123,7 +130,11 @@ impl Shipper {
                     );
                 }
                 Err(error) => {
-                    tracing::warn!(%error, backlog = self.state.backlog(), "audit shipping failed; will retry");
+                    let text = error.to_string();
+                    if failing.as_deref() != Some(text.as_str()) {
+                        tracing::warn!(%error, backlog = self.state.backlog(), "audit shipping failed; retrying with backoff (logged again when the cause changes)");
+                        failing = Some(text);
+                    }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }

@@ -24,12 +24,18 @@ use tokio_postgres::NoTls;
 /// Why the warehouse could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
-    #[error("no warehouse connection: {0}")]
+    #[error("no warehouse connection: {}", describe_pool_error(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     // Not a `source`: the text already carries the driver's cause, which
     // a report of the chain would otherwise print twice.
     #[error("{}", describe_db_error(.0))]
     Db(tokio_postgres::Error),
+    /// A connection that could not be made, with where it was going.
+    #[error("cannot connect to the warehouse at {at}: {}", db_cause(.cause))]
+    Connect {
+        at: String,
+        cause: tokio_postgres::Error,
+    },
     #[error("the warehouse holds data popgate cannot read: {0}")]
     Malformed(String),
     #[error("{0}")]
@@ -56,7 +62,7 @@ impl WarehouseError {
     /// moment. A refused login, a certificate that does not verify or a bad
     /// URL stays as it is.
     pub fn is_transient(&self) -> bool {
-        let WarehouseError::Db(e) = self else {
+        let (WarehouseError::Db(e) | WarehouseError::Connect { cause: e, .. }) = self else {
             return matches!(self, WarehouseError::Pool(_));
         };
         if e.as_db_error().is_some() {
@@ -82,15 +88,30 @@ impl WarehouseError {
     }
 }
 
+/// A pool error with the driver's cause (deadpool's own text ends in
+/// "db error").
+fn describe_pool_error(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => describe_db_error(e),
+        deadpool_postgres::PoolError::Timeout(_) => "timed out waiting for a connection".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 /// A driver error with its cause: tokio-postgres's own text is often just
 /// "db error" or "error connecting to server".
 fn describe_db_error(e: &tokio_postgres::Error) -> String {
+    format!("warehouse: {}", db_cause(e))
+}
+
+/// The server's message, or the driver's text with its cause.
+fn db_cause(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
-        return format!("warehouse: {}: {}", db.severity(), db.message());
+        return format!("{}: {}", db.severity(), db.message());
     }
     match std::error::Error::source(e) {
-        Some(cause) => format!("warehouse: {e}: {cause}"),
-        None => format!("warehouse: {e}"),
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }
 
@@ -170,6 +191,38 @@ impl WarehouseTls {
     }
 }
 
+/// Where a URL leads, for error messages: `host:port, database D, role R`
+/// (never the password).
+pub fn destination(url: &str) -> String {
+    let Ok(c) = url.parse::<tokio_postgres::Config>() else {
+        return "an unreadable URL".to_owned();
+    };
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            let port = c
+                .get_ports()
+                .get(i)
+                .or(c.get_ports().first())
+                .copied()
+                .unwrap_or(5432);
+            format!("{host}:{port}")
+        })
+        .collect();
+    format!(
+        "{}, database {}, role {}",
+        hosts.join(","),
+        c.get_dbname().unwrap_or("(default)"),
+        c.get_user().unwrap_or("(default)")
+    )
+}
+
 /// One connection, its driver task spawned (in clear: the embedded
 /// cluster, tests).
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {
@@ -183,14 +236,18 @@ pub async fn connect_with(url: &str, tls: &WarehouseTls) -> Result<tokio_postgre
             tracing::debug!(%error, "warehouse connection closed");
         }
     };
+    let at = |cause| WarehouseError::Connect {
+        at: destination(url),
+        cause,
+    };
     match tls.connector() {
         None => {
-            let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+            let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(at)?;
             tokio::spawn(async move { drive(connection.await) });
             Ok(client)
         }
         Some(tls) => {
-            let (client, connection) = tokio_postgres::connect(url, tls).await?;
+            let (client, connection) = tokio_postgres::connect(url, tls).await.map_err(at)?;
             tokio::spawn(async move { drive(connection.await) });
             Ok(client)
         }
