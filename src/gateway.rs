@@ -415,6 +415,7 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
         policy: policy.clone(),
         warehouse: warehouse.clone(),
         instance_id: config.gateway.instance_id.clone(),
+        shipper_stuck_after: a.shipper_stuck_after,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let limits = config.limits.server_limits();

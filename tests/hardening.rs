@@ -193,7 +193,11 @@ fn signal(signal: &str, pids: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_warehouse_is_reported_down_within_seconds_and_up_again() {
     let (pg, _home) = common::external_pg().await;
-    let env = common::TestEnv::start_with(|c| common::use_warehouse(c, &pg)).await;
+    let env = common::TestEnv::start_with(|c| {
+        common::use_warehouse(c, &pg);
+        c.audit.shipper_stuck_after = std::time::Duration::from_secs(2);
+    })
+    .await;
     let warehouse = |body: &str| -> String {
         serde_json::from_str::<serde_json::Value>(body).expect("json")["warehouse"]
             .as_str()
@@ -214,10 +218,40 @@ async fn a_frozen_warehouse_is_reported_down_within_seconds_and_up_again() {
             "still up: {body}"
         );
     }
+    // A request while it is frozen: its events wait in the journal, and a
+    // shipper that cannot deliver them is reported stuck.
+    let id = env.citizen(true).personal_id().as_str().to_owned();
+    let body =
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000919"});
+    assert_eq!(
+        env.call("mot-cua", "/v1/citizens/lookup", &body.to_string())
+            .await
+            .status,
+        200
+    );
+    let shipper = |body: &str| -> String {
+        serde_json::from_str::<serde_json::Value>(body).expect("json")["shipper"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = env.ops_get("/readyz").await;
+        if shipper(&body).starts_with("stuck") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never stuck: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     signal("-CONT", &pids);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while warehouse(&env.ops_get("/readyz").await.1) != "up" {
-        assert!(std::time::Instant::now() < deadline, "not up again");
+    loop {
+        let (_, body) = env.ops_get("/readyz").await;
+        if warehouse(&body) == "up" && shipper(&body) == "ok" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not up again: {body}");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     env.stop().await;

@@ -27,6 +27,8 @@ pub struct OpsApi {
     pub policy: Arc<PolicyStore>,
     pub warehouse: Warehouse,
     pub instance_id: String,
+    /// No delivery for this long with a backlog: the shipper is stuck.
+    pub shipper_stuck_after: std::time::Duration,
 }
 
 /// The API's OpenAPI 3.1 document, as shipped with this build.
@@ -96,6 +98,17 @@ impl OpsApi {
         let journal_ok = !self.journal.degraded.load(std::sync::atomic::Ordering::Acquire);
         let fork = self.journal.fork.load(std::sync::atomic::Ordering::Acquire);
         let refused = self.policy.refused();
+        let (backlog, age) = (self.journal.backlog(), self.journal.backlog_age());
+        let shipper = if fork {
+            "chain fork".to_owned()
+        } else if backlog > 0 && age >= self.shipper_stuck_after {
+            format!(
+                "stuck: nothing delivered for {} s while {backlog} events wait",
+                age.as_secs()
+            )
+        } else {
+            "ok".to_owned()
+        };
         // A refused version leaves this instance serving on the last good
         // one: it says so, and stays ready (an attacker who can write a row
         // must not be able to take every instance out).
@@ -117,7 +130,7 @@ impl OpsApi {
                     Some((v, _)) => format!("refused version {v}: not signed by a trusted instance (see the log)"),
                 },
                 "journal": if journal_ok { "ok" } else { "degraded" },
-                "shipper": if fork { "chain fork" } else { "ok" },
+                "shipper": shipper,
                 "audit_backlog": self.journal.backlog(),
                 "audit_backlog_age_secs": self.journal.backlog_age().as_secs(),
                 "warehouse": warehouse,

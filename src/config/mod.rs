@@ -45,6 +45,7 @@ pub const DEFAULT_MAX_BACKLOG_AGE: Duration = Duration::from_secs(6 * 3600);
 pub const DEFAULT_SHIP_BATCH: usize = 1_000;
 pub const DEFAULT_JOURNAL_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(3_600);
+pub const DEFAULT_SHIPPER_STUCK_AFTER: Duration = Duration::from_secs(30);
 /// 90 days.
 pub const DEFAULT_HOLD_WITHOUT_APPROVAL: Duration = Duration::from_secs(90 * 86_400);
 pub const DEFAULT_PER_OFFICER_PER_MINUTE: u32 = 60;
@@ -309,6 +310,14 @@ pub struct AuditSection {
     /// (until then it is in force for this long).
     #[serde(default = "default_hold_without_approval", with = "de::secs")]
     pub hold_without_approval: Duration,
+    /// A shipper that delivered nothing for this long while events wait is
+    /// reported `stuck` by `/readyz`.
+    #[serde(default = "default_shipper_stuck_after", with = "de::secs")]
+    pub shipper_stuck_after: Duration,
+}
+
+fn default_shipper_stuck_after() -> Duration {
+    DEFAULT_SHIPPER_STUCK_AFTER
 }
 
 fn default_hold_without_approval() -> Duration {
@@ -332,6 +341,7 @@ impl AuditSection {
             purge_interval: DEFAULT_PURGE_INTERVAL,
             trusted_keys: None,
             hold_without_approval: DEFAULT_HOLD_WITHOUT_APPROVAL,
+            shipper_stuck_after: DEFAULT_SHIPPER_STUCK_AFTER,
         }
     }
 
