@@ -72,6 +72,10 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         .filter(|p| p.is_file());
     let mut config = Config::development(&layout, sim.url(), policies, dir.clone());
     config.alerts.rules = alert_rules;
+    // `popgate certs revoke` publishes here; the gateway reloads it.
+    if layout.apps_crl().exists() {
+        config.tls.crls = vec![layout.apps_crl()];
+    }
     config.gateway.listen = ([127, 0, 0, 1], free_port()?).into();
     config.gateway.ops_listen = ([127, 0, 0, 1], free_port()?).into();
     config.gateway.instance_id = "demo-1".to_owned();

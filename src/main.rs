@@ -122,6 +122,22 @@ enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Issues a new client certificate for an app (replacing its files), signed by the development apps CA.
+    Issue {
+        /// A `certs init` directory, or a demo directory (its certs/).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        app: String,
+    },
+    /// Revokes an app's current certificate: publishes a CRL that a running demo picks up within seconds.
+    Revoke {
+        /// A `certs init` directory, or a demo directory (its certs/).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        app: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -253,6 +269,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// A PKI directory: DIR itself, or a demo directory's `certs/`.
+fn certs_dir(dir: &std::path::Path) -> PathBuf {
+    if dir.join("certs").is_dir() {
+        dir.join("certs")
+    } else {
+        dir.to_owned()
+    }
+}
+
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Demo {
@@ -304,6 +329,26 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             pki::init(&dir, SAMPLE_APPS, force)?;
             println!("development PKI written to {}", dir.display());
+        }
+        Command::Certs {
+            command: CertsCommand::Issue { dir, app },
+        } => {
+            let layout = PkiLayout::new(certs_dir(&dir));
+            pki::issue_app(&layout, &app)?;
+            println!(
+                "issued a new certificate for {app}: {}",
+                layout.app_cert(&app).display()
+            );
+        }
+        Command::Certs {
+            command: CertsCommand::Revoke { dir, app },
+        } => {
+            let layout = PkiLayout::new(certs_dir(&dir));
+            let serial = pki::revoke_app(&layout, &app)?;
+            println!(
+                "revoked {app}'s certificate (serial {serial}); CRL: {}",
+                layout.apps_crl().display()
+            );
         }
         Command::Admin { console, command } => return popgate::console::run_admin(&console, command).await,
         Command::Audit { console, command } => return popgate::console::run_audit(&console, command).await,

@@ -228,6 +228,59 @@ async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
     }
     let keys = demo_dir.join("audit-trusted-keys.json");
 
+    // Revocation the demo can show: the one-stop-shop's certificate is
+    // revoked, and the same client, on its kept-alive connection, is refused
+    // within seconds; a new certificate works again.
+    let ask =
+        json!({"personal_id": ids[0], "purpose": "administrative-procedure", "case_ref": "HS-2026-000901"})
+            .to_string();
+    assert_eq!(
+        client
+            .post(&url, Some(&token), &ask)
+            .await
+            .expect("before")
+            .status,
+        200
+    );
+    let said = cli(&["certs", "revoke", "--dir", d, "--app", "mot-cua"]);
+    assert!(said.contains("revoked mot-cua"), "{said}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = client.post(&url, Some(&token), &ask).await.expect("after");
+        if r.status == 403 {
+            assert!(
+                r.body["detail"].as_str().unwrap_or("").contains("revoked"),
+                "{}",
+                r.body
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still served after revocation: {}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    cli(&["certs", "issue", "--dir", d, "--app", "mot-cua"]);
+    let renewed = TestClient::new(ca, Some((cert, key)));
+    let fresh = cli(&[
+        "token",
+        "--app",
+        "mot-cua",
+        "--sub",
+        "canbo-test",
+        "--role",
+        "officer",
+        "--dir",
+        d,
+    ]);
+    let r = renewed
+        .post(&url, Some(fresh.trim()), &ask)
+        .await
+        .expect("renewed");
+    assert_eq!(r.status, 200, "{}", r.body);
+
     // The demo directory is under the system temp dir, so the cluster lives
     // inside it.
     let pg_pid_file = demo_dir.join("pg/data/postmaster.pid");

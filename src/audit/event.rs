@@ -167,6 +167,17 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The bytes of a hex string of any even length.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
+}
+
 pub fn unhex32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 {
         return None;

@@ -41,6 +41,8 @@ pub enum PkiError {
     Generate(#[from] rcgen::Error),
     #[error("cannot write {path}: {source}")]
     Write { path: String, source: std::io::Error },
+    #[error("cannot read {path}: {why}")]
+    Read { path: String, why: String },
 }
 
 /// File names inside a PKI directory.
@@ -52,6 +54,19 @@ pub struct PkiLayout {
 impl PkiLayout {
     pub fn new(dir: impl Into<PathBuf>) -> PkiLayout {
         PkiLayout { dir: dir.into() }
+    }
+    /// The apps CA's private key: kept by the development PKI only (0600),
+    /// so that `certs issue` and `certs revoke` can sign.
+    pub fn apps_ca_key(&self) -> PathBuf {
+        self.dir.join("apps-ca.key")
+    }
+    /// The apps CA's revocation list, which the demo's gateway loads.
+    pub fn apps_crl(&self) -> PathBuf {
+        self.dir.join("apps-ca.crl")
+    }
+    /// The serial numbers (hex) the apps CA has revoked.
+    pub fn apps_revoked(&self) -> PathBuf {
+        self.dir.join("apps-ca-revoked.json")
     }
     pub fn apps_ca_cert(&self) -> PathBuf {
         self.dir.join("apps-ca.pem")
@@ -119,6 +134,24 @@ pub struct Authority {
 }
 
 impl Authority {
+    /// The CA kept in `cert` and `key` (PEM).
+    pub fn load(cert: &Path, key: &Path) -> Result<Authority, PkiError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|e| PkiError::Read {
+                path: path.display().to_string(),
+                why: e.to_string(),
+            })
+        };
+        let bad = |path: &Path, e: rcgen::Error| PkiError::Read {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        };
+        let key_pair = KeyPair::from_pem(&read(key)?).map_err(|e| bad(key, e))?;
+        let params = CertificateParams::from_ca_cert_pem(&read(cert)?).map_err(|e| bad(cert, e))?;
+        let cert = params.self_signed(&key_pair)?;
+        Ok(Authority { cert, key: key_pair })
+    }
+
     pub fn new(common_name: &str) -> Result<Authority, PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
@@ -182,7 +215,7 @@ impl Authority {
         let params = rcgen::CertificateRevocationListParams {
             this_update,
             next_update,
-            crl_number: rcgen::SerialNumber::from(1u64),
+            crl_number: rcgen::SerialNumber::from(1 + revoked_serials.len() as u64),
             issuing_distribution_point: None,
             revoked_certs: revoked_serials
                 .iter()
@@ -271,6 +304,14 @@ pub fn init(dir: &Path, apps: &[&str], force: bool) -> Result<DevPki, PkiError> 
     }
     let apps_ca = Authority::new("popgate provincial apps CA (development)")?;
     write_file(&layout.apps_ca_cert(), apps_ca.cert_pem().as_bytes(), 0o644)?;
+    // Development only: the CA key stays, so that the demo can issue and
+    // revoke app certificates; a production CA keeps its key elsewhere.
+    write_file(
+        &layout.apps_ca_key(),
+        apps_ca.key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_crl(&layout, &apps_ca, &[])?;
     apps_ca
         .issue_server("popgate gateway")?
         .write(&layout.gateway_cert(), &layout.gateway_key())?;
@@ -313,6 +354,83 @@ pub fn init(dir: &Path, apps: &[&str], force: bool) -> Result<DevPki, PkiError> 
         apps_ca,
         national_ca,
     })
+}
+
+/// How long a development CRL is valid.
+const CRL_VALIDITY_DAYS: i64 = 365;
+
+/// Writes the apps CA's CRL revoking `serials`, atomically (a gateway
+/// watching the file never reads half of it), and the list of serials.
+fn write_crl(layout: &PkiLayout, ca: &Authority, serials: &[Vec<u8>]) -> Result<(), PkiError> {
+    let now = OffsetDateTime::now_utc();
+    let crl = ca.crl(
+        serials,
+        now - Duration::minutes(5),
+        now + Duration::days(CRL_VALIDITY_DAYS),
+    )?;
+    let hex: Vec<String> = serials.iter().map(|s| crate::audit::event::hex(s)).collect();
+    write_file(
+        &layout.apps_revoked(),
+        serde_json::to_string(&hex).unwrap_or_default().as_bytes(),
+        0o644,
+    )?;
+    let tmp = layout.apps_crl().with_extension("crl.tmp");
+    write_file(&tmp, crl.as_bytes(), 0o644)?;
+    std::fs::rename(&tmp, layout.apps_crl()).map_err(|source| PkiError::Write {
+        path: layout.apps_crl().display().to_string(),
+        source,
+    })
+}
+
+/// The apps CA of a development PKI, which keeps its key.
+fn apps_ca_of(layout: &PkiLayout) -> Result<Authority, PkiError> {
+    if !layout.apps_ca_key().exists() {
+        return Err(PkiError::Read {
+            path: layout.apps_ca_key().display().to_string(),
+            why: "this PKI keeps no CA key (it was made before `certs issue` and `certs revoke` existed); \
+                  make a new one with `certs init --force`"
+                .to_owned(),
+        });
+    }
+    Authority::load(&layout.apps_ca_cert(), &layout.apps_ca_key())
+}
+
+/// Issues a new client certificate for `app` (replacing its files).
+pub fn issue_app(layout: &PkiLayout, app: &str) -> Result<(), PkiError> {
+    let ca = apps_ca_of(layout)?;
+    ca.issue_client(app, Some(&app_uri(app)))?
+        .write(&layout.app_cert(app), &layout.app_key(app))
+}
+
+/// Revokes `app`'s current certificate: its serial joins the CRL, which a
+/// running gateway that loads the CRL picks up. Returns the serial (hex).
+pub fn revoke_app(layout: &PkiLayout, app: &str) -> Result<String, PkiError> {
+    let ca = apps_ca_of(layout)?;
+    let path = layout.app_cert(app);
+    let unreadable = |why: String| PkiError::Read {
+        path: path.display().to_string(),
+        why,
+    };
+    let certs = crate::tls::load_certs(&path).map_err(|e| unreadable(e.to_string()))?;
+    let first = certs
+        .first()
+        .ok_or_else(|| unreadable("no certificate in the file".into()))?;
+    use x509_parser::prelude::FromDer;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(first.as_ref())
+        .map_err(|e| unreadable(e.to_string()))?;
+    let serial = parsed.raw_serial().to_vec();
+    let mut serials: Vec<Vec<u8>> = std::fs::read_to_string(layout.apps_revoked())
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|h| crate::audit::event::unhex(h))
+        .collect();
+    if !serials.contains(&serial) {
+        serials.push(serial.clone());
+    }
+    write_crl(layout, &ca, &serials)?;
+    Ok(crate::audit::event::hex(&serial))
 }
 
 /// A token from the demo identity provider of `layout` for an officer of
