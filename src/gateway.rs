@@ -78,7 +78,7 @@ pub struct Gateway {
     drain_timeout: Duration,
     ship_stop: watch::Sender<bool>,
     shipper_task: Option<JoinHandle<()>>,
-    embedded: Option<EmbeddedPostgres>,
+    embedded: Option<Arc<std::sync::Mutex<EmbeddedPostgres>>>,
 }
 
 impl Gateway {
@@ -141,8 +141,10 @@ impl Gateway {
         // Close pooled connections before the server goes, so that nothing
         // reports them dying.
         self.warehouse.pool().close();
-        if let Some(mut pg) = self.embedded.take() {
-            tokio::task::spawn_blocking(move || pg.stop()).await.ok();
+        if let Some(pg) = self.embedded.take() {
+            tokio::task::spawn_blocking(move || pg.lock().unwrap_or_else(|p| p.into_inner()).stop())
+                .await
+                .ok();
         }
     }
 }
@@ -452,6 +454,10 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
     if config.alerts.enabled {
         tasks.push(tokio::spawn(alerts.run(shutdown_rx.clone())));
     }
+    let embedded = embedded.map(|pg| Arc::new(std::sync::Mutex::new(pg)));
+    if let Some(pg) = &embedded {
+        tasks.push(tokio::spawn(supervise_embedded(pg.clone(), shutdown_rx.clone())));
+    }
     status.set_listening(true);
     tracing::info!(%gateway_addr, %ops_addr, "gateway listening");
     Ok(Gateway {
@@ -471,6 +477,42 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
         shipper_task: Some(shipper_task),
         embedded,
     })
+}
+
+/// How often the embedded PostgreSQL is checked.
+const SUPERVISE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps an embedded PostgreSQL running: one that died (killed, crashed)
+/// is started again on its port, with a log line, so that a long demo
+/// keeps working.
+async fn supervise_embedded(
+    pg: Arc<std::sync::Mutex<EmbeddedPostgres>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(SUPERVISE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let pg = pg.clone();
+        let revived = tokio::task::spawn_blocking(move || {
+            let mut pg = pg.lock().unwrap_or_else(|p| p.into_inner());
+            if pg.is_running() {
+                return Ok(false);
+            }
+            tracing::warn!("the embedded PostgreSQL has stopped; starting it again");
+            pg.revive()
+        })
+        .await;
+        match revived {
+            Ok(Ok(true)) => tracing::info!("the embedded PostgreSQL runs again"),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "the embedded PostgreSQL cannot be started again; retrying")
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Runs the shipper on a thread of its own with a single-threaded runtime.

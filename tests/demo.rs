@@ -281,6 +281,49 @@ async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
         .expect("renewed");
     assert_eq!(r.status, 200, "{}", r.body);
 
+    // The demo supervises its PostgreSQL: killed, it is started again and
+    // the gateway serves on.
+    let postmaster = demo_dir.join("pg/data/postmaster.pid");
+    let pid = std::fs::read_to_string(&postmaster).expect("postmaster.pid");
+    let pid = pid.lines().next().expect("pid").trim().to_owned();
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let ops = ready["ops_url"]
+        .as_str()
+        .expect("ops")
+        .trim_start_matches("http://")
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let restarted = std::fs::read_to_string(&postmaster)
+            .ok()
+            .and_then(|t| t.lines().next().map(|l| l.trim().to_owned()))
+            .is_some_and(|p| p != pid);
+        if restarted && readyz(&ops).contains("\"warehouse\":\"up\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL was not started again: {}",
+            readyz(&ops)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let again =
+        json!({"personal_id": ids[0], "purpose": "administrative-procedure", "case_ref": "HS-2026-000902"})
+            .to_string();
+    assert_eq!(
+        renewed
+            .post(&url, Some(fresh.trim()), &again)
+            .await
+            .expect("after")
+            .status,
+        200
+    );
+
     // The demo directory is under the system temp dir, so the cluster lives
     // inside it.
     let pg_pid_file = demo_dir.join("pg/data/postmaster.pid");
@@ -324,4 +367,17 @@ async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
         .read_to_string(&mut stdout)
         .expect("read");
     assert!(stdout.contains("curl -sS --cacert"), "{stdout}");
+}
+
+/// `GET /readyz` on the ops listener at `addr`, as text.
+fn readyz(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ =
+        s.write_all(format!("GET /readyz HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }

@@ -425,6 +425,19 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
+    /// Starts the server again if its process has ended (killed, crashed);
+    /// true when it had to.
+    pub fn revive(&mut self) -> anyhow::Result<bool> {
+        if self.is_running() {
+            return Ok(false);
+        }
+        if let Some(mut dead) = self.child.take() {
+            let _ = dead.wait();
+        }
+        self.launch()?;
+        Ok(true)
+    }
+
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
