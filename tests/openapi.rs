@@ -50,6 +50,59 @@ fn the_document_lists_exactly_the_routes() {
     assert!(extra.is_empty(), "documented but not routed: {extra:?}");
 }
 
+/// Every request body, and every JSON body of a success, has a schema and
+/// an example an integrator can start from.
+#[test]
+fn every_body_has_a_schema_and_an_example() {
+    let doc = document();
+    let mut missing = Vec::new();
+    for (path, item) in doc["paths"].as_mapping().expect("paths") {
+        let path = path.as_str().unwrap_or_default();
+        for (method, op) in item.as_mapping().into_iter().flatten() {
+            let method = method.as_str().unwrap_or_default();
+            let bodies = op["requestBody"]["content"]
+                .as_mapping()
+                .into_iter()
+                .flatten()
+                .map(|(kind, c)| {
+                    (
+                        "request".to_owned(),
+                        kind.as_str().unwrap_or_default().to_owned(),
+                        c,
+                    )
+                });
+            let answers = op["responses"]
+                .as_mapping()
+                .into_iter()
+                .flatten()
+                .filter(|(code, _)| code.as_str().is_some_and(|c| c.starts_with('2')))
+                .flat_map(|(code, r)| {
+                    r["content"]
+                        .as_mapping()
+                        .into_iter()
+                        .flatten()
+                        .map(move |(kind, c)| {
+                            (
+                                format!("response {}", code.as_str().unwrap_or_default()),
+                                kind.as_str().unwrap_or_default().to_owned(),
+                                c,
+                            )
+                        })
+                });
+            for (what, kind, content) in bodies.chain(answers) {
+                let json = kind.ends_with("json") && !kind.contains("problem");
+                let named = content["schema"].get("$ref").is_some();
+                if content.get("schema").is_none() {
+                    missing.push(format!("{method} {path} {what} {kind}: no schema"));
+                } else if json && content.get("example").is_none() && !named {
+                    missing.push(format!("{method} {path} {what} {kind}: no example"));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{missing:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_path_is_answered() {
     let env = TestEnv::start().await;
