@@ -361,8 +361,22 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
         }
         Arc::new(engine)
     };
+    let tracer = match &config.telemetry.otlp_endpoint {
+        Some(endpoint) => {
+            // Detached: it ends when the last span sender (the API) is gone.
+            let (tracer, _exporter) = crate::telemetry::Tracer::otlp(
+                endpoint.clone(),
+                config.telemetry.service_name.clone(),
+                config.gateway.instance_id.clone(),
+            );
+            tracing::info!(%endpoint, "exporting request traces over OTLP");
+            tracer
+        }
+        None => crate::telemetry::Tracer::default(),
+    };
     let in_flight = crate::api::InFlight::default();
     let api = Arc::new(Api {
+        tracer,
         in_flight: in_flight.clone(),
         policy: policy.clone(),
         tokens: tokens.clone(),

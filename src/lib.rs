@@ -17,6 +17,7 @@
 //!   [`policy::release`] per-person release (every person an answer carries);
 //!   [`policy::signature`] signed versions; [`policy::store`] the one writer of
 //!   the active snapshot; [`policy::diff`]; the built-in sample set.
+//! - [`telemetry`]: request traces (W3C `traceparent`) exported over OTLP/HTTP JSON.
 //! - [`upstream`]: the national-DB adapter trait and its mTLS HTTP client.
 //! - [`server`]: accepting connections: TLS, HTTP/1.1 + h2, limits, draining.
 //! - [`api`]: the HTTP surfaces — the router and request frame, then apps
@@ -50,6 +51,7 @@ pub mod personal_id;
 pub mod policy;
 pub mod server;
 pub mod sim;
+pub mod telemetry;
 pub mod tls;
 pub mod units;
 pub mod upstream;

@@ -79,8 +79,11 @@ impl CitizensApi {
             Operation::Lookup | Operation::Household => {
                 let b: LookupBody = parse_json(body, TAKES)?;
                 let pid = self.validate_subject(&b.personal_id, &b.purpose, &b.case_ref, trail)?;
-                let grant = authorize(policy, caller, op, &b.purpose, b.case_ref.as_deref(), trail)?;
-                self.check_grant_limits(caller, grant, trail)?;
+                let t = std::time::SystemTime::now();
+                let grant = authorize(policy, caller, op, &b.purpose, b.case_ref.as_deref(), trail)
+                    .and_then(|g| self.check_grant_limits(caller, g, trail).map(|()| g));
+                trail.step("authorize", t, grant.is_err());
+                let grant = grant?;
                 let kind = if op == Operation::Lookup {
                     QueryKind::Lookup
                 } else {
@@ -88,7 +91,10 @@ impl CitizensApi {
                 };
                 let asked = pid.as_str().to_owned();
                 let answer = self.ask_upstream(caller, pid, kind, trail).await?;
-                let (key, released) = self.release(policy, grant, caller, &asked, answer, trail)?;
+                let t = std::time::SystemTime::now();
+                let released = self.release(policy, grant, caller, &asked, answer, trail);
+                trail.step("release", t, released.is_err());
+                let (key, released) = released?;
                 Ok(envelope(trail, policy.version, key, &released))
             }
             Operation::Verify => {
@@ -96,8 +102,11 @@ impl CitizensApi {
                 let pid = self.validate_subject(&b.personal_id, &b.purpose, &b.case_ref, trail)?;
                 let full_name = validate_full_name(&b.full_name)?;
                 let date_of_birth = validate_date(&b.date_of_birth)?;
-                let grant = authorize(policy, caller, op, &b.purpose, b.case_ref.as_deref(), trail)?;
-                self.check_grant_limits(caller, grant, trail)?;
+                let t = std::time::SystemTime::now();
+                let grant = authorize(policy, caller, op, &b.purpose, b.case_ref.as_deref(), trail)
+                    .and_then(|g| self.check_grant_limits(caller, g, trail).map(|()| g));
+                trail.step("authorize", t, grant.is_err());
+                let grant = grant?;
                 let kind = QueryKind::Verify {
                     full_name,
                     date_of_birth,
@@ -287,7 +296,10 @@ impl CitizensApi {
         self.breaker.allow().map_err(ApiError::CircuitOpen)?;
         let intent_id = uuid::Uuid::now_v7().to_string();
         let intent = trail.event(EventKind::Intent, &intent_id, "pending", None);
-        self.record(AuditWait::Intent, intent).await?;
+        let t = std::time::SystemTime::now();
+        let recorded = self.record(AuditWait::Intent, intent).await;
+        trail.step("journal wait", t, recorded.is_err());
+        recorded?;
         trail.intent_id = Some(intent_id);
         let query = UpstreamQuery {
             request_id: trail.request_id.clone(),
@@ -296,7 +308,13 @@ impl CitizensApi {
             kind,
         };
         let started = std::time::Instant::now();
+        let span = std::time::SystemTime::now();
         let result = self.upstream.query(query).await;
+        trail.step(
+            "upstream",
+            span,
+            matches!(result, Err(UpstreamError::Timeout | UpstreamError::Failed(_))),
+        );
         trail.upstream_ms = Some(started.elapsed().as_millis() as u64);
         self.metrics.observe_upstream(started.elapsed());
         self.breaker

@@ -57,6 +57,8 @@ pub struct Api {
     pub audit: AuditApi,
     /// Pipelines still running (the gateway's stop waits for them).
     pub in_flight: InFlight,
+    /// Where request traces go (nowhere unless `[telemetry]` says).
+    pub tracer: crate::telemetry::Tracer,
 }
 
 /// Counts the request pipelines that are running, so that a stopping
@@ -131,9 +133,21 @@ impl Api {
         mut client: tokio::sync::oneshot::Receiver<std::convert::Infallible>,
     ) -> Response<Body> {
         let started = std::time::Instant::now();
+        let traceparent = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let trace = crate::telemetry::RequestTrace::start(traceparent.as_deref());
+        let continued = traceparent
+            .as_deref()
+            .and_then(crate::telemetry::parse_traceparent)
+            .is_some();
         let mut trail = Trail {
             audit_id: uuid::Uuid::now_v7().to_string(),
             request_id: uuid::Uuid::now_v7().to_string(),
+            trace_id: (continued || self.tracer.enabled()).then(|| trace.trace_id_hex()),
+            trace,
             ..Trail::default()
         };
         let result = match route(req.method(), req.uri().path()) {
@@ -196,13 +210,41 @@ impl Api {
             .take()
             .filter(|_| resp.status() == StatusCode::OK);
         let warehouse = std::mem::take(&mut trail.warehouse);
-        let resp = match self.recorder.record(AuditWait::Outcome, event, warehouse).await {
+        let waited = std::time::SystemTime::now();
+        let recorded = self.recorder.record(AuditWait::Outcome, event, warehouse).await;
+        trail.step("journal wait", waited, recorded.is_err());
+        let resp = match recorded {
             Ok(_) => resp,
             Err(e) => {
                 tracing::error!(request_id = %trail.request_id, error = %e, "answer withheld: audit not durable");
                 problem_response(&ApiError::AuditUnavailable, &trail.request_id, None)
             }
         };
+        let status = resp.status().as_u16();
+        trail.trace.finish(
+            &self.tracer,
+            "request",
+            vec![
+                (
+                    "popgate.operation",
+                    serde_json::Value::from(trail.operation.clone()),
+                ),
+                (
+                    "popgate.app",
+                    serde_json::Value::from(trail.app_id.clone().unwrap_or_default()),
+                ),
+                (
+                    "popgate.policy_version",
+                    serde_json::Value::from(trail.policy_version.unwrap_or(0)),
+                ),
+                ("http.response.status_code", serde_json::Value::from(status)),
+                (
+                    "popgate.request_id",
+                    serde_json::Value::from(trail.request_id.clone()),
+                ),
+            ],
+            status >= 500,
+        );
         tracing::info!(
             request_id = %trail.request_id,
             audit_id = %trail.audit_id,
@@ -231,16 +273,24 @@ impl Api {
         // change the rules this request is judged by.
         let policy = self.policy.snapshot();
         trail.policy_version = Some(policy.version);
-        let app = identify_app(&policy, peer)?;
+        let t = std::time::SystemTime::now();
+        let app = identify_app(&policy, peer).and_then(|app| self.check_revocation(peer).map(|()| app));
+        trail.step("identify", t, app.is_err());
+        let app = app?;
         trail.app_id = Some(app.id.clone());
-        self.check_revocation(peer)?;
-        let caller = self.authenticate_officer(&req, peer, app).await?;
+        let t = std::time::SystemTime::now();
+        let caller = self.authenticate_officer(&req, peer, app).await;
+        trail.step("authenticate", t, caller.is_err());
+        let caller = caller?;
         trail.officer_id = Some(caller.officer_id.clone());
         trail.officer_unit = caller.unit.map(|u| format!("{u:05}"));
-        self.limits.check_app(&app.id).map_err(ApiError::RateLimited)?;
-        self.limits
-            .check_officer(&app.id, &caller.officer_id)
-            .map_err(ApiError::RateLimited)?;
+        let t = std::time::SystemTime::now();
+        let limited = self
+            .limits
+            .check_app(&app.id)
+            .and_then(|()| self.limits.check_officer(&app.id, &caller.officer_id));
+        trail.step("limit", t, limited.is_err());
+        limited.map_err(ApiError::RateLimited)?;
         match route {
             Route::App(op) => {
                 let (_, body) = read_request(req, self.max_body_bytes).await?;

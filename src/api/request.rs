@@ -95,6 +95,11 @@ pub struct Trail {
     pub subjects: Vec<Subject>,
     /// The warehouse copies, one per released person whose fields may be stored.
     pub warehouse: Vec<WarehouseRecord>,
+    /// The request's trace and its step spans.
+    pub trace: crate::telemetry::RequestTrace,
+    /// Recorded in the events: the trace the app continued, or the one
+    /// exported.
+    pub trace_id: Option<String>,
 }
 
 impl Trail {
@@ -133,7 +138,14 @@ impl Trail {
             details: self.details.clone(),
             legal_basis: self.legal_basis.clone(),
             subjects: self.subjects.clone(),
+            trace_id: self.trace_id.clone(),
         }
+    }
+
+    /// Records a pipeline step that began at `start` (a span when traces
+    /// are exported).
+    pub fn step(&mut self, name: &'static str, start: std::time::SystemTime, error: bool) {
+        self.trace.step(name, start, error);
     }
 }
 

@@ -70,6 +70,10 @@ pub struct AuditEvent {
     /// requests): who, in which role, which fields.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subjects: Vec<Subject>,
+    /// The request's trace (hex), when the app sent a `traceparent` or
+    /// the gateway exports traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// RFC 3339 UTC with microseconds.
     pub ts: String,
     /// SHA-256 (hex) of the national database's answer body.
@@ -119,6 +123,7 @@ impl AuditEvent {
             request_id: uuid::Uuid::now_v7().to_string(),
             seq: 0,
             subjects: Vec::new(),
+            trace_id: None,
             ts: String::new(),
             upstream_digest: None,
             upstream_ms: None,

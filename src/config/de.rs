@@ -165,3 +165,24 @@ pub fn positive_scale<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
     }
     Ok(v)
 }
+
+/// An `http://` URL with a host (a local collector or agent).
+pub mod optional_http_uri {
+    use super::*;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Uri>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| {
+                let uri: Uri = t
+                    .parse()
+                    .map_err(|_| D::Error::custom(format!("'{t}' is not a URL")))?;
+                if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                    return Err(D::Error::custom(
+                        "must be an http:// URL with a host, such as http://127.0.0.1:4318/v1/traces (a collector or agent beside the gateway)",
+                    ));
+                }
+                Ok(uri)
+            })
+            .transpose()
+    }
+    pub use super::optional_https_uri::serialize;
+}

@@ -72,6 +72,38 @@ pub struct Config {
     pub limits: LimitsSection,
     #[serde(default)]
     pub alerts: AlertsSection,
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
+}
+
+/// Request traces (off unless an endpoint is set).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// An OTLP/HTTP collector's traces endpoint, such as
+    /// `http://127.0.0.1:4318/v1/traces` (JSON encoding).
+    #[serde(
+        default,
+        with = "de::optional_http_uri",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub otlp_endpoint: Option<Uri>,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> TelemetrySection {
+        TelemetrySection {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "popgate".to_owned()
 }
 
 /// The alert rules over the audit log (docs/audit.md, "Alerts").
@@ -675,6 +707,7 @@ impl Config {
             warehouse: WarehouseSection::default(),
             limits: LimitsSection::default(),
             alerts: AlertsSection::default(),
+            telemetry: TelemetrySection::default(),
         }
     }
 
