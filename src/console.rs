@@ -554,22 +554,6 @@ pub async fn run_admin(console: &ConsoleArgs, command: AdminCommand) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-/// The roles of the people an event's answer carried, once each.
-fn roles(event: &serde_json::Value) -> String {
-    let mut roles: Vec<&str> = Vec::new();
-    for role in event["subjects"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s["role"].as_str())
-    {
-        if !roles.contains(&role) {
-            roles.push(role);
-        }
-    }
-    roles.join(",")
-}
-
 pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::Result<ExitCode> {
     use serde_json::json;
     let connect = || ConsoleClient::new(console, "audit-cli", "auditor");
@@ -595,7 +579,7 @@ pub async fn run_audit(console: &ConsoleArgs, command: AuditCommand) -> anyhow::
                 ]
                 .iter()
                 .map(|k| cell(&e[*k]))
-                .chain(std::iter::once(roles(e)))
+                .chain(std::iter::once(crate::audit::event::roles_of(e).join(",")))
                 .collect()
             })
             .collect()

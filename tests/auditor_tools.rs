@@ -74,44 +74,7 @@ async fn webhook_receiver(
     })
     .expect("tls");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service =
-                    hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let tx = tx.clone();
-                        async move {
-                            use http_body_util::BodyExt;
-                            let bytes = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-                                let _ = tx.send(v);
-                            }
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::from_static(b"{}")),
-                            ))
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    rx
+    common::json_receiver(listener, Some(acceptor), "/alerts")
 }
 
 fn alerts_of<'a>(list: &'a Value, rule: &str) -> Vec<&'a Value> {

@@ -5,54 +5,16 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestEnv;
 use serde_json::{json, Value};
 
-/// A collector on loopback that keeps every request body it is POSTed.
+/// A collector on loopback that keeps every trace batch it is POSTed.
 async fn collector() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let tx = Arc::new(tx);
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let tx = tx.clone();
-                        async move {
-                            use http_body_util::BodyExt;
-                            let path = req.uri().path().to_owned();
-                            let bytes = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            if path == "/v1/traces" {
-                                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-                                    let _ = tx.send(v);
-                                }
-                            }
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::from_static(b"{}")),
-                            ))
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-    (url, rx)
+    (url, common::json_receiver(listener, None, "/v1/traces"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

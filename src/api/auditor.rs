@@ -735,26 +735,11 @@ fn csv_row(e: &StoredEvent) -> String {
     ]
     .iter()
     .map(|k| csv_cell(&b[*k]))
-    .chain(std::iter::once(csv_cell(&roles(b))))
+    .chain(std::iter::once(csv_cell(&json!(crate::audit::event::roles_of(
+        b
+    )))))
     .collect();
     format!("{}\n", cells.join(","))
-}
-
-/// The roles of the people an event's answer carried (`citizen`, `head`,
-/// `member`, …), once each.
-fn roles(body: &Value) -> Value {
-    let mut roles: Vec<&str> = Vec::new();
-    for role in body["subjects"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s["role"].as_str())
-    {
-        if !roles.contains(&role) {
-            roles.push(role);
-        }
-    }
-    json!(roles)
 }
 
 /// Streams every matching event, a page at a time, as it is read.

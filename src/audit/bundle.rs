@@ -242,13 +242,7 @@ impl Verdict {
 
 fn trusted_for<'a>(trusted: Option<&'a TrustedKeys>, bundle: &'a Bundle, instance: &str) -> Vec<&'a str> {
     match trusted {
-        Some(t) => t
-            .get(instance)
-            .into_iter()
-            .chain(t.get("*"))
-            .flatten()
-            .map(String::as_str)
-            .collect(),
+        Some(t) => super::checkpoint::pinned_for(t, instance),
         None => bundle
             .public_keys
             .get(instance)

@@ -45,6 +45,17 @@ fn message(instance_id: &str, seq: u64, head_hash: &str, ts: &str) -> Vec<u8> {
 /// Public keys trusted per instance (`"*"` for any instance), base64.
 pub type TrustedKeys = HashMap<String, Vec<String>>;
 
+/// The keys `trusted` pins for `instance` (its own and those for `"*"`).
+pub fn pinned_for<'a>(trusted: &'a TrustedKeys, instance: &str) -> Vec<&'a str> {
+    trusted
+        .get(instance)
+        .into_iter()
+        .chain(trusted.get("*"))
+        .flatten()
+        .map(String::as_str)
+        .collect()
+}
+
 /// Reads a trusted-keys file: JSON `{"INSTANCE": ["BASE64KEY", ...]}`.
 pub fn load_trusted_keys(path: &std::path::Path) -> anyhow::Result<TrustedKeys> {
     use anyhow::Context;

@@ -82,6 +82,23 @@ pub struct AuditEvent {
     pub upstream_status: Option<String>,
 }
 
+/// The roles of the people a stored event's answer carried (`citizen`,
+/// `head`, `member`, …), once each, in order.
+pub fn roles_of(body: &Value) -> Vec<&str> {
+    let mut roles: Vec<&str> = Vec::new();
+    for role in body["subjects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["role"].as_str())
+    {
+        if !roles.contains(&role) {
+            roles.push(role);
+        }
+    }
+    roles
+}
+
 /// One person an answer carried.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subject {

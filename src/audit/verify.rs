@@ -134,13 +134,7 @@ pub async fn verify(client: &Client, trusted: Option<&TrustedKeys>) -> crate::wa
 /// or (unpinned) its own.
 fn keys_for<'a>(trusted: Option<&'a TrustedKeys>, instance: &str, own: &'a str) -> Vec<&'a str> {
     match trusted {
-        Some(t) => t
-            .get(instance)
-            .into_iter()
-            .chain(t.get("*"))
-            .flatten()
-            .map(String::as_str)
-            .collect(),
+        Some(t) => super::checkpoint::pinned_for(t, instance),
         None => vec![own],
     }
 }

@@ -388,3 +388,61 @@ impl TestClient {
         })
     }
 }
+
+/// A receiver on `listener` (over TLS when `tls` is given) that answers
+/// every POST with `{}` and hands on the JSON bodies POSTed to `path`: a
+/// stand-in for a security operations webhook or a trace collector.
+pub fn json_receiver(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    path: &'static str,
+) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (tx, tls) = (tx.clone(), tls.clone());
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let wanted = req.uri().path() == path;
+                            let bytes = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            if let Some(v) = wanted
+                                .then(|| serde_json::from_slice::<Value>(&bytes).ok())
+                                .flatten()
+                            {
+                                let _ = tx.send(v);
+                            }
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from_static(b"{}"),
+                            )))
+                        }
+                    });
+                let http = hyper::server::conn::http1::Builder::new();
+                let _ = match tls {
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(stream) => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await
+                        }
+                        Err(_) => return,
+                    },
+                    None => {
+                        http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                            .await
+                    }
+                };
+            });
+        }
+    });
+    rx
+}
