@@ -629,11 +629,20 @@ async fn expired_warehouse_records_are_purged_and_the_purge_is_audited() {
         assert!(std::time::Instant::now() < deadline, "expired record not purged");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    env.settle().await;
-    let row = db
-        .query_one("SELECT body->'details'->>'deleted_records' FROM popgate.audit_events WHERE body->>'kind' = 'purge'", &[])
-        .await
-        .expect("purge event");
+    // The purge's event follows its DELETE (and the partition upkeep).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        env.settle().await;
+        let row = db
+            .query_opt("SELECT body->'details'->>'deleted_records' FROM popgate.audit_events WHERE body->>'kind' = 'purge'", &[])
+            .await
+            .expect("purge event");
+        if let Some(row) = row {
+            break row;
+        }
+        assert!(std::time::Instant::now() < deadline, "the purge was not audited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("1"));
     env.stop().await;
 }
