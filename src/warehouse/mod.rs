@@ -254,6 +254,30 @@ pub async fn connect_with(url: &str, tls: &WarehouseTls) -> Result<tokio_postgre
     }
 }
 
+/// The newest migration the warehouse records; `None` when it has no
+/// schema yet (or this role may not read it).
+async fn applied_version(client: &tokio_postgres::Client) -> Result<Option<i32>> {
+    use tokio_postgres::error::SqlState;
+    match client
+        .query_one("SELECT max(version) FROM popgate.schema_migrations", &[])
+        .await
+    {
+        Ok(row) => Ok(row.get(0)),
+        Err(e)
+            if [
+                SqlState::UNDEFINED_TABLE,
+                SqlState::INVALID_SCHEMA_NAME,
+                SqlState::INSUFFICIENT_PRIVILEGE,
+            ]
+            .iter()
+            .any(|c| e.code() == Some(c)) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Applies the migrations that have not run yet.
 pub async fn migrate(admin_url: &str) -> Result<()> {
     migrate_with(admin_url, &WarehouseTls::Disable).await
@@ -262,6 +286,34 @@ pub async fn migrate(admin_url: &str) -> Result<()> {
 /// Applies the migrations that have not run yet, connecting with `tls`.
 pub async fn migrate_with(admin_url: &str, tls: &WarehouseTls) -> Result<()> {
     let mut client = connect_with(admin_url, tls).await?;
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    // A schema that is already current needs no DDL: an instance with only
+    // the gateway's role starts on a warehouse another one migrated.
+    match applied_version(&client).await? {
+        Some(v) if v >= latest => {
+            if v > latest {
+                tracing::warn!(
+                    schema = v,
+                    this_build = latest,
+                    "the warehouse schema is newer than this build"
+                );
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    let refused = |e: tokio_postgres::Error| {
+        if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+            WarehouseError::Aborted(format!(
+                "the warehouse schema is not at version {latest}, which this build needs, and {} may not change it: \
+                 start one instance with warehouse.admin_url set to a role that may create tables (the schema's owner), \
+                 then the others with the gateway's role only",
+                destination(admin_url)
+            ))
+        } else {
+            WarehouseError::Db(e)
+        }
+    };
     client
         .batch_execute(
             "CREATE SCHEMA IF NOT EXISTS popgate;
@@ -270,7 +322,8 @@ pub async fn migrate_with(admin_url: &str, tls: &WarehouseTls) -> Result<()> {
                  name text NOT NULL,
                  applied_at timestamptz NOT NULL DEFAULT now())",
         )
-        .await?;
+        .await
+        .map_err(refused)?;
     for (version, name, sql) in MIGRATIONS {
         let tx = client.transaction().await?;
         // Serialise concurrent starters on one database.

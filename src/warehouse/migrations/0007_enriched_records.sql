@@ -136,6 +136,9 @@ BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'popgate_gateway') THEN
         GRANT SELECT, INSERT, DELETE ON popgate.citizen_records TO popgate_gateway;
         GRANT SELECT ON popgate.citizen_records_by_ward_month TO popgate_gateway;
+        -- An instance with only this role reads the schema's version, and
+        -- starts without DDL when it is current.
+        GRANT SELECT ON popgate.schema_migrations TO popgate_gateway;
         GRANT EXECUTE ON FUNCTION popgate.prepare_record_partitions(integer),
             popgate.drop_expired_record_partitions() TO popgate_gateway;
     END IF;
