@@ -91,6 +91,11 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// The warehouse's schema.
+    Warehouse {
+        #[command(subcommand)]
+        command: WarehouseCommand,
+    },
     /// Access policies.
     Policy {
         #[command(subcommand)]
@@ -137,6 +142,19 @@ enum CertsCommand {
         dir: PathBuf,
         #[arg(long)]
         app: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WarehouseCommand {
+    /// Applies the schema migrations this build needs, as a role that may create tables; the instances then start with the gateway's role only.
+    Migrate {
+        /// PostgreSQL URL of the schema's owner.
+        #[arg(long)]
+        admin_url: String,
+        /// CA certificate (PEM) of the warehouse's server certificate: connect with TLS (verify-full).
+        #[arg(long)]
+        warehouse_ca: Option<PathBuf>,
     },
 }
 
@@ -352,6 +370,24 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Admin { console, command } => return popgate::console::run_admin(&console, command).await,
         Command::Audit { console, command } => return popgate::console::run_audit(&console, command).await,
+        Command::Warehouse {
+            command:
+                WarehouseCommand::Migrate {
+                    admin_url,
+                    warehouse_ca,
+                },
+        } => {
+            let tls = match &warehouse_ca {
+                Some(ca) => popgate::warehouse::WarehouseTls::verify_full(ca)?,
+                None => popgate::warehouse::WarehouseTls::Disable,
+            };
+            popgate::warehouse::migrate_with(&admin_url, &tls).await?;
+            println!(
+                "the warehouse at {} is at schema version {}",
+                popgate::warehouse::destination(&admin_url),
+                popgate::warehouse::MIGRATIONS.last().map_or(0, |m| m.0)
+            );
+        }
         Command::Policy {
             command: PolicyCommand::Check { path, province },
         } => {
