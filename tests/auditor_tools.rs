@@ -570,6 +570,24 @@ async fn a_bundle_verifies_offline_after_the_gateway_stops_and_names_an_altered_
     std::fs::write(&other, json!({"test-1": [stranger.public_key()]}).to_string()).expect("keys");
     let (code, out) = verify_bundle(&file, &other);
     assert_eq!(code, 1, "{out}");
+    // The policy versions in force travel with their signatures: files
+    // changed, or a version signed by a key nobody trusts, are named.
+    let mut policy = bundle.clone();
+    let files = policy["policy_versions"][0]["files"]
+        .as_object_mut()
+        .expect("files");
+    let first = files.keys().next().expect("a file").clone();
+    files.insert(first, json!("# emptied"));
+    std::fs::write(&file, serde_json::to_vec(&policy).expect("json")).expect("bundle");
+    let (code, out) = verify_bundle(&file, &keys);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not match its files"), "{out}");
+    let mut forged = bundle.clone();
+    forged["policy_versions"][0]["public_key"] = json!(stranger.public_key());
+    std::fs::write(&file, serde_json::to_vec(&forged).expect("json")).expect("bundle");
+    let (code, out) = verify_bundle(&file, &keys);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not trusted for instance test-1"), "{out}");
     assert!(
         out.contains("not trusted") || out.contains("not signed by a trusted key"),
         "{out}"

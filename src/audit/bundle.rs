@@ -387,8 +387,18 @@ pub fn verify(bundle: &Bundle, trusted: Option<&TrustedKeys>) -> Verdict {
                 _ => None,
             },
         };
+        let signer_trusted = match (&pv.signed_by, &pv.public_key) {
+            (Some(instance), Some(key)) => trusted_for(trusted, bundle, instance).contains(&key.as_str()),
+            _ => false,
+        };
         if stored.signature.is_none() {
             p.push(format!("policy version {}: not signed", pv.version));
+        } else if !signer_trusted {
+            p.push(format!(
+                "policy version {}: signed with a key that is not trusted for instance {}",
+                pv.version,
+                pv.signed_by.as_deref().unwrap_or("?")
+            ));
         } else if !signature_matches(&stored) {
             p.push(format!(
                 "policy version {}: its signature does not match its files",
