@@ -254,15 +254,15 @@ pub async fn connect_with(url: &str, tls: &WarehouseTls) -> Result<tokio_postgre
     }
 }
 
-/// The newest migration the warehouse records; `None` when it has no
-/// schema yet (or this role may not read it).
-async fn applied_version(client: &tokio_postgres::Client) -> Result<Option<i32>> {
+/// The migrations the warehouse records; `None` when it has no schema yet
+/// (or this role may not read it).
+async fn applied_versions(client: &tokio_postgres::Client) -> Result<Option<Vec<i32>>> {
     use tokio_postgres::error::SqlState;
     match client
-        .query_one("SELECT max(version) FROM popgate.schema_migrations", &[])
+        .query("SELECT version FROM popgate.schema_migrations", &[])
         .await
     {
-        Ok(row) => Ok(row.get(0)),
+        Ok(rows) => Ok(Some(rows.iter().map(|r| r.get(0)).collect())),
         Err(e)
             if [
                 SqlState::UNDEFINED_TABLE,
@@ -287,20 +287,19 @@ pub async fn migrate(admin_url: &str) -> Result<()> {
 pub async fn migrate_with(admin_url: &str, tls: &WarehouseTls) -> Result<()> {
     let mut client = connect_with(admin_url, tls).await?;
     let latest = MIGRATIONS.last().map_or(0, |m| m.0);
-    // A schema that is already current needs no DDL: an instance with only
-    // the gateway's role starts on a warehouse another one migrated.
-    match applied_version(&client).await? {
-        Some(v) if v >= latest => {
-            if v > latest {
+    // A schema that has every migration already needs no DDL: an instance
+    // with only the gateway's role starts on a warehouse another migrated.
+    if let Some(applied) = applied_versions(&client).await? {
+        if MIGRATIONS.iter().all(|m| applied.contains(&m.0)) {
+            if let Some(newer) = applied.iter().find(|v| **v > latest) {
                 tracing::warn!(
-                    schema = v,
+                    schema = newer,
                     this_build = latest,
                     "the warehouse schema is newer than this build"
                 );
             }
             return Ok(());
         }
-        _ => {}
     }
     let refused = |e: tokio_postgres::Error| {
         if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
