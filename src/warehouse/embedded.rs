@@ -232,7 +232,30 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
+    /// Starts the server; when it exits at once because another process
+    /// took its port in the meantime (tests start clusters side by side),
+    /// tries again on another port.
     fn launch(&mut self) -> anyhow::Result<()> {
+        let mut attempt = 0;
+        loop {
+            match self.launch_once() {
+                Err(e) if attempt < 2 && self.port_was_taken() => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, "the embedded PostgreSQL's port was taken; trying another");
+                    let _ = fs::remove_file(self.base.join("port"));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether the last start failed on its listening address.
+    fn port_was_taken(&self) -> bool {
+        fs::read_to_string(self.base.join("postgres.log"))
+            .is_ok_and(|log| log.contains("could not bind") || log.contains("Address already in use"))
+    }
+
+    fn launch_once(&mut self) -> anyhow::Result<()> {
         let data = self.base.join("data");
         // A server left running by a killed process would hold the data dir.
         if data.join("postmaster.pid").exists() {
