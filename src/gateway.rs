@@ -585,7 +585,7 @@ async fn watch_tls_files(tls: Arc<tls::ReloadableServerTls>, mut shutdown: watch
 async fn refresh_policy(
     warehouse: &Warehouse,
     policy: &PolicyStore,
-    alerts: &crate::audit::alerts::Engine,
+    alerts: &Arc<crate::audit::alerts::Engine>,
 ) -> anyhow::Result<()> {
     if let Some(version) = warehouse.expire_freezes().await? {
         tracing::warn!(
@@ -634,7 +634,7 @@ async fn follow_policy(
     alerts: Arc<crate::audit::alerts::Engine>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let alerts = &*alerts;
+    let alerts = &alerts;
     loop {
         // A dedicated connection that LISTENs; rebuilt whenever it drops.
         let Ok(mut listener) = warehouse.listen_for_policy_changes().await else {

@@ -339,11 +339,18 @@ impl Engine {
 
     /// Stores an alert raised outside a tick (a refused policy signature, a
     /// failed verify), counts it and sends it on when it is new.
-    pub async fn raise(&self, a: NewAlert) -> Result<Alert> {
+    pub async fn raise(self: &Arc<Self>, a: NewAlert) -> Result<Alert> {
         let (alert, new) = self.warehouse.raise_alert(&a).await?;
         if new {
             self.announce(a.rule, &alert);
-            self.send_unsent().await?;
+            // Sent on in the background: a slow webhook never holds up the
+            // request that raised the alert.
+            let engine = self.clone();
+            tokio::spawn(async move {
+                if let Err(error) = engine.send_unsent().await {
+                    tracing::warn!(%error, "cannot read the alerts to send on");
+                }
+            });
         }
         Ok(alert)
     }
