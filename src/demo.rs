@@ -29,6 +29,8 @@ pub struct DemoOptions {
     pub limit_scale: f64,
     /// Share of the simulator's residences coded before the 2025 reform.
     pub legacy_address_share: f64,
+    /// Gateway instances on the one warehouse (`demo-1` … `demo-N`).
+    pub instances: u16,
 }
 
 /// The demo's share of residences coded before the 2025 reform.
@@ -82,7 +84,28 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     config.gateway.province = opts.province;
     config.upstream.service_code = "POPGATE-DEMO".to_owned();
     config.upstream.integration_code = format!("POPGATE-{:02}", opts.province);
-    config.rate_limits.scale = opts.limit_scale;
+    let instances = opts.instances.max(1);
+    // Each instance enforces every limit on its own (limits are not shared
+    // yet): N instances each take 1/N, so that the province's totals hold.
+    config.rate_limits.scale = opts.limit_scale / f64::from(instances);
+    // The key auditors pin when they verify the instances' checkpoints; the
+    // instances share the demo's signing key and trust each other's
+    // signatures of policy versions through the same file.
+    let signer = crate::audit::checkpoint::Signer::from_file(&layout.audit_signing_key())?;
+    let trusted_keys = dir.join("audit-trusted-keys.json");
+    let names: Vec<String> = (1..=instances).map(|k| format!("demo-{k}")).collect();
+    let keys: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .map(|n| (n.clone(), json!([signer.public_key()])))
+        .collect();
+    pki::write_file(
+        &trusted_keys,
+        serde_json::Value::Object(keys).to_string().as_bytes(),
+        0o644,
+    )?;
+    if instances > 1 {
+        config.audit.trusted_keys = Some(trusted_keys.clone());
+    }
     pki::write_file(&dir.join("gateway.toml"), config.to_toml().as_bytes(), 0o600)?;
     let gateway = match Gateway::start(&config).await {
         Ok(g) => g,
@@ -91,17 +114,30 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
             return Err(e);
         }
     };
-
-    // The key auditors pin when they verify this instance's checkpoints.
-    let signer = crate::audit::checkpoint::Signer::from_file(&layout.audit_signing_key())?;
-    let trusted_keys = dir.join("audit-trusted-keys.json");
-    pki::write_file(
-        &trusted_keys,
-        json!({ config.gateway.instance_id.clone(): [signer.public_key()] })
-            .to_string()
-            .as_bytes(),
-        0o644,
-    )?;
+    // The others on the first one's warehouse, with the gateway's role only
+    // (the first one migrated it), each with its own journal and chain.
+    let mut others: Vec<Gateway> = Vec::new();
+    for name in names.iter().skip(1) {
+        let mut c = config.clone();
+        c.gateway.instance_id = name.clone();
+        c.gateway.data_dir = dir.join("instances").join(name);
+        c.gateway.listen = ([127, 0, 0, 1], free_port()?).into();
+        c.gateway.ops_listen = ([127, 0, 0, 1], free_port()?).into();
+        c.warehouse.url = Some(gateway.warehouse_url.clone());
+        c.warehouse.admin_url = None;
+        match Gateway::start(&c).await {
+            Ok(g) => others.push(g),
+            Err(e) => {
+                for g in others {
+                    g.stop().await;
+                }
+                gateway.stop().await;
+                sim.stop().await;
+                return Err(e.context(format!("instance {name} did not start")));
+            }
+        }
+    }
+    let all: Vec<&Gateway> = std::iter::once(&gateway).chain(others.iter()).collect();
     let sample_ids = sim.sim.population().sample_ids(SAMPLE_IDS);
     let ready = json!({
         "gateway_url": format!("https://{}", gateway.gateway_addr),
@@ -122,6 +158,8 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         "warehouse_admin_url": gateway.warehouse_admin_url,
         "audit_trusted_keys": trusted_keys,
         "audit_anchor": config.audit.journal_dir(&config.gateway.data_dir).join(crate::audit::journal::CHECKPOINT_LOG),
+        "gateway_urls": all.iter().map(|g| format!("https://{}", g.gateway_addr)).collect::<Vec<_>>(),
+        "ops_urls": all.iter().map(|g| format!("http://{}", g.ops_addr)).collect::<Vec<_>>(),
         "pid": std::process::id(),
     });
     let ready_path = dir.join("ready.json");
@@ -139,6 +177,9 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     };
     eprintln!("popgate demo: stopping");
     let _ = std::fs::remove_file(&ready_path);
+    for g in others {
+        g.stop().await;
+    }
     gateway.stop().await;
     sim.stop().await;
     served

@@ -58,6 +58,9 @@ enum Command {
         /// Share of the simulator's residences coded as before the 2025 reform (old province, district and ward codes).
         #[arg(long, default_value_t = popgate::demo::DEMO_LEGACY_ADDRESS_SHARE, value_parser = fraction)]
         legacy_address_share: f64,
+        /// Gateway instances (demo-1 … demo-N) on the one warehouse, each with its own journal and chain; each takes 1/N of every rate limit (limits are not shared yet).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+        instances: u16,
     },
     /// Prints an officer token from the demo identity provider in DIR, bound to APP's certificate.
     Token {
@@ -306,8 +309,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             population,
             limit_scale,
             legacy_address_share,
+            instances,
         } => {
             let opts = popgate::demo::DemoOptions {
+                instances,
                 legacy_address_share,
                 dir,
                 policies,

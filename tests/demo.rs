@@ -381,3 +381,80 @@ fn readyz(addr: &str) -> String {
     let _ = s.read_to_string(&mut out);
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_with_two_instances_serves_through_both_on_one_warehouse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let demo_dir = dir.path().join("demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_popgate"))
+        .args(["demo", "--instances", "2", "--population", "20000", "--dir"])
+        .arg(&demo_dir)
+        .current_dir("/")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let ready = wait_for(&demo_dir.join("ready.json"), Duration::from_secs(90)).expect("ready.json appears");
+    let urls: Vec<String> = serde_json::from_value(ready["gateway_urls"].clone()).expect("gateway_urls");
+    assert_eq!(urls.len(), 2, "{ready}");
+    assert_eq!(ready["gateway_url"], urls[0].as_str());
+    let ca = Path::new(ready["ca_cert"].as_str().expect("ca"));
+    let cert = Path::new(ready["apps"]["mot-cua"]["cert"].as_str().expect("cert"));
+    let key = Path::new(ready["apps"]["mot-cua"]["key"].as_str().expect("key"));
+    let client = TestClient::new(ca, Some((cert, key)));
+    let d = demo_dir.to_str().expect("path");
+    let out = Command::new(env!("CARGO_BIN_EXE_popgate"))
+        .args([
+            "token", "--app", "mot-cua", "--sub", "canbo-2", "--role", "officer", "--dir", d,
+        ])
+        .output()
+        .expect("token");
+    let token = String::from_utf8(out.stdout).expect("utf8").trim().to_owned();
+    let id = ready["sample_personal_ids"][0].as_str().expect("id").to_owned();
+    let body =
+        json!({"personal_id": id, "purpose": "administrative-procedure", "case_ref": "HS-2026-000930"})
+            .to_string();
+    for url in &urls {
+        let r = client
+            .post(&format!("{url}/v1/citizens/lookup"), Some(&token), &body)
+            .await
+            .expect("lookup");
+        assert!(r.status == 200 || r.status == 403, "{url}: {}", r.body);
+        assert_eq!(r.body["policy_version"], 1, "both serve the one policy version");
+    }
+    // Both chains reach the one warehouse and verify against the pinned keys.
+    let keys = ready["audit_trusted_keys"].as_str().expect("keys").to_owned();
+    let warehouse = ready["warehouse_admin_url"].as_str().expect("url").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_popgate"))
+            .args([
+                "audit",
+                "verify",
+                "--warehouse",
+                &warehouse,
+                "--trusted-keys",
+                &keys,
+            ])
+            .output()
+            .expect("verify");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && said.contains("audit log whole: 2 instance(s)") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{said}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(exit.success(), "{exit}");
+}
