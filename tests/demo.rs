@@ -328,19 +328,7 @@ async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
     // inside it.
     let pg_pid_file = demo_dir.join("pg/data/postmaster.pid");
     assert!(pg_pid_file.exists(), "PostgreSQL runs in the demo directory");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "demo did not stop");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let exit = terminate(&mut child);
     assert!(exit.success(), "{exit}");
     assert!(!ready_path.exists(), "ready.json removed on shutdown");
     assert!(!pg_pid_file.exists(), "PostgreSQL stopped");
@@ -445,16 +433,23 @@ async fn demo_with_two_instances_serves_through_both_on_one_warehouse() {
         assert!(Instant::now() < deadline, "{said}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    let _ = Command::new("kill")
+    let exit = terminate(&mut child);
+    assert!(exit.success(), "{exit}");
+}
+
+/// SIGTERM, then the demo's exit status (within a minute).
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
-        .status();
+        .status()
+        .expect("kill");
+    assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
+    loop {
         if let Some(s) = child.try_wait().expect("wait") {
-            break s;
+            return s;
         }
         assert!(Instant::now() < deadline, "demo did not stop");
         std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(exit.success(), "{exit}");
+    }
 }
