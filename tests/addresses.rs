@@ -118,6 +118,27 @@ async fn an_old_coded_residence_is_judged_by_its_2025_ward_and_kept_both_ways() 
         .get(0);
     assert!(counted >= 1);
 
+    // The citizen's report names the old ward with its 2025 successor.
+    let report = env
+        .call_as(
+            "audit-cli",
+            "inspector-1",
+            "auditor",
+            "/audit/v1/citizens/accesses",
+            Some(&json!({"personal_id": id}).to_string()),
+        )
+        .await
+        .body;
+    let entry = report["accesses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["audit_id"] == audit_id.as_str()))
+        .cloned()
+        .expect("the access is reported");
+    assert_eq!(
+        entry["residence"], "Phường Hiệp Thành (cũ), nay thuộc Phường Phú Lợi, Thành phố Hồ Chí Minh",
+        "{entry}"
+    );
+
     // A citizen coded to an old ward of another province is refused.
     let elsewhere = (0..common::POPULATION)
         .map(|i| env.sim.population().citizen(i))

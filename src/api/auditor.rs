@@ -400,9 +400,12 @@ impl AuditApi {
                     .citizen_accesses(&key, window, cursor.as_ref(), today, limit)
                     .await?;
                 let next = (page.len() as i64 == limit)
-                    .then(|| page.last().map(|e| encode_cursor(&e.key)))
+                    .then(|| page.last().map(|(e, _)| encode_cursor(&e.key)))
                     .flatten();
-                let list: Vec<_> = page.iter().map(|e| access(policy, &key, e)).collect();
+                let list: Vec<_> = page
+                    .iter()
+                    .map(|(e, r)| access(policy, &key, e, r.as_ref()))
+                    .collect();
                 Ok(json_response(
                     StatusCode::OK,
                     &json!({
@@ -918,8 +921,8 @@ impl AuditApi {
                 .citizen_accesses(key, window, cursor.as_ref(), today, MAX_PAGE)
                 .await?;
             let full = page.len() as i64 == MAX_PAGE;
-            cursor = page.last().map(|e| e.key.clone());
-            all.extend(page.iter().map(|e| access(policy, key, e)));
+            cursor = page.last().map(|(e, _)| e.key.clone());
+            all.extend(page.iter().map(|(e, r)| access(policy, key, e, r.as_ref())));
             if all.len() >= LETTER_MAX {
                 truncated = full || all.len() > LETTER_MAX;
                 all.truncate(LETTER_MAX);

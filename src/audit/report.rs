@@ -13,7 +13,7 @@ use time::{Date, OffsetDateTime};
 use crate::clock::VIETNAM;
 use crate::policy::catalog::subfield_label;
 use crate::policy::PolicySet;
-use crate::warehouse::audit_queries::StoredEvent;
+use crate::warehouse::audit_queries::{Residence, StoredEvent};
 
 /// A label in both languages.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -58,6 +58,9 @@ pub struct Access {
     pub role: String,
     pub role_label: Label,
     pub fields: Vec<ReportField>,
+    /// Where the citizen lived by the record (the ward; an old-coded one
+    /// as "old (cũ), nay thuộc new, province").
+    pub residence: Option<String>,
     pub audit_id: String,
 }
 
@@ -110,7 +113,7 @@ pub fn vietnam_time(t: &OffsetDateTime) -> String {
 
 /// The report entry of one stored outcome event, for the citizen whose
 /// pseudonym is `key`.
-pub fn access(policy: &PolicySet, key: &str, e: &StoredEvent) -> Access {
+pub fn access(policy: &PolicySet, key: &str, e: &StoredEvent, residence: Option<&Residence>) -> Access {
     let b = &e.body;
     let text = |k: &str| b[k].as_str().map(str::to_owned);
     let app = text("app_id").unwrap_or_default();
@@ -169,6 +172,10 @@ pub fn access(policy: &PolicySet, key: &str, e: &StoredEvent) -> Access {
         role_label: role_label(&role),
         role,
         fields,
+        residence: residence.map(|r| match &r.old_ward {
+            Some(old) => format!("{old} (cũ), nay thuộc {}, {}", r.ward, r.province),
+            None => format!("{}, {}", r.ward, r.province),
+        }),
         audit_id: text("audit_id").unwrap_or_default(),
     }
 }
@@ -206,6 +213,7 @@ pub struct LetterRow {
     pub case_ref: String,
     pub role: String,
     pub fields: String,
+    pub residence: String,
 }
 
 impl Letter {
@@ -241,6 +249,7 @@ impl Letter {
                 legal_basis: a.legal_basis.clone().unwrap_or_else(|| "—".to_owned()),
                 case_ref: a.case_ref.clone().unwrap_or_else(|| "—".to_owned()),
                 role: a.role_label.vi.clone(),
+                residence: a.residence.clone().unwrap_or_else(|| "—".to_owned()),
                 fields: a
                     .fields
                     .iter()

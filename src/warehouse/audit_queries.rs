@@ -29,6 +29,16 @@ pub struct EventKey {
     pub seq: i64,
 }
 
+/// Where the warehouse record of an access says the citizen lived: the
+/// 2025 ward and province, and the old ward when the source still coded
+/// the address before the reform.
+#[derive(Debug, Clone)]
+pub struct Residence {
+    pub ward: String,
+    pub province: String,
+    pub old_ward: Option<String>,
+}
+
 /// One event as the warehouse holds it.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
@@ -56,7 +66,12 @@ LIMIT $12";
 /// A citizen's granted accesses (as any subject), newest first, with the
 /// accesses that a disclosure hold in force on `today` covers left out.
 const CITIZEN_ACCESSES: &str = "
-SELECT e.ts, e.instance_id, e.seq, e.body, e.prev_hash, e.hash FROM popgate.audit_events e
+SELECT e.ts, e.instance_id, e.seq, e.body, e.prev_hash, e.hash,
+       r.ward_name, r.province_name, r.residence_old_ward_name
+FROM popgate.audit_events e
+LEFT JOIN LATERAL (
+    SELECT ward_name, province_name, residence_old_ward_name FROM popgate.citizen_records
+    WHERE audit_id = e.audit_id AND citizen_key = $1 LIMIT 1) r ON true
 WHERE (e.citizen_key = $1 OR e.subject_keys @> ARRAY[$1::text])
   AND e.decision = 'granted' AND e.body->>'kind' = 'outcome'
   AND ($2::timestamptz IS NULL OR e.ts >= $2)
@@ -127,7 +142,7 @@ impl Warehouse {
         cursor: Option<&EventKey>,
         today: time::Date,
         limit: i64,
-    ) -> Result<Vec<StoredEvent>> {
+    ) -> Result<Vec<(StoredEvent, Option<Residence>)>> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
@@ -144,7 +159,17 @@ impl Warehouse {
                 ],
             )
             .await?;
-        Ok(rows.iter().map(stored_event).collect())
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let residence = r.get::<_, Option<String>>(6).map(|ward| Residence {
+                    ward,
+                    province: r.get::<_, Option<String>>(7).unwrap_or_default(),
+                    old_ward: r.get(8),
+                });
+                (stored_event(r), residence)
+            })
+            .collect())
     }
 
     /// One event by its audit id.
