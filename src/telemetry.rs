@@ -76,6 +76,8 @@ pub struct RequestTrace {
     /// The caller's span, from `traceparent`.
     pub remote_parent: Option<[u8; 8]>,
     pub started: Option<SystemTime>,
+    /// Steps are recorded only when spans are exported.
+    pub recording: bool,
     pub steps: Vec<Span>,
 }
 
@@ -110,27 +112,35 @@ pub fn parse_traceparent(header: &str) -> Option<([u8; 16], [u8; 8])> {
 }
 
 impl RequestTrace {
-    /// A new trace, continuing the caller's when `traceparent` says so.
-    pub fn start(traceparent: Option<&str>) -> RequestTrace {
+    /// A new trace, continuing the caller's when `traceparent` says so;
+    /// it records its steps when `tracer` exports them.
+    pub fn start(traceparent: Option<&str>, tracer: &Tracer) -> RequestTrace {
         let (trace_id, remote_parent) = match traceparent.and_then(parse_traceparent) {
             Some((t, p)) => (t, Some(p)),
-            None => (random(), None),
+            None if tracer.enabled() => (random(), None),
+            None => ([0; 16], None),
         };
         RequestTrace {
             trace_id,
-            span_id: random(),
+            span_id: if tracer.enabled() { random() } else { [0; 8] },
             remote_parent,
             started: Some(SystemTime::now()),
+            recording: tracer.enabled(),
             steps: Vec::new(),
         }
     }
 
-    pub fn trace_id_hex(&self) -> String {
-        crate::audit::event::hex(&self.trace_id)
+    /// The trace id (hex) to record in audit events: one the app sent, or
+    /// one that is exported; `None` otherwise.
+    pub fn audit_trace_id(&self) -> Option<String> {
+        (self.recording || self.remote_parent.is_some()).then(|| crate::audit::event::hex(&self.trace_id))
     }
 
     /// Records a step that began at `start` and ends now.
     pub fn step(&mut self, name: &'static str, start: SystemTime, error: bool) {
+        if !self.recording {
+            return;
+        }
         self.steps.push(Span {
             trace_id: self.trace_id,
             span_id: random(),
@@ -148,12 +158,13 @@ impl RequestTrace {
         &mut self,
         tracer: &Tracer,
         name: &'static str,
-        attributes: Vec<(&'static str, Value)>,
+        attributes: impl FnOnce() -> Vec<(&'static str, Value)>,
         error: bool,
     ) {
-        if !tracer.enabled() {
+        if !self.recording {
             return;
         }
+        let attributes = attributes();
         for s in self.steps.drain(..) {
             tracer.submit(s);
         }

@@ -138,15 +138,11 @@ impl Api {
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let trace = crate::telemetry::RequestTrace::start(traceparent.as_deref());
-        let continued = traceparent
-            .as_deref()
-            .and_then(crate::telemetry::parse_traceparent)
-            .is_some();
+        let trace = crate::telemetry::RequestTrace::start(traceparent.as_deref(), &self.tracer);
         let mut trail = Trail {
             audit_id: uuid::Uuid::now_v7().to_string(),
             request_id: uuid::Uuid::now_v7().to_string(),
-            trace_id: (continued || self.tracer.enabled()).then(|| trace.trace_id_hex()),
+            trace_id: trace.audit_trace_id(),
             trace,
             ..Trail::default()
         };
@@ -224,25 +220,27 @@ impl Api {
         trail.trace.finish(
             &self.tracer,
             "request",
-            vec![
-                (
-                    "popgate.operation",
-                    serde_json::Value::from(trail.operation.clone()),
-                ),
-                (
-                    "popgate.app",
-                    serde_json::Value::from(trail.app_id.clone().unwrap_or_default()),
-                ),
-                (
-                    "popgate.policy_version",
-                    serde_json::Value::from(trail.policy_version.unwrap_or(0)),
-                ),
-                ("http.response.status_code", serde_json::Value::from(status)),
-                (
-                    "popgate.request_id",
-                    serde_json::Value::from(trail.request_id.clone()),
-                ),
-            ],
+            || {
+                vec![
+                    (
+                        "popgate.operation",
+                        serde_json::Value::from(trail.operation.clone()),
+                    ),
+                    (
+                        "popgate.app",
+                        serde_json::Value::from(trail.app_id.clone().unwrap_or_default()),
+                    ),
+                    (
+                        "popgate.policy_version",
+                        serde_json::Value::from(trail.policy_version.unwrap_or(0)),
+                    ),
+                    ("http.response.status_code", serde_json::Value::from(status)),
+                    (
+                        "popgate.request_id",
+                        serde_json::Value::from(trail.request_id.clone()),
+                    ),
+                ]
+            },
             status >= 500,
         );
         tracing::info!(

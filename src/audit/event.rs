@@ -201,15 +201,7 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 pub fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        let pair = std::str::from_utf8(chunk).ok()?;
-        out[i] = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(out)
+    unhex(s)?.try_into().ok()
 }
 
 /// SHA-256 of some bytes, hex.
