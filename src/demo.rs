@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::sim::idp::{Account, IdpSettings, RegisteredClient, RunningIdp};
 use crate::sim::{Faults, SimSettings, Simulator};
 use crate::tls::pki::{self, PkiLayout, DEMO_TOKEN_AUDIENCE, DEMO_TOKEN_ISSUER, SAMPLE_APPS};
 use crate::warehouse::embedded::free_port;
@@ -72,7 +73,16 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         .parent()
         .map(|p| p.join("alerts.toml"))
         .filter(|p| p.is_file());
+    // The demo identity provider, and the console that signs in there.
+    let (mut idp, console) = match start_identity_provider(&dir, &layout) {
+        Ok(started) => started,
+        Err(e) => {
+            sim.stop().await;
+            return Err(e);
+        }
+    };
     let mut config = Config::development(&layout, sim.url(), policies, dir.clone());
+    config.console = Some(console.section.clone());
     config.alerts.rules = alert_rules;
     // `popgate certs revoke` publishes here; the gateway reloads it.
     if layout.apps_crl().exists() {
@@ -110,6 +120,7 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     let gateway = match Gateway::start(&config).await {
         Ok(g) => g,
         Err(e) => {
+            idp.stop().await;
             sim.stop().await;
             return Err(e);
         }
@@ -125,6 +136,8 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         c.gateway.ops_listen = ([127, 0, 0, 1], free_port()?).into();
         c.warehouse.url = Some(gateway.warehouse_url.clone());
         c.warehouse.admin_url = None;
+        // One console is enough: it acts on the shared warehouse.
+        c.console = None;
         match Gateway::start(&c).await {
             Ok(g) => others.push(g),
             Err(e) => {
@@ -132,6 +145,7 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
                     g.stop().await;
                 }
                 gateway.stop().await;
+                idp.stop().await;
                 sim.stop().await;
                 return Err(e.context(format!("instance {name} did not start")));
             }
@@ -160,6 +174,11 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         "audit_anchor": config.audit.journal_dir(&config.gateway.data_dir).join(crate::audit::journal::CHECKPOINT_LOG),
         "gateway_urls": all.iter().map(|g| format!("https://{}", g.gateway_addr)).collect::<Vec<_>>(),
         "ops_urls": all.iter().map(|g| format!("http://{}", g.ops_addr)).collect::<Vec<_>>(),
+        "console_url": gateway.console_addr.map(|a| format!("https://{a}")),
+        "console_accounts": console.accounts.iter().map(|a| json!({
+            "name": a.name, "role": a.role, "password": a.password,
+        })).collect::<Vec<_>>(),
+        "identity_provider_url": idp.issuer(),
         "pid": std::process::id(),
     });
     let ready_path = dir.join("ready.json");
@@ -170,7 +189,8 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         &gateway.ops_addr.to_string(),
         &sample_ids,
         &ready_path,
-    );
+    )
+    .map(|()| print_console(gateway.console_addr, &console.accounts));
     let served = match printed {
         Ok(()) => gateway.run_until(stop).await,
         Err(e) => Err(e),
@@ -181,8 +201,112 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         g.stop().await;
     }
     gateway.stop().await;
+    idp.stop().await;
     sim.stop().await;
     served
+}
+
+/// The demo's console: its config section and the accounts that sign in.
+struct DemoConsole {
+    section: crate::config::ConsoleSection,
+    accounts: Vec<Account>,
+}
+
+/// The demo officials: two policy admins (four eyes), an auditor, and an
+/// officer whom the console refuses.
+const DEMO_ACCOUNTS: &[(&str, &str, &str)] = &[
+    ("qtv-01", "Nguyễn Văn An", "policy-admin"),
+    ("qtv-02", "Trần Thị Bình", "policy-admin"),
+    ("kiemtra-01", "Lê Minh Cường", "auditor"),
+    ("canbo-01", "Phạm Thu Dung", "officer"),
+];
+
+/// The console's client id at the demo identity provider.
+const CONSOLE_CLIENT_ID: &str = "popgate-console";
+
+/// Starts the demo identity provider on a free port; the accounts and the
+/// console's client secret are made once per directory (owner-only) and
+/// reused.
+fn start_identity_provider(dir: &Path, layout: &PkiLayout) -> anyhow::Result<(RunningIdp, DemoConsole)> {
+    let accounts_file = dir.join("console-accounts.json");
+    let accounts: Vec<Account> = match std::fs::read(&accounts_file) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not the demo's account list", accounts_file.display()))?,
+        Err(_) => {
+            let made: Vec<Account> = DEMO_ACCOUNTS
+                .iter()
+                .map(|(name, display, role)| Account {
+                    name: (*name).to_owned(),
+                    display_name: (*display).to_owned(),
+                    role: (*role).to_owned(),
+                    password: crate::console::oidc::random_secret()[..12].to_owned(),
+                })
+                .collect();
+            pki::write_file(
+                &accounts_file,
+                serde_json::to_string_pretty(&made)?.as_bytes(),
+                0o600,
+            )?;
+            made
+        }
+    };
+    let secret_file = dir.join("console-client-secret");
+    if !secret_file.exists() {
+        pki::write_file(
+            &secret_file,
+            crate::console::oidc::random_secret().as_bytes(),
+            0o600,
+        )?;
+    }
+    let secret = std::fs::read_to_string(&secret_file)?.trim().to_owned();
+    let idp_listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    idp_listener.set_nonblocking(true)?;
+    let idp_listener = tokio::net::TcpListener::from_std(idp_listener)?;
+    let console_listen: std::net::SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let redirect = format!("https://{console_listen}/auth/callback");
+    let jwks: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.jwks())?)?;
+    let tls = crate::tls::browser_server_config(&layout.gateway_cert(), &layout.gateway_key(), None)?;
+    let idp = RunningIdp::spawn(
+        idp_listener,
+        tls,
+        IdpSettings {
+            key_pem: std::fs::read(layout.idp_key())?,
+            kid: pki::DEMO_TOKEN_KID.to_owned(),
+            jwks,
+            accounts: accounts.clone(),
+            client: RegisteredClient {
+                id: CONSOLE_CLIENT_ID.to_owned(),
+                secret,
+                redirect_url: redirect.clone(),
+            },
+            attempts_per_minute: 5,
+        },
+    )?;
+    let section = crate::config::ConsoleSection {
+        listen: console_listen,
+        client_ca: None,
+        idle_timeout: crate::config::DEFAULT_CONSOLE_IDLE,
+        oidc: crate::config::OidcSection {
+            issuer: idp.issuer().parse()?,
+            client_id: CONSOLE_CLIENT_ID.to_owned(),
+            client_secret_file: secret_file,
+            redirect_url: redirect.parse()?,
+            ca: layout.apps_ca_cert(),
+        },
+    };
+    Ok((idp, DemoConsole { section, accounts }))
+}
+
+fn print_console(addr: Option<std::net::SocketAddr>, accounts: &[Account]) {
+    let Some(addr) = addr else { return };
+    println!();
+    println!("Web console: https://{addr}/ (the certificate is the demo CA's: ca_cert in ready.json)");
+    for a in accounts {
+        println!(
+            "  sign in as {:<11} password {}   ({})",
+            a.name, a.password, a.role
+        );
+    }
 }
 
 /// The policy directory the demo imports: the one given, else `policies/`

@@ -64,6 +64,8 @@ pub struct StartOptions {
 pub struct Gateway {
     pub gateway_addr: SocketAddr,
     pub ops_addr: SocketAddr,
+    /// The web console's address, when `[console]` is configured.
+    pub console_addr: Option<SocketAddr>,
     pub policy: Arc<PolicyStore>,
     /// The gateway's own warehouse login.
     pub warehouse_url: String,
@@ -384,9 +386,17 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
         tls: server_tls.active.clone(),
         metrics: metrics.clone(),
         recorder: recorder.clone(),
-        console: ConsoleAccess {
-            admin_apps: config.gateway.admin_apps.clone(),
-            audit_apps: config.gateway.audit_apps.clone(),
+        console: {
+            // The web console acts as an app of its own on both surfaces.
+            let web: Vec<String> = config
+                .console
+                .iter()
+                .map(|_| crate::console::CONSOLE_APP_ID.to_owned())
+                .collect();
+            ConsoleAccess {
+                admin_apps: config.gateway.admin_apps.iter().chain(&web).cloned().collect(),
+                audit_apps: config.gateway.audit_apps.iter().chain(&web).cloned().collect(),
+            }
         },
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: config.limits.request_timeout,
@@ -435,7 +445,30 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let limits = config.limits.server_limits();
-    let mut tasks = vec![
+    let mut console_addr = None;
+    let mut tasks = Vec::new();
+    if let Some(c) = &config.console {
+        let listener = TcpListener::bind(c.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (console.listen)", c.listen))?;
+        console_addr = Some(listener.local_addr()?);
+        let tls = tls::browser_server_config(&config.tls.cert, &config.tls.key, c.client_ca.as_deref())?;
+        let oidc = crate::console::oidc::Oidc::new(&c.oidc)?;
+        let console = Arc::new(crate::console::WebConsole::new(
+            api.clone(),
+            oidc,
+            c.idle_timeout,
+            options.clock.clone(),
+        ));
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            Some(tls::fixed(tls)),
+            limits.clone(),
+            move |req, peer| console.clone().handle(req, peer),
+            shutdown_rx.clone(),
+        )));
+    }
+    tasks.extend([
         tokio::spawn(server::serve(
             gateway_listener,
             Some(server_tls.active.clone()),
@@ -464,7 +497,7 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
             shutdown_rx.clone(),
         )),
         tokio::spawn(watch_tls_files(server_tls.clone(), shutdown_rx.clone())),
-    ];
+    ]);
     if config.alerts.enabled {
         tasks.push(tokio::spawn(alerts.run(shutdown_rx.clone())));
     }
@@ -474,9 +507,13 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
     }
     status.set_listening(true);
     tracing::info!(%gateway_addr, %ops_addr, "gateway listening");
+    if let Some(addr) = console_addr {
+        tracing::info!(%addr, "web console listening");
+    }
     Ok(Gateway {
         gateway_addr,
         ops_addr,
+        console_addr,
         policy,
         warehouse_url: url,
         warehouse_admin_url: admin_url,

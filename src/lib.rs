@@ -29,16 +29,19 @@
 //! - [`warehouse`]: PostgreSQL and every SQL statement: embedded cluster, migrations,
 //!   pool (TLS with rustls), policy store, deliveries, queries;
 //!   [`warehouse::WarehouseError`].
-//! - [`sim`]: the national population DB simulator.
+//! - [`sim`]: the national population DB simulator; [`sim::idp`] the demo identity provider.
 //! - [`units`]: Vietnam's administrative units (2025).
 //! - [`clock`]: the wall clock of holds and reports, Vietnam's time zone.
 //! - [`client`]: the HTTPS client of the `admin` and `audit` commands.
-//! - [`console`]: the `popgate admin` and `popgate audit` commands.
+//! - [`cli`]: the `popgate admin` and `popgate audit` commands.
+//! - [`console`]: the web console of policy admins and auditors: sign-in by
+//!   OpenID Connect, server-side sessions, pages over the admin and audit surfaces.
 //! - [`demo`]: `popgate demo`, everything on embedded defaults.
 
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;

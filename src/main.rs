@@ -109,14 +109,14 @@ enum Command {
         #[command(flatten)]
         console: ConsoleArgs,
         #[command(subcommand)]
-        command: popgate::console::AuditCommand,
+        command: popgate::cli::AuditCommand,
     },
     /// Policy administration as a policy admin: list, propose, approve, reject, roll back, diff, simulate.
     Admin {
         #[command(flatten)]
         console: ConsoleArgs,
         #[command(subcommand)]
-        command: popgate::console::AdminCommand,
+        command: popgate::cli::AdminCommand,
     },
 }
 
@@ -373,8 +373,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 layout.apps_crl().display()
             );
         }
-        Command::Admin { console, command } => return popgate::console::run_admin(&console, command).await,
-        Command::Audit { console, command } => return popgate::console::run_audit(&console, command).await,
+        Command::Admin { console, command } => return popgate::cli::run_admin(&console, command).await,
+        Command::Audit { console, command } => return popgate::cli::run_audit(&console, command).await,
         Command::Warehouse {
             command:
                 WarehouseCommand::Migrate {

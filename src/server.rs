@@ -368,3 +368,11 @@ pub enum BodyError {
     #[error("request body could not be read")]
     Io,
 }
+
+/// Parses an `application/x-www-form-urlencoded` text (a query or a form).
+pub fn parse_form<T: serde::de::DeserializeOwned + Default>(text: &[u8]) -> T {
+    let pairs: serde_json::Map<String, serde_json::Value> = form_urlencoded::parse(text)
+        .map(|(k, v)| (k.into_owned(), serde_json::Value::from(v.into_owned())))
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(pairs)).unwrap_or_default()
+}

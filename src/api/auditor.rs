@@ -72,6 +72,8 @@ const TAKES_UNWATCH: &str = "the body takes personal_id (a string)";
 const TAKES_EVIDENCE: &str = "the body takes case_ref or personal_id, and optionally from and to (strings)";
 
 const DEFAULT_PAGE: i64 = 50;
+/// Officers the distinct-citizens chart names.
+const STATS_TOP_OFFICERS: i64 = 10;
 const MAX_PAGE: i64 = 500;
 const EXPORT_PAGE: i64 = 1000;
 /// A citizen report's page, by default and at most.
@@ -100,6 +102,7 @@ pub enum AuditOp {
     Watch,
     Unwatch,
     Evidence,
+    Stats,
 }
 
 impl AuditOp {
@@ -122,6 +125,7 @@ impl AuditOp {
             AuditOp::Watch => "watch",
             AuditOp::Unwatch => "unwatch",
             AuditOp::Evidence => "evidence",
+            AuditOp::Stats => "stats",
         }
     }
 }
@@ -626,6 +630,38 @@ impl AuditApi {
                 .await?;
                 trail.details = Some(json!({ "query": query, "events": bundle.matched.len() }));
                 Ok(json_response(StatusCode::OK, &json!(bundle)))
+            }
+            AuditOp::Stats => {
+                let days = match query_param(parts.uri.query(), "days") {
+                    None => 14,
+                    Some(d) => d
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|d| (1..=90).contains(d))
+                        .ok_or_else(|| bad("days must be a whole number of days, 1 to 90"))?,
+                };
+                let now = api.clock.now();
+                let stats = api
+                    .warehouse
+                    .access_stats(
+                        now - time::Duration::days(days),
+                        now - time::Duration::days(7),
+                        STATS_TOP_OFFICERS,
+                    )
+                    .await?;
+                trail.details = Some(json!({ "days": days }));
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "days": days,
+                        "accesses_by_day_and_app": stats.accesses_by_day_and_app.iter()
+                            .map(|(day, app, n)| json!({ "day": day, "app": app, "count": n })).collect::<Vec<_>>(),
+                        "denials_by_day_and_reason": stats.denials_by_day_and_reason.iter()
+                            .map(|(day, reason, n)| json!({ "day": day, "reason": reason, "count": n })).collect::<Vec<_>>(),
+                        "officers_by_distinct_citizens_7d": stats.officers_by_distinct_citizens.iter()
+                            .map(|(app, officer, n)| json!({ "app": app, "officer": officer, "citizens": n })).collect::<Vec<_>>(),
+                    }),
+                ))
             }
             AuditOp::LatestCheckpoints => Ok(json_response(
                 StatusCode::OK,

@@ -161,6 +161,24 @@ impl Api {
                 }
             }
         };
+        // The client left before the answer: nothing is released to anyone.
+        let gone = matches!(
+            client.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        );
+        self.conclude(trail, result, gone, started).await
+    }
+
+    /// The end of every request: the problem document of an error, the
+    /// outcome (or admin) event made durable before anything is released,
+    /// the trace, the log line and the metrics.
+    async fn conclude(
+        &self,
+        mut trail: Trail,
+        result: Result<Response<Body>, ApiError>,
+        client_gone: bool,
+        started: std::time::Instant,
+    ) -> Response<Body> {
         let (resp, mut decision, mut reason) = match result {
             Ok(resp) => (resp, "granted", None),
             Err(e) => {
@@ -175,14 +193,9 @@ impl Api {
                 )
             }
         };
-        // The client left before the answer: nothing is released to anyone.
         // (An admin or audit action took effect whether or not its caller
         // saw the answer: its decision stands.)
-        let abandoned = !trail.console
-            && matches!(
-                client.try_recv(),
-                Err(tokio::sync::oneshot::error::TryRecvError::Closed)
-            );
+        let abandoned = !trail.console && client_gone;
         if abandoned {
             decision = "abandoned";
             reason = Some(match reason {
@@ -258,6 +271,111 @@ impl Api {
             started.elapsed(),
         );
         finish(resp, &trail.request_id)
+    }
+
+    /// One action of the web console by an official signed in there: the
+    /// same surfaces, role checks and audit events as the API, with the
+    /// console as the app and the official as the officer. `path` may carry
+    /// a query; `accept` is the representation asked for.
+    pub async fn console_call(
+        &self,
+        console_app: &App,
+        official: &Official,
+        method: Method,
+        path: &str,
+        accept: &str,
+        body: Vec<u8>,
+    ) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let mut trail = self.console_trail(console_app, official);
+        let result = async {
+            let parts = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(http::header::ACCEPT, accept)
+                .body(())
+                .map_err(|_| ApiError::NoRoute)?
+                .into_parts()
+                .0;
+            let route = route(&method, parts.uri.path());
+            trail.operation = route.as_ref().map_or_else(|_| "none".to_owned(), Route::name);
+            let run = self.run_console(route?, console_app, official, parts, &body, &mut trail);
+            match tokio::time::timeout(self.request_timeout, run).await {
+                Ok(result) => result,
+                Err(_) => Err(ApiError::RequestTimeout),
+            }
+        }
+        .await;
+        self.conclude(trail, result, false, started).await
+    }
+
+    /// Records a console event of the console's own (a sign-in, refused or
+    /// not; a sign-out) as an admin event; the answer is the event's status.
+    pub async fn console_event(
+        &self,
+        console_app: &App,
+        official: &Official,
+        operation: &str,
+        outcome: Result<serde_json::Value, ApiError>,
+    ) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let mut trail = self.console_trail(console_app, official);
+        trail.operation = format!("console.{operation}");
+        trail.policy_version = Some(self.policy.snapshot().version);
+        let result = outcome.map(|details| {
+            trail.details = Some(details);
+            crate::server::json_response(StatusCode::OK, &serde_json::json!({}))
+        });
+        self.conclude(trail, result, false, started).await
+    }
+
+    fn console_trail(&self, console_app: &App, official: &Official) -> Trail {
+        let trace = crate::telemetry::RequestTrace::start(None, &self.tracer);
+        Trail {
+            console: true,
+            audit_id: uuid::Uuid::now_v7().to_string(),
+            request_id: uuid::Uuid::now_v7().to_string(),
+            trace_id: trace.audit_trace_id(),
+            trace,
+            app_id: Some(console_app.id.clone()),
+            officer_id: Some(official.id.clone()),
+            ..Trail::default()
+        }
+    }
+
+    async fn run_console(
+        &self,
+        route: Route,
+        console_app: &App,
+        official: &Official,
+        parts: http::request::Parts,
+        body: &[u8],
+        trail: &mut Trail,
+    ) -> Result<Response<Body>, ApiError> {
+        let policy = self.policy.snapshot();
+        trail.policy_version = Some(policy.version);
+        let caller = Caller {
+            app: console_app,
+            officer_id: official.id.clone(),
+            roles: official.roles.clone(),
+            unit: None,
+        };
+        self.limits
+            .check_officer(&console_app.id, &caller.officer_id)
+            .map_err(ApiError::RateLimited)?;
+        match route {
+            Route::App(_) => Err(ApiError::Forbidden(
+                "the console does not look up citizens: apps do, for a purpose".into(),
+            )),
+            Route::Admin(op) => {
+                self.console.require(&caller, Console::Admin)?;
+                self.admin.handle(op, &policy, &caller, &parts, body, trail).await
+            }
+            Route::Audit(op) => {
+                self.console.require(&caller, Console::Audit)?;
+                self.audit.handle(op, &policy, &caller, &parts, body, trail).await
+            }
+        }
     }
 
     async fn run(
@@ -343,6 +461,15 @@ impl Api {
     }
 }
 
+/// An official signed in to the web console (from the identity
+/// provider's ID token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Official {
+    pub id: String,
+    pub name: String,
+    pub roles: Vec<String>,
+}
+
 /// Every route of the mTLS listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -396,6 +523,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/audit/v1/watchlist"),
     ("POST", "/audit/v1/watchlist/remove"),
     ("POST", "/audit/v1/evidence"),
+    ("GET", "/audit/v1/stats"),
 ];
 
 /// Whether `path` fits `template`; the placeholder's value, if the
@@ -476,6 +604,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         "/audit/v1/watchlist" => Route::Audit(AuditOp::Watch),
         "/audit/v1/watchlist/remove" => Route::Audit(AuditOp::Unwatch),
         "/audit/v1/evidence" => Route::Audit(AuditOp::Evidence),
+        "/audit/v1/stats" => Route::Audit(AuditOp::Stats),
         _ => return Err(ApiError::NoRoute),
     })
 }

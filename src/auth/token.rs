@@ -73,6 +73,8 @@ pub enum TokenError {
     NotBound,
     #[error("the token was issued to another app (azp)")]
     WrongApp,
+    #[error("the ID token answers another sign-in (nonce)")]
+    WrongNonce,
     #[error("the token's unit is not a ward code")]
     BadUnit,
 }
@@ -174,6 +176,23 @@ struct Claims {
     cnf: Option<Confirmation>,
 }
 
+#[derive(Debug, Deserialize)]
+struct IdClaims {
+    sub: Option<String>,
+    iat: Option<u64>,
+    nonce: Option<String>,
+    name: Option<String>,
+    roles: Option<Vec<String>>,
+}
+
+/// What the console takes from a verified ID token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdToken {
+    pub sub: String,
+    pub name: Option<String>,
+    pub roles: Vec<String>,
+}
+
 /// RFC 8705 confirmation claim.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Confirmation {
@@ -244,33 +263,12 @@ impl TokenVerifier {
         cert: &CertificateDer<'_>,
         app: &str,
     ) -> Result<(Officer, u64), TokenError> {
-        let header = parse_token_header(token)?;
-        if !self.settings.algorithms.contains(&header.alg) {
-            return Err(TokenError::AlgorithmNotAllowed);
-        }
-        let kid = header.kid.as_deref().ok_or(TokenError::NoKeyId)?;
-        let jwk = match self.keys.load().find(kid) {
-            Some(jwk) => jwk.clone(),
-            None => self.refetch_for(kid).await.ok_or(TokenError::UnknownKey)?,
-        };
-        if !key_matches(&jwk, header.alg) {
-            return Err(TokenError::KeyMismatch);
-        }
-        let key = DecodingKey::from_jwk(&jwk).map_err(|_| TokenError::KeyMismatch)?;
-        let mut validation = Validation::new(header.alg);
-        validation.algorithms = vec![header.alg];
-        validation.leeway = self.settings.leeway_secs.min(MAX_LEEWAY_SECS);
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&self.settings.issuer]);
-        validation.set_audience(&[&self.settings.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(map_jwt_error)?;
-        let claims = data.claims;
+        let (claims, leeway) = self.decode::<Claims>(token).await?;
         let exp = claims.exp;
 
         let now = jsonwebtoken::get_current_timestamp();
         let iat = claims.iat.ok_or(TokenError::MissingClaim("iat"))?;
-        if iat > now + validation.leeway {
+        if iat > now + leeway {
             return Err(TokenError::IssuedInFuture);
         }
         let sub = claims
@@ -294,6 +292,61 @@ impl TokenVerifier {
             Some(u) => Some(u.parse::<u32>().map_err(|_| TokenError::BadUnit)?),
         };
         Ok((Officer { id: sub, unit, roles }, exp))
+    }
+
+    /// The checks every token of this issuer takes (an allowed asymmetric
+    /// algorithm, a known key of the matching type, the signature, `iss`,
+    /// `aud`, `exp`, `nbf`), then its claims; with the leeway applied.
+    async fn decode<C: serde::de::DeserializeOwned>(&self, token: &str) -> Result<(C, u64), TokenError> {
+        if token.len() > self.settings.max_token_bytes {
+            return Err(TokenError::TooLarge(self.settings.max_token_bytes));
+        }
+        let header = parse_token_header(token)?;
+        if !self.settings.algorithms.contains(&header.alg) {
+            return Err(TokenError::AlgorithmNotAllowed);
+        }
+        let kid = header.kid.as_deref().ok_or(TokenError::NoKeyId)?;
+        let jwk = match self.keys.load().find(kid) {
+            Some(jwk) => jwk.clone(),
+            None => self.refetch_for(kid).await.ok_or(TokenError::UnknownKey)?,
+        };
+        if !key_matches(&jwk, header.alg) {
+            return Err(TokenError::KeyMismatch);
+        }
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| TokenError::KeyMismatch)?;
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.leeway = self.settings.leeway_secs.min(MAX_LEEWAY_SECS);
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.settings.issuer]);
+        validation.set_audience(&[&self.settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<C>(token, &key, &validation).map_err(map_jwt_error)?;
+        Ok((data.claims, validation.leeway))
+    }
+
+    /// Verifies an OpenID Connect ID token of the console's sign-in: this
+    /// issuer, the console's client id as `aud`, the `nonce` of the sign-in
+    /// that asked for it, and `roles`.
+    pub async fn verify_id_token(&self, token: &str, nonce: &str) -> Result<IdToken, TokenError> {
+        let (claims, leeway) = self.decode::<IdClaims>(token).await?;
+        let now = jsonwebtoken::get_current_timestamp();
+        if claims.iat.ok_or(TokenError::MissingClaim("iat"))? > now + leeway {
+            return Err(TokenError::IssuedInFuture);
+        }
+        let sent = claims.nonce.ok_or(TokenError::MissingClaim("nonce"))?;
+        if !constant_time_eq(sent.as_bytes(), nonce.as_bytes()) {
+            return Err(TokenError::WrongNonce);
+        }
+        let sub = claims
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or(TokenError::MissingClaim("sub"))?;
+        Ok(IdToken {
+            sub,
+            name: claims.name,
+            roles: claims.roles.ok_or(TokenError::MissingClaim("roles"))?,
+        })
     }
 
     /// Reloads the key set if the last load is older than the refetch

@@ -74,6 +74,56 @@ pub struct Config {
     pub alerts: AlertsSection,
     #[serde(default)]
     pub telemetry: TelemetrySection,
+    /// The web console; none without this section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<ConsoleSection>,
+}
+
+/// The web console of policy admins and auditors (docs/console.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSection {
+    /// HTTPS, with the gateway's server certificate.
+    #[serde(default = "default_console_listen")]
+    pub listen: SocketAddr,
+    /// Also require officials' personal certificates chaining to this CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// A session unused this long is over.
+    #[serde(default = "default_console_idle", with = "de::secs")]
+    pub idle_timeout: Duration,
+    pub oidc: OidcSection,
+}
+
+/// The identity provider officials sign in at (OpenID Connect,
+/// authorization code with PKCE).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSection {
+    /// The provider's issuer URL; its discovery document is at
+    /// `ISSUER/.well-known/openid-configuration`.
+    #[serde(with = "de::https_uri")]
+    pub issuer: Uri,
+    pub client_id: String,
+    /// A file holding the console's client secret (owner-only).
+    pub client_secret_file: PathBuf,
+    /// Where the provider sends officials back: `https://CONSOLE/auth/callback`.
+    #[serde(with = "de::https_uri")]
+    pub redirect_url: Uri,
+    /// The CA of the provider's server certificate.
+    pub ca: PathBuf,
+}
+
+/// The console's address unless configured.
+pub const DEFAULT_CONSOLE_LISTEN: SocketAddr = SocketAddr::new(LOOPBACK, 8444);
+/// The console's idle timeout unless configured.
+pub const DEFAULT_CONSOLE_IDLE: Duration = Duration::from_secs(15 * 60);
+
+fn default_console_listen() -> SocketAddr {
+    DEFAULT_CONSOLE_LISTEN
+}
+fn default_console_idle() -> Duration {
+    DEFAULT_CONSOLE_IDLE
 }
 
 /// Request traces (off unless an endpoint is set).
@@ -708,6 +758,7 @@ impl Config {
             limits: LimitsSection::default(),
             alerts: AlertsSection::default(),
             telemetry: TelemetrySection::default(),
+            console: None,
         }
     }
 
@@ -784,6 +835,20 @@ impl Config {
         if let Some(dir) = config.audit.journal_dir.as_mut() {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
+            }
+        }
+        if let Some(c) = config.console.as_mut() {
+            for p in [
+                Some(&mut c.oidc.client_secret_file),
+                Some(&mut c.oidc.ca),
+                c.client_ca.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
             }
         }
         for crl in config.tls.crls.iter_mut() {

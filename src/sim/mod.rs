@@ -10,6 +10,7 @@
 //! The simulator must never be pointed at, or mistaken for, real data: every
 //! citizen it returns is generated.
 
+pub mod idp;
 pub mod names;
 pub mod population;
 

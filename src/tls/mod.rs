@@ -118,6 +118,31 @@ pub fn mutual_server_config(files: &MutualServerFiles<'_>) -> Result<ServerConfi
     Ok(config)
 }
 
+/// A server config for people's browsers (the console, the demo identity
+/// provider): TLS 1.3 and 1.2, HTTP/1.1 and h2; client certificates are
+/// required only when `client_ca` is given.
+pub fn browser_server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerConfig, TlsError> {
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(ca)?), provider)
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(load_certs(cert)?, load_key(key)?)?;
+    config.alpn_protocols = ALPN_H2_H1.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// A client config trusting only `ca`, presenting no certificate.
 pub fn server_auth_client_config(ca: &Path) -> Result<ClientConfig, TlsError> {
     Ok(ClientConfig::builder_with_provider(provider())

@@ -239,3 +239,65 @@ impl Warehouse {
             .collect())
     }
 }
+
+/// Counts for the auditors' charts, by Vietnam's calendar day (UTC+07:00,
+/// no daylight saving). No personal data: apps, officers, reasons, counts.
+const ACCESSES_BY_DAY_AND_APP: &str = "
+SELECT to_char(((ts AT TIME ZONE 'UTC') + interval '7 hours')::date, 'YYYY-MM-DD') AS day, app_id, count(*)
+FROM popgate.audit_events
+WHERE ts >= $1 AND body->>'kind' = 'outcome' AND decision = 'granted' AND app_id IS NOT NULL
+GROUP BY 1, 2 ORDER BY 1, 2";
+
+const DENIALS_BY_DAY_AND_REASON: &str = "
+SELECT to_char(((ts AT TIME ZONE 'UTC') + interval '7 hours')::date, 'YYYY-MM-DD') AS day,
+       coalesce(body->>'reason', ''), count(*)
+FROM popgate.audit_events
+WHERE ts >= $1 AND body->>'kind' = 'outcome' AND decision = 'denied'
+GROUP BY 1, 2 ORDER BY 1, 2";
+
+const OFFICERS_BY_DISTINCT_CITIZENS: &str = "
+SELECT app_id, officer_id, count(DISTINCT k)
+FROM popgate.audit_events, unnest(array_append(coalesce(subject_keys, '{}'), citizen_key)) AS k
+WHERE ts >= $1 AND body->>'kind' = 'outcome' AND decision = 'granted'
+  AND officer_id IS NOT NULL AND k IS NOT NULL
+GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT $2";
+
+/// What the auditors' charts show.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AccessStats {
+    /// (day, app, granted accesses)
+    pub accesses_by_day_and_app: Vec<(String, String, i64)>,
+    /// (day, reason, denials)
+    pub denials_by_day_and_reason: Vec<(String, String, i64)>,
+    /// (app, officer, distinct citizens)
+    pub officers_by_distinct_citizens: Vec<(String, String, i64)>,
+}
+
+impl Warehouse {
+    /// Accesses and denials since `days_since`, and the officers who saw
+    /// the most distinct citizens since `officers_since` (at most `top`).
+    pub async fn access_stats(
+        &self,
+        days_since: OffsetDateTime,
+        officers_since: OffsetDateTime,
+        top: i64,
+    ) -> Result<AccessStats> {
+        let client = self.pool.get().await?;
+        let triples = |rows: Vec<tokio_postgres::Row>| -> Vec<(String, String, i64)> {
+            rows.iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, i64>(2)))
+                .collect()
+        };
+        Ok(AccessStats {
+            accesses_by_day_and_app: triples(client.query(ACCESSES_BY_DAY_AND_APP, &[&days_since]).await?),
+            denials_by_day_and_reason: triples(
+                client.query(DENIALS_BY_DAY_AND_REASON, &[&days_since]).await?,
+            ),
+            officers_by_distinct_citizens: triples(
+                client
+                    .query(OFFICERS_BY_DISTINCT_CITIZENS, &[&officers_since, &top])
+                    .await?,
+            ),
+        })
+    }
+}
