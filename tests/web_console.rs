@@ -277,6 +277,27 @@ async fn admins_and_auditors_work_in_a_real_browser() {
     sign_in(&b, &console, account(ready, "kiemtra-01")).await;
     b.find("#chart-accesses svg").await;
     shots.take(&b, "auditor-home").await;
+    // A forged form (another site posting with the official's cookie, but
+    // without the page's CSRF token) is refused before anything is done.
+    let session = b.cookie("popgate_session").await.expect("session cookie");
+    let forged = TestClient::new(Path::new(ready["ca_cert"].as_str().unwrap_or("")), None)
+        .send(
+            http::Request::post(format!("{console}/audit/holds"))
+                .header("cookie", format!("popgate_session={session}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"case_ref=HS-2026-000999&until=2027-01-01&reason=x&legal_basis=y",
+                )))
+                .expect("request"),
+        )
+        .await
+        .expect("forged post");
+    assert_eq!(forged.status, 403);
+    b.click("#nav-holds").await;
+    assert!(
+        !b.text("#holds").await.contains("HS-2026-000999"),
+        "the forged form made a hold"
+    );
     b.click("#nav-search").await;
     b.type_into("#personal_id", &id).await;
     b.click("#do-search").await;

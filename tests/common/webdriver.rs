@@ -280,6 +280,14 @@ impl Browser {
             .unwrap_or_default()
     }
 
+    /// The value of the browser's cookie `name` (HttpOnly ones included).
+    pub async fn cookie(&self, name: &str) -> Option<String> {
+        self.cmd("GET", &format!("/cookie/{name}"), json!({}))
+            .await
+            .ok()
+            .and_then(|v| v["value"].as_str().map(str::to_owned))
+    }
+
     pub async fn delete_cookies(&self) {
         let _ = self.cmd("DELETE", "/cookie", json!({})).await;
     }
