@@ -9,9 +9,9 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::charts::{self, Chart};
-use super::{html, letter_for_console, redirect, Chrome, Form, Problem, Visit, WebConsole};
 use crate::clock::VIETNAM;
+use crate::console::charts::{self, Chart};
+use crate::console::frame::{html, letter_for_console, redirect, Chrome, Form, Problem, Visit, WebConsole};
 use crate::server::Body;
 
 type Page = hyper::Response<Body>;
