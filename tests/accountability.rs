@@ -610,13 +610,22 @@ async fn the_warehouse_is_reached_over_verified_tls() {
     tokio::task::block_in_place(|| pg.require_tls(&cert, &key)).expect("tls on");
     let ca = db_pki.layout.national_ca_cert();
     let tls = popgate::warehouse::WarehouseTls::verify_full(&ca).expect("ca");
+    // The restarted server may still be starting up: wait for a TLS login,
+    // then check that a login in clear is refused.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let db = loop {
+        match popgate::warehouse::connect_with(&pg.admin_url(), &tls).await {
+            Ok(db) => break db,
+            Err(e) if std::time::Instant::now() < deadline && format!("{e:?}").contains("starting up") => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("tls login: {e:?}"),
+        }
+    };
     assert!(
         popgate::warehouse::connect(&pg.admin_url()).await.is_err(),
         "the warehouse still takes logins in clear"
     );
-    let db = popgate::warehouse::connect_with(&pg.admin_url(), &tls)
-        .await
-        .expect("tls login");
 
     let (gateway_url, admin_url) = (pg.gateway_url(), pg.admin_url());
     let ca_file = ca.clone();
