@@ -91,6 +91,33 @@ pub struct Problem {
     pub detail: String,
 }
 
+impl Problem {
+    /// The problem document `body` of an answer with `status`.
+    pub fn of(status: StatusCode, body: &[u8]) -> Problem {
+        let doc: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        Problem {
+            status,
+            detail: doc["detail"]
+                .as_str()
+                .or(doc["title"].as_str())
+                .unwrap_or("the request failed")
+                .to_owned(),
+        }
+    }
+}
+
+/// An answer's status and whole body.
+pub async fn whole(resp: Response<Body>) -> (StatusCode, Bytes) {
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (status, bytes)
+}
+
 #[derive(Template)]
 #[template(path = "console/message.html")]
 struct Message {
@@ -231,25 +258,11 @@ impl WebConsole {
         body: Option<Value>,
     ) -> Result<Value, Problem> {
         let resp = self.raw_call(visit, method, path, "application/json", body).await;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let (status, bytes) = whole(resp).await;
         if status.is_success() {
-            Ok(value)
+            Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
         } else {
-            Err(Problem {
-                status,
-                detail: value["detail"]
-                    .as_str()
-                    .or(value["title"].as_str())
-                    .unwrap_or("the request failed")
-                    .to_owned(),
-            })
+            Err(Problem::of(status, &bytes))
         }
     }
 

@@ -4,14 +4,15 @@
 
 use askama::Template;
 use http::{header, HeaderValue, Method, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::clock::VIETNAM;
 use crate::console::charts::{self, Chart};
-use crate::console::frame::{html, letter_for_console, redirect, Chrome, Form, Problem, Visit, WebConsole};
+use crate::console::frame::{
+    html, letter_for_console, redirect, whole, with_type, Chrome, Form, Problem, Visit, WebConsole,
+};
 use crate::server::Body;
 
 type Page = hyper::Response<Body>;
@@ -876,18 +877,8 @@ async fn download(
         .raw_call(visit, Method::POST, path, accept, Some(body))
         .await;
     if !resp.status().is_success() {
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        return Err(Problem {
-            status,
-            detail: text(&v["detail"]),
-        });
+        let (status, bytes) = whole(resp).await;
+        return Err(Problem::of(status, &bytes));
     }
     let mut resp = resp;
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
@@ -1180,27 +1171,16 @@ async fn citizen_report(console: &WebConsole, visit: &Visit, form: &Form) -> Res
             Some(body),
         )
         .await;
-    let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let (status, bytes) = whole(resp).await;
     if !status.is_success() {
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        return Err(Problem {
-            status,
-            detail: text(&v["detail"]),
-        });
+        return Err(Problem::of(status, &bytes));
     }
     let letter = letter_for_console(&String::from_utf8_lossy(&bytes));
-    let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(letter)).boxed());
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    Ok(resp)
+    Ok(with_type(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        bytes::Bytes::from(letter),
+    ))
 }
 
 async fn evidence(console: &WebConsole, visit: &Visit, form: &Form) -> Result<Page, Problem> {
