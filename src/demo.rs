@@ -95,9 +95,23 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     config.upstream.service_code = "POPGATE-DEMO".to_owned();
     config.upstream.integration_code = format!("POPGATE-{:02}", opts.province);
     let instances = opts.instances.max(1);
-    // Each instance enforces every limit on its own (limits are not shared
-    // yet): N instances each take 1/N, so that the province's totals hold.
-    config.rate_limits.scale = opts.limit_scale / f64::from(instances);
+    config.rate_limits.scale = opts.limit_scale;
+    // Several instances share every limit in a private Redis.
+    let redis = if instances > 1 {
+        match crate::limits::embedded::EmbeddedRedis::start(&dir.join("redis")).await {
+            Ok(r) => {
+                config.rate_limits.redis_url = Some(r.url());
+                Some(r)
+            }
+            Err(e) => {
+                idp.stop().await;
+                sim.stop().await;
+                return Err(e.context("the instances' shared rate limits need a Redis"));
+            }
+        }
+    } else {
+        None
+    };
     // The key auditors pin when they verify the instances' checkpoints; the
     // instances share the demo's signing key and trust each other's
     // signatures of policy versions through the same file.
@@ -174,6 +188,7 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         "audit_anchor": config.audit.journal_dir(&config.gateway.data_dir).join(crate::audit::journal::CHECKPOINT_LOG),
         "gateway_urls": all.iter().map(|g| format!("https://{}", g.gateway_addr)).collect::<Vec<_>>(),
         "ops_urls": all.iter().map(|g| format!("http://{}", g.ops_addr)).collect::<Vec<_>>(),
+        "redis_url": redis.as_ref().map(crate::limits::embedded::EmbeddedRedis::url),
         "console_url": gateway.console_addr.map(|a| format!("https://{a}")),
         "console_accounts": console.accounts.iter().map(|a| json!({
             "name": a.name, "role": a.role, "password": a.password,
@@ -203,6 +218,7 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     gateway.stop().await;
     idp.stop().await;
     sim.stop().await;
+    drop(redis);
     served
 }
 

@@ -290,7 +290,27 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
             .await
             .context("cannot load the identity provider's keys")?,
     );
-    let rate_limits = Arc::new(RateLimits::new(config.rate_limits.settings()));
+    let rate_limits = Arc::new(match &config.rate_limits.redis_url {
+        Some(url) => {
+            let limiter = crate::limits::shared::SharedLimiter::new(
+                url,
+                config.rate_limits.redis_ca.as_deref(),
+                REDIS_KEY_PREFIX,
+            )?;
+            let limits = RateLimits::shared(config.rate_limits.settings(), limiter);
+            // Before the first request: how many instances share them.
+            match warehouse
+                .heartbeat(&config.gateway.instance_id, HEARTBEAT_WITHIN)
+                .await
+            {
+                Ok(n) => limits.set_live_instances(n),
+                Err(error) => tracing::warn!(%error, "no heartbeat: the fallback counts this instance alone"),
+            }
+            tracing::info!("rate limits shared in Redis");
+            limits
+        }
+        None => RateLimits::new(config.rate_limits.settings()),
+    });
     let a = &config.audit;
     let pseudonyms = Pseudonymiser::from_file(&a.pseudonym_key)?;
     let (journal, scan) = Journal::open_locked(
@@ -483,7 +503,7 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
             move |req, peer| ops_api.clone().handle(req, peer),
             shutdown_rx.clone(),
         )),
-        tokio::spawn(prune_limits(rate_limits, shutdown_rx.clone())),
+        tokio::spawn(prune_limits(rate_limits.clone(), shutdown_rx.clone())),
         tokio::spawn(purge_expired(
             warehouse.clone(),
             journal.clone(),
@@ -500,6 +520,14 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
     ]);
     if config.alerts.enabled {
         tasks.push(tokio::spawn(alerts.run(shutdown_rx.clone())));
+    }
+    if config.rate_limits.redis_url.is_some() {
+        tasks.push(tokio::spawn(heartbeat(
+            warehouse.clone(),
+            rate_limits.clone(),
+            config.gateway.instance_id.clone(),
+            shutdown_rx.clone(),
+        )));
     }
     let embedded = embedded.map(|pg| Arc::new(std::sync::Mutex::new(pg)));
     if let Some(pg) = &embedded {
@@ -590,6 +618,41 @@ fn spawn_shipper(shipper: Shipper, stop: watch::Receiver<bool>) -> anyhow::Resul
     Ok(tokio::spawn(async move {
         let _ = finished.await;
     }))
+}
+
+/// Where the shared limits live in Redis.
+const REDIS_KEY_PREFIX: &str = "popgate:limits:";
+/// How often an instance says it is alive, and how long it counts after.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+const HEARTBEAT_WITHIN: Duration = Duration::from_secs(15);
+
+/// Keeps this instance's heartbeat and the count of live instances, by
+/// which the fallback divides every limit.
+async fn heartbeat(
+    warehouse: Warehouse,
+    limits: Arc<RateLimits>,
+    instance_id: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => match warehouse.heartbeat(&instance_id, HEARTBEAT_WITHIN).await {
+                Ok(n) => {
+                    failing = false;
+                    limits.set_live_instances(n);
+                }
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, "heartbeat failed: the fallback keeps the last count of instances");
+                    }
+                    failing = true;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 async fn prune_limits(limits: Arc<RateLimits>, mut shutdown: watch::Receiver<bool>) {

@@ -58,7 +58,7 @@ enum Command {
         /// Share of the simulator's residences coded as before the 2025 reform (old province, district and ward codes).
         #[arg(long, default_value_t = popgate::demo::DEMO_LEGACY_ADDRESS_SHARE, value_parser = fraction)]
         legacy_address_share: f64,
-        /// Gateway instances (demo-1 … demo-N) on the one warehouse, each with its own journal and chain; each takes 1/N of every rate limit (limits are not shared yet).
+        /// Gateway instances (demo-1 … demo-N) on the one warehouse, each with its own journal and chain, sharing every rate limit in a private redis-server.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
         instances: u16,
     },

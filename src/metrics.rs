@@ -99,6 +99,12 @@ pub struct Gauges {
     pub upstream_circuit_open: bool,
     pub limiter_keys: usize,
     pub token_cache_entries: usize,
+    /// 1 while the rate limits are enforced in Redis for every instance.
+    pub limits_shared: bool,
+    /// Checks answered by this instance's share because Redis could not.
+    pub limits_fallbacks: u64,
+    /// Instances sharing the limits (their heartbeats).
+    pub live_instances: u32,
 }
 
 /// Only ids that are safe as label values pass; anything else is "other".
@@ -202,7 +208,7 @@ impl Metrics {
                 &format!("event=\"{event}\""),
             );
         }
-        let gauges: [(&str, &str, f64); 12] = [
+        let gauges: [(&str, &str, f64); 14] = [
             (
                 "popgate_policy_version",
                 "The active policy version.",
@@ -263,10 +269,25 @@ impl Metrics {
                 "Verified officer tokens cached.",
                 g.token_cache_entries as f64,
             ),
+            (
+                "popgate_rate_limits_shared",
+                "1 while the rate limits are enforced in Redis for every instance; 0 when this instance enforces its share.",
+                f64::from(u8::from(g.limits_shared)),
+            ),
+            (
+                "popgate_live_instances",
+                "Instances that share the rate limits, by their heartbeats (each takes 1/N of every limit when Redis cannot answer).",
+                f64::from(g.live_instances),
+            ),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP popgate_rate_limit_fallbacks_total Limit checks this instance answered alone because Redis could not.\n# TYPE popgate_rate_limit_fallbacks_total counter\npopgate_rate_limit_fallbacks_total {}",
+            g.limits_fallbacks
+        );
         let _ = writeln!(
             out,
             "# HELP popgate_build_info The running build.\n# TYPE popgate_build_info gauge\npopgate_build_info{{version=\"{}\"}} 1",

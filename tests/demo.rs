@@ -386,6 +386,24 @@ async fn demo_with_two_instances_serves_through_both_on_one_warehouse() {
     let urls: Vec<String> = serde_json::from_value(ready["gateway_urls"].clone()).expect("gateway_urls");
     assert_eq!(urls.len(), 2, "{ready}");
     assert_eq!(ready["gateway_url"], urls[0].as_str());
+    // The limits are shared in the demo's own Redis, which stops with it.
+    let redis_url = ready["redis_url"].as_str().expect("redis_url").to_owned();
+    let redis_port: u16 = redis_url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("redis port");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_ok(),
+        "{redis_url}"
+    );
+    let ops = ready["ops_urls"][1]
+        .as_str()
+        .expect("ops url")
+        .trim_start_matches("http://")
+        .to_owned();
+    let said = readyz(&ops);
+    assert!(said.contains(r#""rate_limits":"shared""#), "{said}");
     let ca = Path::new(ready["ca_cert"].as_str().expect("ca"));
     let cert = Path::new(ready["apps"]["mot-cua"]["cert"].as_str().expect("cert"));
     let key = Path::new(ready["apps"]["mot-cua"]["key"].as_str().expect("key"));
@@ -435,6 +453,10 @@ async fn demo_with_two_instances_serves_through_both_on_one_warehouse() {
     }
     let exit = terminate(&mut child);
     assert!(exit.success(), "{exit}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err(),
+        "the demo's Redis outlived it"
+    );
 }
 
 /// SIGTERM, then the demo's exit status (within a minute).

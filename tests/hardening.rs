@@ -329,6 +329,54 @@ async fn a_warehouse_that_cannot_be_reached_is_named_with_its_cause_once() {
         "{stderr}"
     );
     assert!(last.to_lowercase().contains("refused"), "{last}");
+
+    // A database that is not there, and a TLS login that cannot be made:
+    // each named as what to fix.
+    let url = &env.gateway().warehouse_url;
+    let missing = format!(
+        "{}/no_such_db",
+        url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base)
+    );
+    let no_tls = {
+        let mut config = env.config.clone();
+        config.warehouse.url = Some(url.clone());
+        config.warehouse.admin_url = None;
+        config.warehouse.tls = Some(popgate::config::WarehouseTlsMode::VerifyFull);
+        // A CA that did not sign the warehouse's certificate (when it has
+        // one), or TLS asked of a server without it: either is a TLS failure.
+        let other = env.dir.path().join("other-pki");
+        let other = popgate::tls::pki::init(&other, &[], false).expect("pki");
+        config.warehouse.ca = Some(other.layout.national_ca_cert());
+        config.gateway.data_dir = env.dir.path().join("tls-data");
+        let file = env.dir.path().join("serve-tls.toml");
+        std::fs::write(&file, config.to_toml()).expect("config");
+        file
+    };
+    for (file, what) in [
+        (
+            config_with_warehouse(&env, &missing),
+            "database \"no_such_db\" does not exist",
+        ),
+        (no_tls, "TLS"),
+    ] {
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_popgate"))
+                .args(["serve", "--config"])
+                .arg(file)
+                .output()
+                .expect("serve")
+        })
+        .await
+        .expect("join");
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("popgate: ") && last.contains(what),
+            "{what}: {stderr}"
+        );
+        assert!(last.contains(&format!("127.0.0.1:{port}")), "{last}");
+    }
     env.stop().await;
 }
 

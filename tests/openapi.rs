@@ -156,3 +156,116 @@ async fn the_ops_listener_serves_the_document_as_shipped() {
     assert_eq!(served.as_ref(), file.as_slice());
     env.stop().await;
 }
+
+/// What the OpenAPI 3.1 schema requires of a document, and what generators
+/// rely on, checked on the parsed document: `info` with title and version;
+/// operations only under HTTP methods, each with responses whose every
+/// entry has a description; each path template's placeholders declared as
+/// required path parameters (and nothing else in the path); parameters
+/// with `name`, a valid `in` and a schema; every `$ref` resolving inside
+/// the document.
+#[test]
+fn the_document_keeps_the_rules_of_openapi_3_1() {
+    let doc = document();
+    let mut problems = Vec::new();
+    for key in ["title", "version"] {
+        if !doc["info"][key].is_string() {
+            problems.push(format!("info.{key} is missing"));
+        }
+    }
+    // Every $ref resolves to a node of the document.
+    fn refs(v: &serde_yaml::Value, out: &mut Vec<String>) {
+        match v {
+            serde_yaml::Value::Mapping(m) => {
+                for (k, v) in m {
+                    if k.as_str() == Some("$ref") {
+                        out.extend(v.as_str().map(str::to_owned));
+                    } else {
+                        refs(v, out);
+                    }
+                }
+            }
+            serde_yaml::Value::Sequence(s) => s.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty(), "the document uses $ref");
+    for r in &all {
+        let Some(pointer) = r.strip_prefix("#/") else {
+            problems.push(format!("$ref {r} leaves the document"));
+            continue;
+        };
+        let mut node = &doc;
+        for part in pointer.split('/') {
+            node = &node[part.replace("~1", "/").replace("~0", "~").as_str()];
+        }
+        if node.is_null() {
+            problems.push(format!("$ref {r} resolves to nothing"));
+        }
+    }
+    const METHODS: &[&str] = &[
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+    for (path, item) in doc["paths"].as_mapping().expect("paths") {
+        let path = path.as_str().unwrap_or_default();
+        if !path.starts_with('/') {
+            problems.push(format!("path {path} does not start with /"));
+        }
+        let placeholders: BTreeSet<&str> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .collect();
+        for (method, op) in item.as_mapping().into_iter().flatten() {
+            let method = method.as_str().unwrap_or_default();
+            if !METHODS.contains(&method) && method != "parameters" && method != "summary" {
+                problems.push(format!("{path}: {method} is not an HTTP method"));
+                continue;
+            }
+            if method == "parameters" || method == "summary" {
+                continue;
+            }
+            let responses = op["responses"].as_mapping();
+            if responses.is_none_or(|r| r.is_empty()) {
+                problems.push(format!("{method} {path}: no responses"));
+            }
+            for (code, r) in responses.into_iter().flatten() {
+                if r.get("$ref").is_none() && !r["description"].is_string() {
+                    problems.push(format!(
+                        "{method} {path} {code:?}: a response without a description"
+                    ));
+                }
+            }
+            let mut declared = BTreeSet::new();
+            let shared = item["parameters"].as_sequence().into_iter().flatten();
+            for p in op["parameters"].as_sequence().into_iter().flatten().chain(shared) {
+                let name = p["name"].as_str().unwrap_or_default();
+                let place = p["in"].as_str().unwrap_or_default();
+                if name.is_empty() || !["query", "header", "path", "cookie"].contains(&place) {
+                    problems.push(format!(
+                        "{method} {path}: a parameter without name or a valid 'in'"
+                    ));
+                }
+                if p.get("schema").is_none() && p.get("content").is_none() {
+                    problems.push(format!("{method} {path}: parameter {name} has no schema"));
+                }
+                if place == "path" {
+                    if p["required"].as_bool() != Some(true) {
+                        problems.push(format!(
+                            "{method} {path}: path parameter {name} is not required: true"
+                        ));
+                    }
+                    declared.insert(name.to_owned());
+                }
+            }
+            let wanted: BTreeSet<String> = placeholders.iter().map(|s| s.to_string()).collect();
+            if declared != wanted {
+                problems.push(format!(
+                    "{method} {path}: path parameters {declared:?}, placeholders {wanted:?}"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}

@@ -207,6 +207,25 @@ async fn admins_and_auditors_work_in_a_real_browser() {
     // change goes in; approving it is not offered to its author.
     sign_in(&b, &console, account(ready, "qtv-01")).await;
     assert!(b.text("#who").await.contains("Nguyễn Văn An"));
+    // The API's description is linked from every page: the same document.
+    let doc = TestClient::new(Path::new(ready["ca_cert"].as_str().unwrap_or("")), None)
+        .send(
+            http::Request::get(format!("{console}/openapi.yaml"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("openapi");
+    assert_eq!(doc.status, 200);
+    assert!(
+        doc.headers["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("application/yaml"),
+        "{:?}",
+        doc.headers
+    );
+    assert!(!b.find_all("a#api-doc[href='/openapi.yaml']").await.is_empty());
     shots.take(&b, "admin-home").await;
     b.click("#nav-policies").await;
     b.find("#versions").await;

@@ -80,8 +80,10 @@ impl CitizensApi {
                 let b: LookupBody = parse_json(body, TAKES)?;
                 let pid = self.validate_subject(&b.personal_id, &b.purpose, &b.case_ref, trail)?;
                 let t = std::time::SystemTime::now();
-                let grant = authorize(policy, caller, op, &b.purpose, b.case_ref.as_deref(), trail)
-                    .and_then(|g| self.check_grant_limits(caller, g, trail).map(|()| g));
+                let grant = match authorize(policy, caller, op, &b.purpose, b.case_ref.as_deref(), trail) {
+                    Ok(g) => self.check_grant_limits(caller, g, trail).await.map(|()| g),
+                    Err(e) => Err(e),
+                };
                 trail.step("authorize", t, grant.is_err());
                 let grant = grant?;
                 let kind = if op == Operation::Lookup {
@@ -92,7 +94,7 @@ impl CitizensApi {
                 let asked = pid.as_str().to_owned();
                 let answer = self.ask_upstream(caller, pid, kind, trail).await?;
                 let t = std::time::SystemTime::now();
-                let released = self.release(policy, grant, caller, &asked, answer, trail);
+                let released = self.release(policy, grant, caller, &asked, answer, trail).await;
                 trail.step("release", t, released.is_err());
                 let (key, released) = released?;
                 Ok(envelope(trail, policy.version, key, &released))
@@ -103,8 +105,10 @@ impl CitizensApi {
                 let full_name = validate_full_name(&b.full_name)?;
                 let date_of_birth = validate_date(&b.date_of_birth)?;
                 let t = std::time::SystemTime::now();
-                let grant = authorize(policy, caller, op, &b.purpose, b.case_ref.as_deref(), trail)
-                    .and_then(|g| self.check_grant_limits(caller, g, trail).map(|()| g));
+                let grant = match authorize(policy, caller, op, &b.purpose, b.case_ref.as_deref(), trail) {
+                    Ok(g) => self.check_grant_limits(caller, g, trail).await.map(|()| g),
+                    Err(e) => Err(e),
+                };
                 trail.step("authorize", t, grant.is_err());
                 let grant = grant?;
                 let kind = QueryKind::Verify {
@@ -168,17 +172,22 @@ impl CitizensApi {
 
     /// The grant's own rate, the officer's distinct-citizen cap, and the
     /// province's quota at the national database, in that order.
-    fn check_grant_limits(&self, caller: &Caller<'_>, grant: &Grant, trail: &Trail) -> Result<(), ApiError> {
-        let app = &caller.app.id;
+    async fn check_grant_limits(
+        &self,
+        caller: &Caller<'_>,
+        grant: &Grant,
+        trail: &Trail,
+    ) -> Result<(), ApiError> {
         self.limits
-            .check_grant(app, &grant.purpose, grant.limits.per_minute)
-            .map_err(ApiError::RateLimited)?;
-        if let Some(citizen) = &trail.citizen_key {
-            self.limits
-                .check_distinct(app, &caller.officer_id, citizen)
-                .map_err(ApiError::RateLimited)?;
-        }
-        self.limits.check_upstream().map_err(ApiError::RateLimited)
+            .check_release(
+                &caller.app.id,
+                &caller.officer_id,
+                &grant.purpose,
+                grant.limits.per_minute,
+                trail.citizen_key.as_deref(),
+            )
+            .await
+            .map_err(ApiError::RateLimited)
     }
 
     /// Step: every person of the answer — jurisdiction (the citizen asked
@@ -187,7 +196,7 @@ impl CitizensApi {
     /// counted toward the officer's distinct-citizen cap and copied to the
     /// warehouse as far as the grant allows. Returns the answer's key in the
     /// envelope and the answer.
-    fn release(
+    async fn release(
         &self,
         policy: &PolicySet,
         grant: &Grant,
@@ -223,17 +232,25 @@ impl CitizensApi {
                 .count();
             u32::try_from(in_household + released.withheld).unwrap_or(u32::MAX)
         });
-        for person in &released.people {
-            let key = person
-                .personal_id
-                .as_deref()
-                .and_then(|id| PersonalId::parse(id, time::OffsetDateTime::now_utc().year()).ok())
-                .map(|id| self.pseudonyms.citizen_key(&id));
+        let keys: Vec<Option<String>> = released
+            .people
+            .iter()
+            .map(|person| {
+                person
+                    .personal_id
+                    .as_deref()
+                    .and_then(|id| PersonalId::parse(id, time::OffsetDateTime::now_utc().year()).ok())
+                    .map(|id| self.pseudonyms.citizen_key(&id))
+            })
+            .collect();
+        // Each person counts, not each request: all of them at once.
+        let counted: Vec<String> = keys.iter().flatten().cloned().collect();
+        self.limits
+            .check_subjects(&app_id, &caller.officer_id, &counted)
+            .await
+            .map_err(ApiError::RateLimited)?;
+        for (person, key) in released.people.iter().zip(keys) {
             if let Some(key) = &key {
-                // Each person counts, not each request.
-                self.limits
-                    .check_distinct(&app_id, &caller.officer_id, key)
-                    .map_err(ApiError::RateLimited)?;
                 let household_role = match person.role {
                     Role::Head => Some("head"),
                     Role::Member => Some("member"),

@@ -361,7 +361,8 @@ impl Api {
             unit: None,
         };
         self.limits
-            .check_officer(&console_app.id, &caller.officer_id)
+            .check_caller(&console_app.id, &caller.officer_id)
+            .await
             .map_err(ApiError::RateLimited)?;
         match route {
             Route::App(_) => Err(ApiError::Forbidden(
@@ -401,10 +402,7 @@ impl Api {
         trail.officer_id = Some(caller.officer_id.clone());
         trail.officer_unit = caller.unit.map(|u| format!("{u:05}"));
         let t = std::time::SystemTime::now();
-        let limited = self
-            .limits
-            .check_app(&app.id)
-            .and_then(|()| self.limits.check_officer(&app.id, &caller.officer_id));
+        let limited = self.limits.check_caller(&app.id, &caller.officer_id).await;
         trail.step("limit", t, limited.is_err());
         limited.map_err(ApiError::RateLimited)?;
         match route {

@@ -34,7 +34,9 @@ pub struct OpsApi {
 /// The API's OpenAPI 3.1 document, as shipped with this build.
 const OPENAPI: &str = include_str!("../../docs/openapi.yaml");
 
-fn openapi() -> Response<Body> {
+/// The document as an answer (the ops listener's and the console's
+/// `/openapi.yaml`).
+pub fn openapi() -> Response<Body> {
     let mut resp = Response::new(http_body_util::BodyExt::boxed(http_body_util::Full::new(
         bytes::Bytes::from_static(OPENAPI.as_bytes()),
     )));
@@ -76,6 +78,9 @@ impl OpsApi {
             upstream_circuit_open: self.breaker.is_open(),
             limiter_keys: self.limits.tracked_keys(),
             token_cache_entries: self.tokens.cached(),
+            limits_shared: self.limits.mode() == crate::limits::LimitsMode::Shared,
+            limits_fallbacks: self.limits.fallbacks(),
+            live_instances: self.limits.live_instances(),
         });
         let mut resp = Response::new(http_body_util::BodyExt::boxed(http_body_util::Full::new(
             bytes::Bytes::from(text),
@@ -136,6 +141,8 @@ impl OpsApi {
                 "warehouse": warehouse,
                 "upstream": self.status.upstream_state(),
                 "upstream_circuit": if self.breaker.is_open() { "open" } else { "closed" },
+                "rate_limits": self.limits.mode().as_str(),
+                "live_instances": self.limits.live_instances(),
             }),
         )
     }

@@ -472,6 +472,14 @@ pub struct RateLimitsSection {
     /// Multiplies every limit; limits remain enforced.
     #[serde(deserialize_with = "de::positive_scale")]
     pub scale: f64,
+    /// Every limit shared by all instances in Redis (or Valkey):
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`, or `rediss://` for TLS. Without
+    /// it each instance enforces every limit on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// The CA of a `rediss://` server's certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca: Option<PathBuf>,
 }
 
 impl Default for RateLimitsSection {
@@ -482,6 +490,8 @@ impl Default for RateLimitsSection {
             upstream_per_second: DEFAULT_UPSTREAM_PER_SECOND,
             distinct_citizens_per_officer_per_hour: DEFAULT_DISTINCT_CITIZENS_PER_HOUR,
             scale: 1.0,
+            redis_url: None,
+            redis_ca: None,
         }
     }
 }
@@ -835,6 +845,11 @@ impl Config {
         if let Some(dir) = config.audit.journal_dir.as_mut() {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
+            }
+        }
+        if let Some(ca) = config.rate_limits.redis_ca.as_mut() {
+            if ca.is_relative() {
+                *ca = base.join(&*ca);
             }
         }
         if let Some(c) = config.console.as_mut() {

@@ -118,6 +118,8 @@ impl WebConsole {
                     Bytes::from_static(LETTER_CSS.as_bytes()),
                 )
             }
+            // The API's description, as the ops listener serves it.
+            (&Method::GET, "/openapi.yaml") => return crate::api::ops::openapi(),
             // Browsers ask for it on every site; nothing to show.
             (&Method::GET, "/favicon.ico") => {
                 return with_type(StatusCode::NO_CONTENT, "image/x-icon", Bytes::new())

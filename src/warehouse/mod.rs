@@ -145,6 +145,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "enriched records",
         include_str!("migrations/0007_enriched_records.sql"),
     ),
+    (8, "instances", include_str!("migrations/0008_instances.sql")),
 ];
 
 const POOL_SIZE: usize = 16;
@@ -443,5 +444,23 @@ impl Warehouse {
             .execute("SELECT popgate.drop_expired_record_partitions()", &[])
             .await?;
         Ok(deleted)
+    }
+}
+
+/// Records that `instance_id` is alive and answers how many instances were
+/// seen within `within` (itself included).
+const HEARTBEAT: &str = "
+INSERT INTO popgate.instances (instance_id, seen_at) VALUES ($1, now())
+ON CONFLICT (instance_id) DO UPDATE SET seen_at = now()";
+const LIVE_INSTANCES: &str =
+    "SELECT count(*) FROM popgate.instances WHERE seen_at > now() - make_interval(secs => $1)";
+
+impl Warehouse {
+    /// This instance's heartbeat; the number of live instances.
+    pub async fn heartbeat(&self, instance_id: &str, within: std::time::Duration) -> Result<u32> {
+        let client = self.pool.get().await?;
+        client.execute(HEARTBEAT, &[&instance_id]).await?;
+        let row = client.query_one(LIVE_INSTANCES, &[&within.as_secs_f64()]).await?;
+        Ok(u32::try_from(row.get::<_, i64>(0)).unwrap_or(u32::MAX).max(1))
     }
 }

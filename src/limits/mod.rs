@@ -1,12 +1,21 @@
 //! Rate limits that protect the national database and deter scraping:
 //! per app, per officer, per (app, purpose) from the grant, the province's
 //! quota at the national database, and a cap on distinct citizens an officer
-//! may look up per hour. Built on governor's GCRA limiters with an injected
-//! clock, so tests are exact.
+//! may look up per hour.
 //!
-//! Memory is bounded: keyed limiters forget idle keys on [`RateLimits::prune`],
-//! which the gateway calls periodically, and the distinct-citizen windows
-//! hold truncated hashes, never personal IDs.
+//! [`RateLimits`] enforces them for the whole deployment: in Redis when
+//! `[rate_limits] redis_url` is set ([`shared`]: every instance counts
+//! against the same limits), else — and whenever Redis cannot answer — in
+//! this instance with [`LocalLimits`], each limit divided by the number of
+//! live instances, so that the province's totals hold either way.
+//!
+//! [`LocalLimits`] is built on governor's GCRA limiters with an injected
+//! clock, so tests are exact. Memory is bounded: keyed limiters forget idle
+//! keys on [`RateLimits::prune`], which the gateway calls periodically, and
+//! the distinct-citizen windows hold truncated hashes, never personal IDs.
+
+pub mod embedded;
+pub mod shared;
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
@@ -80,8 +89,8 @@ struct DistinctWindow<I> {
     seen: HashSet<[u8; 16]>,
 }
 
-/// All limiters of one gateway instance.
-pub struct RateLimits<C: Clock = DefaultClock> {
+/// The limiters of one instance, for its share of every limit.
+pub struct LocalLimits<C: Clock = DefaultClock> {
     clock: C,
     settings: RateSettings,
     per_app: Keyed<C>,
@@ -96,16 +105,16 @@ fn scaled(n: u32, scale: f64) -> NonZeroU32 {
     NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN)
 }
 
-impl RateLimits<DefaultClock> {
+impl LocalLimits<DefaultClock> {
     pub fn new(settings: RateSettings) -> Self {
         Self::with_clock(settings, DefaultClock::default())
     }
 }
 
-impl<C: Clock + Clone> RateLimits<C> {
+impl<C: Clock + Clone> LocalLimits<C> {
     pub fn with_clock(settings: RateSettings, clock: C) -> Self {
         let s = settings.scale;
-        RateLimits {
+        LocalLimits {
             per_app: RateLimiter::dashmap_with_clock(
                 Quota::per_minute(scaled(settings.per_app_per_minute, s)),
                 clock.clone(),
@@ -239,6 +248,272 @@ impl<C: Clock + Clone> RateLimits<C> {
     }
 }
 
+/// Where the deployment's limits are enforced at the moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitsMode {
+    /// One instance, no Redis configured: its own limiters.
+    Local,
+    /// In Redis, for every instance together.
+    Shared,
+    /// Redis configured but not answering: each instance enforces its
+    /// share (every limit divided by the live instances).
+    Fallback,
+}
+
+impl LimitsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitsMode::Local => "local",
+            LimitsMode::Shared => "shared",
+            LimitsMode::Fallback => "fallback",
+        }
+    }
+}
+
+/// The deployment's limits, as this instance enforces them: see the module
+/// documentation.
+pub struct RateLimits {
+    settings: RateSettings,
+    /// This instance's limiters, each limit divided by `live`.
+    local: arc_swap::ArcSwap<LocalLimits>,
+    live: std::sync::atomic::AtomicU32,
+    shared: Option<shared::SharedLimiter>,
+    falling_back: std::sync::atomic::AtomicBool,
+    fallbacks: std::sync::atomic::AtomicU64,
+    /// While falling back, Redis is asked again only after this (ms since
+    /// `started`), so that requests do not each wait for it.
+    retry_at: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+}
+
+/// While Redis does not answer, how often it is asked again.
+const REDIS_RETRY: Duration = Duration::from_secs(1);
+
+/// The GCRA of `n` requests per `period`, scaled.
+fn rate(key: String, n: u32, scale: f64, period: Duration) -> shared::Check {
+    let n = scaled(n, scale).get();
+    shared::Check::Rate {
+        key,
+        interval: period / n,
+        burst: n,
+    }
+}
+
+impl RateLimits {
+    /// Limits of this instance alone.
+    pub fn new(settings: RateSettings) -> RateLimits {
+        RateLimits {
+            local: arc_swap::ArcSwap::from_pointee(LocalLimits::new(settings)),
+            settings,
+            live: std::sync::atomic::AtomicU32::new(1),
+            shared: None,
+            falling_back: std::sync::atomic::AtomicBool::new(false),
+            fallbacks: std::sync::atomic::AtomicU64::new(0),
+            retry_at: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Limits shared in Redis by every instance.
+    pub fn shared(settings: RateSettings, limiter: shared::SharedLimiter) -> RateLimits {
+        RateLimits {
+            shared: Some(limiter),
+            ..RateLimits::new(settings)
+        }
+    }
+
+    /// The instances that share the limits (from their heartbeats): the
+    /// fallback gives this instance 1/`n` of every limit.
+    pub fn set_live_instances(&self, n: u32) {
+        use std::sync::atomic::Ordering;
+        let n = n.max(1);
+        if self.shared.is_none() || self.live.swap(n, Ordering::AcqRel) == n {
+            return;
+        }
+        tracing::info!(
+            instances = n,
+            "live instances changed: the fallback limits are each limit / {n}"
+        );
+        self.local.store(Arc::new(LocalLimits::new(RateSettings {
+            scale: self.settings.scale / f64::from(n),
+            ..self.settings
+        })));
+    }
+
+    pub fn live_instances(&self) -> u32 {
+        self.live.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn mode(&self) -> LimitsMode {
+        match &self.shared {
+            None => LimitsMode::Local,
+            Some(_) if self.falling_back.load(std::sync::atomic::Ordering::Acquire) => LimitsMode::Fallback,
+            Some(_) => LimitsMode::Shared,
+        }
+    }
+
+    /// Checks answered by the local fallback because Redis could not (a metric).
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Asks Redis; `None` when it cannot answer (then the local share
+    /// answers), logged once per change of state.
+    async fn ask_shared(&self, checks: &[(LimitKind, shared::Check)]) -> Option<Result<(), Limited>> {
+        use std::sync::atomic::Ordering;
+        let limiter = self.shared.as_ref()?;
+        let now = self.started.elapsed().as_millis() as u64;
+        if self.falling_back.load(Ordering::Acquire) && now < self.retry_at.load(Ordering::Acquire) {
+            self.fallbacks.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let list: Vec<shared::Check> = checks.iter().map(|(_, c)| c.clone()).collect();
+        match limiter.check(&list).await {
+            Ok(answer) => {
+                if self.falling_back.swap(false, Ordering::AcqRel) {
+                    tracing::info!("the shared rate limits answer again: enforced in Redis");
+                }
+                Some(match answer {
+                    None => Ok(()),
+                    Some((i, wait)) => Err(Limited {
+                        kind: checks.get(i).map_or(LimitKind::App, |(k, _)| *k),
+                        retry_after: wait,
+                    }),
+                })
+            }
+            Err(error) => {
+                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                self.retry_at
+                    .store(now + REDIS_RETRY.as_millis() as u64, Ordering::Release);
+                if !self.falling_back.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        %error,
+                        instances = self.live_instances(),
+                        "enforcing this instance's share of every rate limit until Redis answers"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// The app's and the officer's request rates (every request).
+    pub async fn check_caller(&self, app: &str, officer: &str) -> Result<(), Limited> {
+        let s = &self.settings;
+        if self.shared.is_some() {
+            let checks = [
+                (
+                    LimitKind::App,
+                    rate(format!("app:{app}"), s.per_app_per_minute, s.scale, MINUTE),
+                ),
+                (
+                    LimitKind::Officer,
+                    rate(
+                        format!("officer:{app}:{officer}"),
+                        s.per_officer_per_minute,
+                        s.scale,
+                        MINUTE,
+                    ),
+                ),
+            ];
+            if let Some(answer) = self.ask_shared(&checks).await {
+                return answer;
+            }
+        }
+        let local = self.local.load();
+        local
+            .check_app(app)
+            .and_then(|()| local.check_officer(app, officer))
+    }
+
+    /// Before the national database is asked: the grant's own rate, the
+    /// officer's distinct-citizen cap for `citizen`, and the province's
+    /// quota, in that order.
+    pub async fn check_release(
+        &self,
+        app: &str,
+        officer: &str,
+        purpose: &str,
+        per_minute: Option<u32>,
+        citizen: Option<&str>,
+    ) -> Result<(), Limited> {
+        let s = &self.settings;
+        if self.shared.is_some() {
+            let mut checks = Vec::with_capacity(3);
+            if let Some(n) = per_minute {
+                checks.push((
+                    LimitKind::AppPurpose,
+                    rate(format!("grant:{app}:{purpose}"), n, s.scale, MINUTE),
+                ));
+            }
+            if let Some(c) = citizen {
+                checks.push((LimitKind::DistinctCitizens, self.distinct(app, officer, c)));
+            }
+            checks.push((
+                LimitKind::Upstream,
+                rate(
+                    "upstream".to_owned(),
+                    s.upstream_per_second,
+                    s.scale,
+                    Duration::from_secs(1),
+                ),
+            ));
+            if let Some(answer) = self.ask_shared(&checks).await {
+                return answer;
+            }
+        }
+        let local = self.local.load();
+        local.check_grant(app, purpose, per_minute)?;
+        if let Some(c) = citizen {
+            local.check_distinct(app, officer, c)?;
+        }
+        local.check_upstream()
+    }
+
+    /// Every person an answer carries counts toward the officer's cap.
+    pub async fn check_subjects(&self, app: &str, officer: &str, citizens: &[String]) -> Result<(), Limited> {
+        if citizens.is_empty() {
+            return Ok(());
+        }
+        if self.shared.is_some() {
+            let checks: Vec<(LimitKind, shared::Check)> = citizens
+                .iter()
+                .map(|c| (LimitKind::DistinctCitizens, self.distinct(app, officer, c)))
+                .collect();
+            if let Some(answer) = self.ask_shared(&checks).await {
+                return answer;
+            }
+        }
+        let local = self.local.load();
+        citizens
+            .iter()
+            .try_for_each(|c| local.check_distinct(app, officer, c))
+    }
+
+    fn distinct(&self, app: &str, officer: &str, citizen: &str) -> shared::Check {
+        shared::Check::Distinct {
+            key: format!("distinct:{app}:{officer}"),
+            // A pseudonym already; shortened, as the local window keeps it.
+            member: citizen.chars().take(32).collect(),
+            cap: scaled(
+                self.settings.distinct_citizens_per_officer_per_hour,
+                self.settings.scale,
+            )
+            .get(),
+        }
+    }
+
+    pub fn prune(&self) {
+        self.local.load().prune();
+    }
+
+    pub fn tracked_keys(&self) -> usize {
+        self.local.load().tracked_keys()
+    }
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,7 +536,7 @@ mod tests {
     #[test]
     fn per_app_limit_refuses_the_fourth_call_and_recovers() {
         let clock = FakeRelativeClock::default();
-        let limits = RateLimits::with_clock(settings(), clock.clone());
+        let limits = LocalLimits::with_clock(settings(), clock.clone());
         for _ in 0..3 {
             assert!(limits.check_app("mot-cua").is_ok());
         }
@@ -279,7 +554,7 @@ mod tests {
     #[test]
     fn officer_grant_and_upstream_limits_are_separate() {
         let clock = FakeRelativeClock::default();
-        let limits = RateLimits::with_clock(settings(), clock.clone());
+        let limits = LocalLimits::with_clock(settings(), clock.clone());
         assert!(limits.check_officer("a", "o1").is_ok());
         assert!(limits.check_officer("a", "o1").is_ok());
         assert_eq!(
@@ -307,7 +582,7 @@ mod tests {
     #[test]
     fn distinct_citizens_cap_counts_each_citizen_once_per_hour() {
         let clock = FakeRelativeClock::default();
-        let limits = RateLimits::with_clock(settings(), clock.clone());
+        let limits = LocalLimits::with_clock(settings(), clock.clone());
         assert!(limits.check_distinct("a", "o", &id(1)).is_ok());
         assert!(limits.check_distinct("a", "o", &id(2)).is_ok());
         assert!(limits.check_distinct("a", "o", &id(1)).is_ok());
@@ -322,7 +597,7 @@ mod tests {
     #[test]
     fn scale_multiplies_and_prune_bounds_memory() {
         let clock = FakeRelativeClock::default();
-        let limits = RateLimits::with_clock(
+        let limits = LocalLimits::with_clock(
             RateSettings {
                 scale: 2.0,
                 ..settings()
