@@ -182,6 +182,20 @@ impl WarehouseTls {
         self.connector()
     }
 
+    /// The connection settings of `url` under this TLS: with `verify-full`
+    /// TLS is required, whatever the URL's `sslmode` says — never the
+    /// driver's default `prefer`, which talks in clear to a server that
+    /// offers no TLS.
+    pub(super) fn config_for(&self, url: &str) -> Result<tokio_postgres::Config> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| WarehouseError::BadUrl(e.to_string()))?;
+        if let WarehouseTls::VerifyFull(_) = self {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        Ok(config)
+    }
+
     fn connector(&self) -> Option<tokio_postgres_rustls::MakeRustlsConnect> {
         match self {
             WarehouseTls::Disable => None,
@@ -241,14 +255,15 @@ pub async fn connect_with(url: &str, tls: &WarehouseTls) -> Result<tokio_postgre
         at: destination(url),
         cause,
     };
+    let config = tls.config_for(url)?;
     match tls.connector() {
         None => {
-            let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(at)?;
+            let (client, connection) = config.connect(NoTls).await.map_err(at)?;
             tokio::spawn(async move { drive(connection.await) });
             Ok(client)
         }
         Some(tls) => {
-            let (client, connection) = tokio_postgres::connect(url, tls).await.map_err(at)?;
+            let (client, connection) = config.connect(tls).await.map_err(at)?;
             tokio::spawn(async move { drive(connection.await) });
             Ok(client)
         }
@@ -370,9 +385,7 @@ impl Warehouse {
 
     /// A pool reaching `url` with `tls`.
     pub fn with_tls(url: &str, tls: WarehouseTls) -> Result<Warehouse> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| WarehouseError::BadUrl(e.to_string()))?;
+        let config = tls.config_for(url)?;
         let settings = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };

@@ -649,13 +649,14 @@ where
 impl Warehouse {
     /// Opens a connection of its own and `LISTEN`s on [`CHANNEL`].
     pub async fn listen_for_policy_changes(&self) -> Result<PolicyListener> {
+        let config = self.tls().config_for(self.url())?;
         let (client, notified) = match self.tls().connector_for_listen() {
             None => {
-                let (client, connection) = tokio_postgres::connect(self.url(), NoTls).await?;
+                let (client, connection) = config.connect(NoTls).await?;
                 (client, forward_notifications(connection))
             }
             Some(tls) => {
-                let (client, connection) = tokio_postgres::connect(self.url(), tls).await?;
+                let (client, connection) = config.connect(tls).await?;
                 (client, forward_notifications(connection))
             }
         };
