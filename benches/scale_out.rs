@@ -49,6 +49,8 @@ impl Drop for Demo {
     }
 }
 
+// Waited for in `Demo`'s drop.
+#[allow(clippy::zombie_processes)]
 fn start(instances: u16) -> Demo {
     let dir = tempfile::tempdir().expect("tempdir");
     let child = Command::new(env!("CARGO_BIN_EXE_popgate"))
