@@ -269,3 +269,19 @@ fn the_document_keeps_the_rules_of_openapi_3_1() {
     }
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+/// The document reads as a typed OpenAPI 3.1 model (the `oas3` crate's,
+/// as client generators read it): every operation, parameter, request
+/// body and response in the shapes the specification gives them.
+#[test]
+fn the_document_is_an_openapi_3_1_model() {
+    let json = serde_json::to_string(&document()).expect("as JSON");
+    let spec = oas3::from_json(json).unwrap_or_else(|e| panic!("not an OpenAPI 3.1 document: {e}"));
+    assert!(spec.openapi.starts_with("3.1"), "{}", spec.openapi);
+    let operations = spec.operations().count();
+    assert_eq!(
+        operations,
+        ROUTES.len(),
+        "every route is an operation of the model"
+    );
+}
