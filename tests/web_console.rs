@@ -206,7 +206,7 @@ async fn admins_and_auditors_work_in_a_real_browser() {
     // The first admin proposes: a mistake is shown at its line, then the
     // change goes in; approving it is not offered to its author.
     sign_in(&b, &console, account(ready, "qtv-01")).await;
-    assert!(b.text("#who").await.contains("Nguyễn Văn An"));
+    b.wait_for_text("#who", "Nguyễn Văn An").await;
     // The API's description is linked from every page: the same document.
     let doc = TestClient::new(Path::new(ready["ca_cert"].as_str().unwrap_or("")), None)
         .send(
@@ -236,8 +236,7 @@ async fn admins_and_auditors_work_in_a_real_browser() {
     b.type_into("#text", &format!("{original}\nbogus_key = 1\n"))
         .await;
     b.click("#check").await;
-    let bad = b.text("#annotated li.bad").await;
-    assert!(bad.contains("bogus_key"), "{bad}");
+    b.wait_for_text("#annotated li.bad", "bogus_key").await;
     shots.take(&b, "proposal-problem").await;
     let changed = original.replace("  \"blood_type\",\n", "");
     assert_ne!(changed, original);
@@ -276,7 +275,7 @@ async fn admins_and_auditors_work_in_a_real_browser() {
     );
     shots.take(&b, "review-diff-replay").await;
     b.click("#approve").await;
-    assert_eq!(b.text("#state").await, "đang áp dụng");
+    b.wait_for_text("#state", "đang áp dụng").await;
     log.extend(b.console_log().await);
     b.click("#logout").await;
 
@@ -355,7 +354,7 @@ async fn admins_and_auditors_work_in_a_real_browser() {
     assert!(!b.text("#seq").await.is_empty());
     shots.take(&b, "event").await;
     b.click("#lang").await;
-    assert!(b.text("h1").await.contains("Audit event"));
+    b.wait_for_text("h1", "Audit event").await;
     b.click("#lang").await;
     b.click("#nav-citizen").await;
     b.type_into("#citizen-id", &id).await;
@@ -371,8 +370,7 @@ async fn admins_and_auditors_work_in_a_real_browser() {
 
     // An officer is refused the console.
     sign_in(&b, &console, account(ready, "canbo-01")).await;
-    let refused = b.text(".notice.error").await;
-    assert!(refused.contains("chỉ dành cho"), "{refused}");
+    b.wait_for_text(".notice.error", "chỉ dành cho").await;
     assert!(b.find_all("#who").await.is_empty());
     shots.take(&b, "officer-refused").await;
     log.extend(b.console_log().await);

@@ -377,7 +377,7 @@ struct DiffLine {
 }
 
 /// The diff document as lines, coloured by what they do to access.
-fn diff_lines(d: &Value) -> Vec<DiffLine> {
+fn diff_lines(c: &Chrome, d: &Value) -> Vec<DiffLine> {
     let mut out = Vec::new();
     let mut line = |class, text: String| out.push(DiffLine { class, text });
     for (key, class, sign) in [
@@ -386,24 +386,28 @@ fn diff_lines(d: &Value) -> Vec<DiffLine> {
         ("changed", "chg", "~"),
     ] {
         for f in d["files"][key].as_array().into_iter().flatten() {
-            line(class, format!("{sign} file {}", text(f)));
+            line(class, format!("{sign} {} {}", c.t("tệp", "file"), text(f)));
         }
     }
     for (key, class, sign) in [("fields_added", "add", "+"), ("fields_removed", "del", "−")] {
         for f in d["catalog"][key].as_array().into_iter().flatten() {
-            line(class, format!("{sign} field {}", text(f)));
+            line(class, format!("{sign} {} {}", c.t("trường", "field"), text(f)));
         }
     }
     for (key, class, sign) in [("added", "add", "+"), ("removed", "del", "−")] {
         for f in d["purposes"][key].as_array().into_iter().flatten() {
-            line(class, format!("{sign} purpose {}", text(f)));
+            line(
+                class,
+                format!("{sign} {} {}", c.t("mục đích", "purpose"), text(f)),
+            );
         }
     }
     for app in d["apps"].as_array().into_iter().flatten() {
         let id = text(&app["app"]);
+        let (app_word, grant_word) = (c.t("ứng dụng", "app"), c.t("quyền", "grant"));
         match app["change"].as_str() {
             Some("added") => {
-                line("add", format!("+ app {id}"));
+                line("add", format!("+ {app_word} {id}"));
                 for g in app["grants"].as_array().into_iter().flatten() {
                     line(
                         "add",
@@ -411,9 +415,9 @@ fn diff_lines(d: &Value) -> Vec<DiffLine> {
                     );
                 }
             }
-            Some("removed") => line("del", format!("− app {id}")),
+            Some("removed") => line("del", format!("− {app_word} {id}")),
             _ => {
-                line("head", format!("app {id}"));
+                line("head", format!("{app_word} {id}"));
                 for g in app["grants"].as_array().into_iter().flatten() {
                     let key = text(&g["grant"]);
                     match g["change"].as_str() {
@@ -424,7 +428,7 @@ fn diff_lines(d: &Value) -> Vec<DiffLine> {
                             line("del", format!("    − grant {key}: {}", text(&g["was"]["fields"])))
                         }
                         _ => {
-                            line("head", format!("    grant {key}"));
+                            line("head", format!("    {grant_word} {key}"));
                             for (k, v) in g["changes"].as_object().into_iter().flatten() {
                                 let (class, sign) = if k.ends_with("_added") {
                                     ("add", "+")
@@ -437,7 +441,7 @@ fn diff_lines(d: &Value) -> Vec<DiffLine> {
                                     (Some(a), Some(b)) => format!("{} → {}", text(a), text(b)),
                                     _ => text(v),
                                 };
-                                line(class, format!("        {sign} {k}: {value}"));
+                                line(class, format!("        {sign} {}: {value}", change_label(c, k)));
                             }
                         }
                     }
@@ -446,6 +450,43 @@ fn diff_lines(d: &Value) -> Vec<DiffLine> {
         }
     }
     out
+}
+
+/// What a grant's change is called on the page.
+fn change_label<'a>(c: &Chrome, key: &'a str) -> &'a str {
+    match key {
+        "fields_added" => c.t("thêm trường", "fields added"),
+        "fields_removed" => c.t("bỏ trường", "fields removed"),
+        "operations_added" => c.t("thêm nghiệp vụ", "operations added"),
+        "operations_removed" => c.t("bỏ nghiệp vụ", "operations removed"),
+        "store_added" => c.t("thêm trường lưu kho", "stored fields added"),
+        "store_removed" => c.t("bỏ trường lưu kho", "stored fields removed"),
+        "masks" => c.t("che dữ liệu", "masks"),
+        "jurisdiction" => c.t("phạm vi địa bàn", "jurisdiction"),
+        "case_ref_required" => c.t("bắt buộc mã hồ sơ", "case reference required"),
+        "limits_per_minute" => c.t("giới hạn mỗi phút", "limit per minute"),
+        "legal_basis" => c.t("căn cứ pháp lý", "legal basis"),
+        other => other,
+    }
+}
+
+/// An alert rule's name on the page.
+fn rule_label<'a>(c: &Chrome, rule: &'a str) -> &'a str {
+    use crate::audit::alerts as a;
+    match rule {
+        a::DISTINCT_CITIZENS => c.t("nhiều công dân khác nhau", "many distinct citizens"),
+        a::REPEATED_DENIALS => c.t("bị từ chối liên tiếp", "repeated denials"),
+        a::OFF_HOURS => c.t("ngoài giờ làm việc", "off hours"),
+        a::WATCH_LIST => c.t("công dân trong danh sách theo dõi", "watched citizen"),
+        a::CASE_SPREAD => c.t("một hồ sơ, nhiều công dân", "one case, many citizens"),
+        a::CHAIN_FORK => c.t("chuỗi nhật ký bị rẽ nhánh", "audit chain fork"),
+        a::POLICY_SIGNATURE => c.t(
+            "phiên bản chính sách không có chữ ký hợp lệ",
+            "unsigned policy version",
+        ),
+        a::VERIFY_FAILURE => c.t("kiểm tra toàn vẹn thất bại", "log verification failed"),
+        other => other,
+    }
 }
 
 struct ReplayRow {
@@ -507,7 +548,7 @@ async fn version(console: &WebConsole, visit: &Visit, n: u64) -> Result<Page, Pr
                 None,
             )
             .await?;
-        diff_lines(&d)
+        diff_lines(&c, &d)
     } else {
         Vec::new()
     };
@@ -998,7 +1039,7 @@ async fn alerts(console: &WebConsole, visit: &Visit, open_only: bool) -> Result<
         .map(|a| AlertRow {
             id: text(&a["id"]),
             time: vn(&a["raised_at"]),
-            rule: text(&a["rule"]),
+            rule: rule_label(&c, a["rule"].as_str().unwrap_or("")).to_owned(),
             who: [text(&a["app_id"]), text(&a["officer_id"])]
                 .into_iter()
                 .filter(|s| !s.is_empty())

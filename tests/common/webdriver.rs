@@ -221,11 +221,20 @@ impl Browser {
         }
     }
 
+    /// Clicks the first element matching `css` (found again if the page
+    /// replaced it meanwhile).
     pub async fn click(&self, css: &str) {
-        let e = self.find(css).await;
-        self.cmd("POST", &format!("/element/{e}/click"), json!({}))
-            .await
-            .expect("click");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let e = self.find(css).await;
+            match self.cmd("POST", &format!("/element/{e}/click"), json!({})).await {
+                Ok(_) => return,
+                Err(error) if error.contains("stale element") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(error) => panic!("click {css}: {error}"),
+            }
+        }
     }
 
     /// Clears the field `css` and types `text` into it.
@@ -239,14 +248,38 @@ impl Browser {
             .expect("type");
     }
 
+    /// The text of the first element matching `css` (found again if the
+    /// page replaced it meanwhile).
     pub async fn text(&self, css: &str) -> String {
-        let e = self.find(css).await;
-        self.cmd("GET", &format!("/element/{e}/text"), json!({}))
-            .await
-            .expect("text")
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let e = self.find(css).await;
+            match self.cmd("GET", &format!("/element/{e}/text"), json!({})).await {
+                Ok(v) => return v.as_str().unwrap_or("").to_owned(),
+                Err(error) if error.contains("stale element") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(error) => panic!("text of {css}: {error}"),
+            }
+        }
+    }
+
+    /// Waits (up to 15 s) until the text of `css` contains `needle`, as a
+    /// page that is still loading gets there; the text.
+    pub async fn wait_for_text(&self, css: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = self.text(css).await;
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "'{css}' says {text:?}, not {needle:?}, on {}",
+                self.url().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Saves a PNG of the viewport to `path`.
