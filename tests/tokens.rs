@@ -226,6 +226,9 @@ async fn roles_and_officer_units_drive_authorisation() {
         .await
         .expect("response");
     assert_eq!(r.status, 403);
+    // The fix is the token, not the citizen: the answer names the claim.
+    let detail = r.body["detail"].as_str().unwrap_or("");
+    assert!(detail.contains("'unit' claim"), "{detail}");
     env.stop().await;
 }
 
