@@ -277,7 +277,53 @@ impl Api {
     /// same surfaces, role checks and audit events as the API, with the
     /// console as the app and the official as the officer. `path` may carry
     /// a query; `accept` is the representation asked for.
+    ///
+    /// It runs in a task of its own, as every request of the mTLS listener
+    /// does: a browser that goes away does not stop an action between its
+    /// effect and its audit event.
     pub async fn console_call(
+        self: &Arc<Self>,
+        console_app: &App,
+        official: &Official,
+        method: Method,
+        path: &str,
+        accept: &str,
+        body: Vec<u8>,
+    ) -> Response<Body> {
+        let (api, app, official) = (self.clone(), console_app.clone(), official.clone());
+        let (path, accept) = (path.to_owned(), accept.to_owned());
+        self.detached(async move {
+            api.console_pipeline(&app, &official, method, &path, &accept, body)
+                .await
+        })
+        .await
+    }
+
+    /// Runs `work` in a task of its own, counted among the pipelines a
+    /// stopping gateway waits for.
+    async fn detached(
+        &self,
+        work: impl std::future::Future<Output = Response<Body>> + Send + 'static,
+    ) -> Response<Body> {
+        let in_flight = self.in_flight.enter();
+        let task = tokio::spawn(async move {
+            let _in_flight = in_flight;
+            work.await
+        });
+        match task.await {
+            Ok(resp) => resp,
+            Err(error) => {
+                tracing::error!(%error, "console pipeline failed");
+                let request_id = uuid::Uuid::now_v7().to_string();
+                finish(
+                    problem_response(&ApiError::AuditUnavailable, &request_id, None),
+                    &request_id,
+                )
+            }
+        }
+    }
+
+    async fn console_pipeline(
         &self,
         console_app: &App,
         official: &Official,
@@ -312,7 +358,7 @@ impl Api {
     /// Records a console event of the console's own (a sign-in, refused or
     /// not; a sign-out) as an admin event; the answer is the event's status.
     pub async fn console_event(
-        &self,
+        self: &Arc<Self>,
         console_app: &App,
         official: &Official,
         operation: &str,
@@ -326,7 +372,9 @@ impl Api {
             trail.details = Some(details);
             crate::server::json_response(StatusCode::OK, &serde_json::json!({}))
         });
-        self.conclude(trail, result, false, started).await
+        let api = self.clone();
+        self.detached(async move { api.conclude(trail, result, false, started).await })
+            .await
     }
 
     fn console_trail(&self, console_app: &App, official: &Official) -> Trail {
