@@ -104,24 +104,13 @@ impl Api {
     /// the client left before the answer.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
         let (present, client) = tokio::sync::oneshot::channel::<std::convert::Infallible>();
-        let in_flight = self.in_flight.enter();
-        let pipeline = tokio::spawn(async move {
-            let _in_flight = in_flight;
-            self.serve(req, peer, client).await
-        });
-        let resp = pipeline.await;
+        let api = self.clone();
+        let resp = self
+            .detached(async move { api.serve(req, peer, client).await })
+            .await;
+        // Held until here: dropped early, it tells the pipeline the client left.
         drop(present);
-        match resp {
-            Ok(resp) => resp,
-            Err(error) => {
-                tracing::error!(%error, "request pipeline failed");
-                let request_id = uuid::Uuid::now_v7().to_string();
-                finish(
-                    problem_response(&ApiError::AuditUnavailable, &request_id, None),
-                    &request_id,
-                )
-            }
-        }
+        resp
     }
 
     /// The whole life of one request; `client` closes when the client has
@@ -299,8 +288,8 @@ impl Api {
         .await
     }
 
-    /// Runs `work` in a task of its own, counted among the pipelines a
-    /// stopping gateway waits for.
+    /// Runs `work` (a request's pipeline) in a task of its own, counted
+    /// among the pipelines a stopping gateway waits for.
     async fn detached(
         &self,
         work: impl std::future::Future<Output = Response<Body>> + Send + 'static,
@@ -313,7 +302,7 @@ impl Api {
         match task.await {
             Ok(resp) => resp,
             Err(error) => {
-                tracing::error!(%error, "console pipeline failed");
+                tracing::error!(%error, "request pipeline failed");
                 let request_id = uuid::Uuid::now_v7().to_string();
                 finish(
                     problem_response(&ApiError::AuditUnavailable, &request_id, None),
