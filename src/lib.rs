@@ -11,7 +11,8 @@
 //! - [`tls`]: rustls server/client configs, PEM loading, the HTTPS client builder; [`tls::pki`] the dev PKI.
 //! - [`auth`]: which app is calling, from its client certificate; officer tokens.
 //! - [`personal_id`]: the 12-digit personal ID and its structural checks.
-//! - [`limits`]: rate limits per app, officer, purpose, upstream quota, anti-scraping.
+//! - [`limits`]: rate limits per app, officer, purpose, upstream quota, anti-scraping;
+//!   [`limits::shared`] the same limits for every instance in Redis.
 //! - [`metrics`]: Prometheus counters, histograms and gauges (no citizen data in labels).
 //! - [`policy`]: field catalog, purposes, apps and grants; evaluation and masks;
 //!   [`policy::release`] per-person release (every person an answer carries);
