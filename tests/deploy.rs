@@ -210,6 +210,25 @@ async fn the_roles_script_gives_each_role_what_it_needs() {
         }
     };
     assert!(pk("audit_events").await.contains(&"instance_id".to_owned()));
+    // The migrations made the records a partitioned table, with partitions.
+    let kind: String = db
+        .query_one(
+            "SELECT relkind::text FROM pg_class WHERE oid = 'popgate.citizen_records'::regclass",
+            &[],
+        )
+        .await
+        .expect("relkind")
+        .get(0);
+    assert_eq!(kind, "p", "citizen_records is partitioned");
+    let parts: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'popgate.citizen_records'::regclass",
+            &[],
+        )
+        .await
+        .expect("partitions")
+        .get(0);
+    assert!(parts >= 1, "a partition to write into");
     let records = pk("citizen_records").await;
     assert!(
         records.contains(&"citizen_key".to_owned()) && records.contains(&"released_month".to_owned()),
