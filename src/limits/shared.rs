@@ -169,10 +169,21 @@ impl SharedLimiter {
                 }
             }
         }
-        let answer: Vec<i64> = tokio::time::timeout(REDIS_TIMEOUT, call.invoke_async(&mut conn))
-            .await
-            .map_err(|_| Unreachable("no answer in time".into()))?
-            .map_err(|e| Unreachable(e.to_string()))?;
+        let answered =
+            match tokio::time::timeout(REDIS_TIMEOUT, call.invoke_async::<Vec<i64>>(&mut conn)).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(e)) => Err(Unreachable(e.to_string())),
+                Err(_) => Err(Unreachable("no answer in time".into())),
+            };
+        let answer = match answered {
+            Ok(answer) => answer,
+            Err(e) => {
+                // A fresh connection next time: one that failed may stay
+                // broken after Redis comes back.
+                *self.conn.lock().await = None;
+                return Err(e);
+            }
+        };
         match answer.as_slice() {
             [0, _] => Ok(None),
             [i, wait] if *i >= 1 => Ok(Some((
