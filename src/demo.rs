@@ -255,7 +255,7 @@ fn start_identity_provider(dir: &Path, layout: &PkiLayout) -> anyhow::Result<(Ru
                     name: (*name).to_owned(),
                     display_name: (*display).to_owned(),
                     role: (*role).to_owned(),
-                    password: crate::console::oidc::random_secret()[..12].to_owned(),
+                    password: crate::auth::secret::random_secret()[..12].to_owned(),
                 })
                 .collect();
             pki::write_file(
@@ -270,7 +270,7 @@ fn start_identity_provider(dir: &Path, layout: &PkiLayout) -> anyhow::Result<(Ru
     if !secret_file.exists() {
         pki::write_file(
             &secret_file,
-            crate::console::oidc::random_secret().as_bytes(),
+            crate::auth::secret::random_secret().as_bytes(),
             0o600,
         )?;
     }

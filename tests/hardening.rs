@@ -390,19 +390,9 @@ fn url_port(url: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_starts_with_the_gateway_role_only() {
     let env = TestEnv::start().await;
-    // Another instance on the same warehouse, with no DDL rights at all.
-    let mut second = env.config.clone();
-    second.warehouse.url = Some(env.gateway().warehouse_url.clone());
-    second.warehouse.admin_url = None;
-    second.gateway.instance_id = "test-2".into();
-    second.gateway.data_dir = env.dir.path().join("second");
-    // It trusts the first instance's signatures of policy versions.
-    let key = popgate::audit::checkpoint::Signer::from_file(&env.pki.layout.audit_signing_key())
-        .expect("key")
-        .public_key();
-    let trusted = env.dir.path().join("trusted-keys.json");
-    std::fs::write(&trusted, json!({"test-1": [key]}).to_string()).expect("keys");
-    second.audit.trusted_keys = Some(trusted);
+    // Another instance on the same warehouse, with no DDL rights at all,
+    // trusting the first instance's signatures of policy versions.
+    let second = env.second_instance_config();
     let gateway = tokio::time::timeout(Duration::from_secs(20), popgate::gateway::Gateway::start(&second))
         .await
         .expect("starts at once, without retrying")

@@ -17,7 +17,6 @@ use serde_json::{json, Value};
 struct Pair {
     env: TestEnv,
     second: Gateway,
-    _redis_dir: tempfile::TempDir,
 }
 
 fn redis_missing() -> bool {
@@ -39,23 +38,10 @@ async fn pair(redis: &EmbeddedRedis, adjust: impl FnOnce(&mut popgate::config::C
         adjust(c);
     })
     .await;
-    let mut second = env.config.clone();
-    second.warehouse.url = Some(env.gateway().warehouse_url.clone());
-    second.warehouse.admin_url = None;
-    second.gateway.instance_id = "test-2".into();
-    second.gateway.data_dir = env.dir.path().join("second");
-    let key = popgate::audit::checkpoint::Signer::from_file(&env.pki.layout.audit_signing_key())
-        .expect("key")
-        .public_key();
-    let trusted = env.dir.path().join("trusted-keys.json");
-    std::fs::write(&trusted, json!({ "test-1": [key] }).to_string()).expect("keys");
-    second.audit.trusted_keys = Some(trusted);
-    let second = Gateway::start(&second).await.expect("second instance");
-    Pair {
-        env,
-        second,
-        _redis_dir: tempfile::tempdir().expect("dir"),
-    }
+    let second = Gateway::start(&env.second_instance_config())
+        .await
+        .expect("second instance");
+    Pair { env, second }
 }
 
 impl Pair {

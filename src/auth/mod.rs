@@ -4,6 +4,7 @@
 //! rustls has already verified the chain to the apps CA by the time a
 //! request arrives; this module only reads the identity out of it.
 
+pub mod secret;
 pub mod token;
 
 use rustls_pki_types::CertificateDer;

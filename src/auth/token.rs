@@ -27,6 +27,8 @@ use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::secret::constant_time_eq;
+
 /// The officer acting through an app, from a verified token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Officer {
@@ -203,10 +205,6 @@ pub struct Confirmation {
 /// base64url(SHA-256(DER)) of a certificate: the RFC 8705 thumbprint.
 pub fn certificate_thumbprint(cert: &CertificateDer<'_>) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(cert.as_ref()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl TokenVerifier {

@@ -214,6 +214,13 @@ pub fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) ->
     resp
 }
 
+/// The decoded value of `name` in a URL query.
+pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 /// A `303 See Other` to `to` (a path of the console).
 pub fn redirect(to: &str) -> Response<Body> {
     let mut resp = with_type(StatusCode::SEE_OTHER, "text/plain; charset=utf-8", Bytes::new());

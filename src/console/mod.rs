@@ -37,7 +37,7 @@ use session::{
 };
 
 pub use frame::{console_app, Chrome, WebConsole, CONSOLE_APP_ID};
-use frame::{html, redirect, with_type, Form, Visit};
+use frame::{html, query_value, redirect, with_type, Form, Visit};
 
 const CONSOLE_CSS: &str = include_str!("../../templates/console/console.css");
 const LETTER_CSS: &str = include_str!("../../templates/letter.css");
@@ -128,14 +128,7 @@ impl WebConsole {
             (&Method::GET, "/auth/callback") => return self.finish_sign_in(&parts, lang).await,
             (&Method::GET, p) if p.starts_with("/lang/") => {
                 let to = Lang::from_code(&p["/lang/".len()..]).unwrap_or_default();
-                let back = crate::api::request::query_param(parts.uri.query(), "back")
-                    .map(|b| {
-                        form_urlencoded::parse(format!("b={b}").as_bytes())
-                            .next()
-                            .map(|(_, v)| v.into_owned())
-                            .unwrap_or_default()
-                    })
-                    .unwrap_or_default();
+                let back = query_value(parts.uri.query(), "back").unwrap_or_default();
                 let mut resp = redirect(local_path(&back));
                 let c = format!(
                     "{LANG_COOKIE}={}; Path=/; Secure; SameSite=Strict; Max-Age=31536000",
@@ -260,11 +253,7 @@ impl WebConsole {
 
     async fn finish_sign_in(&self, parts: &http::request::Parts, lang: Lang) -> Response<Body> {
         let q = parts.uri.query().unwrap_or("");
-        let param = |name: &str| {
-            form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.into_owned())
-        };
+        let param = |name: &str| query_value(Some(q), name);
         let attempt = cookie(&parts.headers, LOGIN_COOKIE).and_then(|id| self.sessions.take_attempt(id));
         let refuse = |status: StatusCode, vi: &str, en: &str| {
             let text = match lang {

@@ -11,11 +11,11 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use rand::RngCore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
+use crate::auth::secret::random_secret;
 use crate::auth::token::{IdToken, JwksSource, TokenError, TokenVerifier, VerifierSettings};
 use crate::config::OidcSection;
 use crate::tls::https_client::{https_client, ClientOptions, HttpVersions, HttpsClient};
@@ -44,14 +44,6 @@ pub struct Attempt {
     pub state: String,
     pub nonce: String,
     pub verifier: String,
-}
-
-/// A random URL-safe string of 32 bytes (state, nonce, PKCE verifier,
-/// session ids, CSRF tokens).
-pub fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The console's OpenID Connect client.

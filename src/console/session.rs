@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::oidc::{random_secret, Attempt};
+use super::oidc::Attempt;
 use crate::api::Official;
+use crate::auth::secret::random_secret;
 
 /// The session cookie and the sign-in cookie.
 pub const SESSION_COOKIE: &str = "popgate_session";
@@ -163,7 +164,7 @@ pub fn set_cookie(name: &str, value: &str, path: &str, same_site: &str, max_age:
 
 /// Equal, in time that does not depend on where they differ.
 pub fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::auth::secret::constant_time_eq(a.as_bytes(), b.as_bytes())
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use time::OffsetDateTime;
 use crate::clock::VIETNAM;
 use crate::console::charts::{self, Chart};
 use crate::console::frame::{
-    html, letter_for_console, redirect, whole, with_type, Chrome, Form, Problem, Visit, WebConsole,
+    html, letter_for_console, query_value, redirect, whole, with_type, Chrome, Form, Problem, Visit,
+    WebConsole,
 };
 use crate::server::Body;
 
@@ -97,11 +98,7 @@ pub async fn get(console: &WebConsole, visit: &Visit, path: &str, query: Option<
             Err(_) => not_found(visit),
         },
         ["policies", "propose"] => {
-            let file = crate::api::request::query_param(query, "file").and_then(|f| {
-                form_urlencoded::parse(format!("f={f}").as_bytes())
-                    .next()
-                    .map(|(_, v)| v.into_owned())
-            });
+            let file = query_value(query, "file");
             propose_page(console, visit, file, None, None, String::new()).await
         }
         ["audit", "search"] => search(console, visit, &Form(Vec::new()), false).await,
@@ -819,14 +816,7 @@ impl Filters {
                 b[k] = json!(v);
             }
         }
-        for (k, v, next) in [("from", &self.from, false), ("to", &self.to, true)] {
-            if !v.is_empty() {
-                b[k] = json!(day_start(v, next).ok_or(Problem {
-                    status: StatusCode::BAD_REQUEST,
-                    detail: format!("{k} must be a date (YYYY-MM-DD)"),
-                })?);
-            }
-        }
+        put_dates(&mut b, &self.from, &self.to)?;
         Ok(b)
     }
 }
@@ -1190,15 +1180,22 @@ fn window_body(form: &Form, keys: &[&str]) -> Result<Value, Problem> {
             b[*k] = json!(v);
         }
     }
-    for (k, next) in [("from", false), ("to", true)] {
-        if let Some(v) = form.opt(k) {
-            b[k] = json!(day_start(&v, next).ok_or(Problem {
+    put_dates(&mut b, form.get("from"), form.get("to"))?;
+    Ok(b)
+}
+
+/// The form's date range (Vietnam calendar days, `to` inclusive) as the
+/// API's `from` and `to` times; an empty field sets nothing.
+fn put_dates(b: &mut Value, from: &str, to: &str) -> Result<(), Problem> {
+    for (k, v, next) in [("from", from, false), ("to", to, true)] {
+        if !v.is_empty() {
+            b[k] = json!(day_start(v, next).ok_or(Problem {
                 status: StatusCode::BAD_REQUEST,
                 detail: format!("{k} must be a date (YYYY-MM-DD)"),
             })?);
         }
     }
-    Ok(b)
+    Ok(())
 }
 
 async fn citizen_report(console: &WebConsole, visit: &Visit, form: &Form) -> Result<Page, Problem> {

@@ -40,13 +40,24 @@ pub fn redis_server() -> anyhow::Result<PathBuf> {
         .context("redis-server is not installed: install the Debian package redis-server (shared rate limits of several instances need it)")
 }
 
+/// `binary` serving as `conf` says, its output discarded (it logs to its file).
+fn spawn(binary: &Path, conf: &Path) -> anyhow::Result<Child> {
+    Command::new(binary)
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))
+}
+
 impl EmbeddedRedis {
     /// Starts a server with its files in `dir` on a free loopback port,
     /// and waits until it answers.
     pub async fn start(dir: &Path) -> anyhow::Result<EmbeddedRedis> {
         let binary = redis_server()?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let password = crate::console::oidc::random_secret();
+        let password = crate::auth::secret::random_secret();
         let mut last = None;
         // A port taken between choosing and binding: try another.
         for _ in 0..5 {
@@ -63,15 +74,8 @@ impl EmbeddedRedis {
                 .as_bytes(),
                 0o600,
             )?;
-            let child = Command::new(&binary)
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .with_context(|| format!("cannot start {}", binary.display()))?;
             let mut redis = EmbeddedRedis {
-                child: Some(child),
+                child: Some(spawn(&binary, &conf)?),
                 port,
                 password: password.clone(),
                 dir: dir.to_owned(),
@@ -143,13 +147,7 @@ impl EmbeddedRedis {
     /// Starts it again on the same port and password (after [`stop`](Self::stop)).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
-        let child = Command::new(redis_server()?)
-            .arg(self.dir.join("redis.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        self.child = Some(child);
+        self.child = Some(spawn(&redis_server()?, &self.dir.join("redis.conf"))?);
         self.wait_ready(Duration::from_secs(10)).await
     }
 }

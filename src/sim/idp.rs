@@ -24,13 +24,13 @@ use http::{header, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::secret::{constant_time_eq, random_secret};
 use crate::server::{self, json_response, parse_form, Body, Peer, ServerLimits};
 
 /// A demo official who may sign in.
@@ -209,16 +209,6 @@ struct IdClaims<'a> {
     roles: [&'a str; 1],
 }
 
-fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn page(status: StatusCode, html: String) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(html)).boxed());
     *resp.status_mut() = status;
@@ -383,7 +373,7 @@ impl Idp {
                 Some("Tên đăng nhập hoặc mật khẩu không đúng. (Wrong name or password.)"),
             );
         };
-        let code = random_token();
+        let code = random_secret();
         if let Ok(mut codes) = self.codes.lock() {
             codes.retain(|_, p| p.issued.elapsed() < CODE_TTL);
             codes.insert(
@@ -480,7 +470,7 @@ impl Idp {
                 let mut resp = json_response(
                     StatusCode::OK,
                     &json!({
-                        "access_token": random_token(),
+                        "access_token": random_secret(),
                         "token_type": "Bearer",
                         "expires_in": ID_TOKEN_TTL_SECS,
                         "id_token": id_token,

@@ -153,6 +153,24 @@ impl TestEnv {
             .expect("handshake")
     }
 
+    /// The config of a second instance `test-2` on this one's warehouse,
+    /// with the gateway's role only and a data directory of its own,
+    /// trusting this instance's signatures of policy versions.
+    pub fn second_instance_config(&self) -> Config {
+        let mut second = self.config.clone();
+        second.warehouse.url = Some(self.gateway().warehouse_url.clone());
+        second.warehouse.admin_url = None;
+        second.gateway.instance_id = "test-2".into();
+        second.gateway.data_dir = self.dir.path().join("second");
+        let key = popgate::audit::checkpoint::Signer::from_file(&self.pki.layout.audit_signing_key())
+            .expect("key")
+            .public_key();
+        let trusted = self.dir.path().join("trusted-keys.json");
+        std::fs::write(&trusted, serde_json::json!({ "test-1": [key] }).to_string()).expect("keys");
+        second.audit.trusted_keys = Some(trusted);
+        second
+    }
+
     /// A demo-IdP token for `officer` of `app` with role `officer`.
     pub fn token(&self, app: &str, officer: &str) -> String {
         self.token_with(app, officer, &["officer"], None)
