@@ -44,17 +44,25 @@ impl Drop for Demo {
 #[allow(clippy::zombie_processes)]
 fn start_demo() -> Demo {
     let dir = tempfile::tempdir().expect("tempdir");
-    let child = Command::new(env!("CARGO_BIN_EXE_popgate"))
-        .args(["demo", "--dir"])
+    let log_path = dir.path().join("demo.log");
+    let log = std::fs::File::create(&log_path).expect("demo log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_popgate"))
+        .args(["demo", "--population", "50000", "--dir"])
         .arg(dir.path())
         .args(["--policies"])
         .arg(common::policies_dir())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("demo starts");
     let path = dir.path().join("ready.json");
     let deadline = Instant::now() + Duration::from_secs(180);
+    let why = |what: &str| {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("{what}; the demo's last log lines:\n{}", tail.join("\n"))
+    };
     loop {
         if let Some(ready) = std::fs::read_to_string(&path)
             .ok()
@@ -62,7 +70,17 @@ fn start_demo() -> Demo {
         {
             return Demo { child, ready, dir };
         }
-        assert!(Instant::now() < deadline, "the demo did not become ready");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{}",
+                why(&format!("the demo exited ({status}) before it was ready"))
+            );
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{}", why("the demo did not become ready in 180 s"));
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
