@@ -339,26 +339,78 @@ pub fn json_bytes_response(status: http::StatusCode, body: Vec<u8>) -> Response<
 
 /// Reads a whole request body, refusing more than `limit` bytes. The
 /// declared content-length is checked before anything is buffered.
+///
+/// Over HTTP/2 a refused body is read on and dropped in the background, up
+/// to [`REFUSED_BODY_DRAIN_BYTES`] or [`REFUSED_BODY_DRAIN_TIME`]: a client
+/// still uploading then finishes its request and reads the 413 (curl before
+/// 8.x reports a stream error when the stream is reset under its upload).
+/// Past either bound the stream is reset with `NO_ERROR` after the complete
+/// response, as RFC 9113 §8.1 allows. (HTTP/1.1 closes the connection
+/// instead, as hyper does for an unread body.)
 pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, BodyError> {
     use http_body_util::BodyExt;
-    if let Some(len) = req
+    let drain_refused = req.version() == http::Version::HTTP_2;
+    let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(BodyError::TooLarge);
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut body = req.into_body();
+    let refuse = |body: Incoming| {
+        if drain_refused {
+            tokio::spawn(drain_refused_body(body));
+        }
+        Err(BodyError::TooLarge)
+    };
+    if declared.is_some_and(|len| len > limit as u64) {
+        return refuse(body);
+    }
+    // One chunk (the usual case) is returned as it came, without a copy.
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| BodyError::Io)?.into_data() else {
+            continue; // trailers carry nothing we read
+        };
+        let had = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if had + data.len() > limit {
+            return refuse(body);
+        }
+        match &first {
+            None => first = Some(data),
+            Some(f) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(f);
+                }
+                rest.extend_from_slice(&data);
+            }
         }
     }
-    match http_body_util::Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
-        Err(_) => Err(BodyError::Io),
-    }
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        Bytes::from(rest)
+    })
+}
+
+/// How much of a refused HTTP/2 body is read and dropped at most.
+pub const REFUSED_BODY_DRAIN_BYTES: usize = 16 * 1024 * 1024;
+/// How long a refused HTTP/2 body is read and dropped at most.
+pub const REFUSED_BODY_DRAIN_TIME: Duration = Duration::from_secs(5);
+
+async fn drain_refused_body(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    let mut left = REFUSED_BODY_DRAIN_BYTES;
+    let _ = tokio::time::timeout(REFUSED_BODY_DRAIN_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, Bytes::len);
+            if n >= left {
+                return;
+            }
+            left -= n;
+        }
+    })
+    .await;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

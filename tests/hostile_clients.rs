@@ -294,3 +294,81 @@ async fn http2_rapid_reset_is_cut_off_while_others_are_served() {
     assert_eq!(r.status, 200);
     env.stop().await;
 }
+
+/// An HTTP/2 client that sends more than the body limit gets 413 with a
+/// problem document. One that goes on uploading its whole body may finish
+/// it (the refused body is read and dropped, so clients such as curl 7.88,
+/// which fail when the stream is reset under their upload, still see the
+/// 413); one that never ends its body has its stream reset with `NO_ERROR`
+/// after the complete response (RFC 9113 §8.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_body_over_the_limit_gets_413_then_a_no_error_reset() {
+    use std::future::poll_fn;
+    let env = TestEnv::start().await;
+    let stream = env.raw_tls("mot-cua", b"h2").await;
+    let (sender, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    let driver = tokio::spawn(connection);
+    let token = env.token("mot-cua", "officer-1");
+    let chunk = bytes::Bytes::from(vec![b' '; 16 * 1024]);
+    // (declared length, chunks, ends its body): 3 MiB is more than the
+    // stream's flow-control window, so the upload needs the server to read.
+    for (declared, chunks, ends) in [(true, 192, true), (false, 192, true), (false, 256, false)] {
+        let case = format!("declared={declared} chunks={chunks} ends={ends}");
+        let mut sender = sender.clone().ready().await.expect("ready");
+        let mut req = http::Request::post(env.url("/v1/citizens/lookup"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json");
+        if declared {
+            req = req.header("content-length", (chunks * chunk.len()).to_string());
+        }
+        let (response, mut body) = sender
+            .send_request(req.body(()).expect("request"), false)
+            .expect("stream opens");
+        // Upload while waiting for the answer, which may come at once.
+        let sending = async {
+            let mut sent = 0;
+            for k in 1..=chunks {
+                body.reserve_capacity(chunk.len());
+                match poll_fn(|cx| body.poll_capacity(cx)).await {
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+                if body.send_data(chunk.clone(), ends && k == chunks).is_err() {
+                    break;
+                }
+                sent = k;
+            }
+            (body, sent)
+        };
+        let (response, (mut body, sent)) =
+            tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(response, sending) })
+                .await
+                .unwrap_or_else(|_| panic!("{case}: an answer within 10 s"));
+        let response = response.unwrap_or_else(|e| panic!("{case}: no response: {e}"));
+        assert_eq!(response.status(), 413, "{case}");
+        let mut answer = response.into_body();
+        let mut text = Vec::new();
+        while let Some(part) = answer.data().await {
+            text.extend_from_slice(
+                &part.unwrap_or_else(|e| panic!("{case}: the problem document is cut: {e}")),
+            );
+        }
+        let text = String::from_utf8_lossy(&text);
+        assert!(text.contains("body-too-large"), "{case}: {text}");
+        if ends {
+            assert_eq!(sent, chunks, "{case}: the upload was cut off");
+        } else {
+            let reason = tokio::time::timeout(
+                popgate::server::REFUSED_BODY_DRAIN_TIME + Duration::from_secs(5),
+                poll_fn(|cx| body.poll_reset(cx)),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{case}: the stream is reset"))
+            .expect("a reset reason");
+            assert_eq!(reason, h2::Reason::NO_ERROR, "{case}");
+        }
+    }
+    drop(sender);
+    let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    env.stop().await;
+}
