@@ -223,3 +223,74 @@ async fn a_renewed_server_certificate_is_picked_up_from_the_files() {
     }
     env.stop().await;
 }
+
+/// The gateway prefers the hybrid post-quantum key exchange X25519MLKEM768
+/// when the app offers it (our own client does, first), and still accepts
+/// an app that offers only classical X25519; TLS 1.3 with an AEAD suite
+/// either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_negotiates_hybrid_post_quantum_key_exchange() {
+    use rustls::NamedGroup;
+    let env = TestEnv::start().await;
+    let l = &env.pki.layout;
+    let addr = env.gateway().gateway_addr;
+    let handshake = |config: rustls::ClientConfig| async move {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("tcp");
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(
+                rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name"),
+                tcp,
+            )
+            .await
+            .expect("handshake");
+        let (_, conn) = tls.get_ref();
+        (
+            conn.negotiated_key_exchange_group().map(|g| g.name()),
+            conn.protocol_version(),
+            conn.negotiated_cipher_suite().map(|s| s.suite()),
+        )
+    };
+    let ours = popgate::tls::mutual_client_config(
+        &l.apps_ca_cert(),
+        &l.app_cert("mot-cua"),
+        &l.app_key("mot-cua"),
+        &[],
+    )
+    .expect("tls");
+    let (group, version, suite) = handshake(ours).await;
+    assert_eq!(group, Some(NamedGroup::X25519MLKEM768));
+    assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
+    assert!(
+        matches!(
+            suite,
+            Some(
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+                    | rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+                    | rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+            )
+        ),
+        "{suite:?}"
+    );
+    // An app whose TLS stack knows only X25519.
+    let classical = rustls::crypto::CryptoProvider {
+        kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let certs = popgate::tls::load_certs(&l.app_cert("mot-cua")).expect("cert");
+    let key = popgate::tls::load_key(&l.app_key("mot-cua")).expect("key");
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in popgate::tls::load_certs(&l.apps_ca_cert()).expect("ca") {
+        roots.add(ca).expect("root");
+    }
+    let old = rustls::ClientConfig::builder_with_provider(Arc::new(classical))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .expect("client cert");
+    let (group, ..) = handshake(old).await;
+    assert_eq!(group, Some(NamedGroup::X25519));
+    env.stop().await;
+}

@@ -99,7 +99,7 @@ impl SharedLimiter {
         let client = if url.starts_with("rediss://") {
             // The redis crate builds its rustls config from the process's
             // default provider: ours.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            let _ = (*crate::tls::provider()).clone().install_default();
             let root_cert = ca
                 .map(std::fs::read)
                 .transpose()

@@ -42,9 +42,22 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-/// The process-wide crypto provider.
+/// The process-wide crypto provider: aws-lc-rs, offering the hybrid
+/// post-quantum key exchange X25519MLKEM768 first (citizen data recorded in
+/// transit today must stay secret once quantum computers can break X25519
+/// alone), then X25519 and P-256 for peers without it. The cipher suites are
+/// the provider's own: AEAD with forward secrecy only.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(CryptoProvider {
+        kx_groups: key_exchange_groups(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    })
+}
+
+/// The key exchange groups offered, preferred first.
+pub fn key_exchange_groups() -> Vec<&'static dyn rustls::crypto::SupportedKxGroup> {
+    use rustls::crypto::aws_lc_rs::kx_group;
+    vec![kx_group::X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1]
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
