@@ -235,9 +235,7 @@ async fn the_gateway_negotiates_hybrid_post_quantum_key_exchange() {
     let l = &env.pki.layout;
     let addr = env.gateway().gateway_addr;
     let handshake = |config: rustls::ClientConfig| async move {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("tcp");
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(
                 rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name"),

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -301,6 +301,11 @@ pub struct Engine {
     pub warehouse: Warehouse,
     pub metrics: Arc<Metrics>,
     pub webhook: Option<Webhook>,
+    /// The usual levels of the distinct-citizens rule, by officer (or the
+    /// whole app), app and hour: each reads a week of events, and the week
+    /// before an hour does not change while that hour lasts, so each is
+    /// read once an hour rather than on every tick.
+    baselines: Mutex<HashMap<(Option<String>, String, OffsetDateTime), f64>>,
 }
 
 /// Events read per instance and tick.
@@ -334,7 +339,36 @@ impl Engine {
             warehouse,
             metrics,
             webhook: None,
+            baselines: Mutex::default(),
         })
+    }
+
+    /// The usual level before `hour` of `officer` (`None`: of every officer
+    /// of `app`), read once per hour (see [`Engine::baselines`]).
+    async fn baseline(
+        &self,
+        rt: &RuleTx<'_>,
+        officer: Option<&str>,
+        app: &str,
+        hour: OffsetDateTime,
+    ) -> Result<f64> {
+        let key = (officer.map(str::to_owned), app.to_owned(), hour);
+        let cached = self
+            .baselines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied();
+        if let Some(mean) = cached {
+            return Ok(mean);
+        }
+        let since = hour - std_to_time(self.rules.distinct_citizens.baseline);
+        let mean = rt.hourly_mean(officer, app, since, hour).await?;
+        let mut cache = self.baselines.lock().unwrap_or_else(|p| p.into_inner());
+        // Hours that ended more than an hour ago are not judged again.
+        cache.retain(|(_, _, h), _| *h + time::Duration::HOUR * 2 > hour);
+        cache.insert(key, mean);
+        Ok(mean)
     }
 
     /// Stores an alert raised outside a tick (a refused policy signature, a
@@ -493,7 +527,6 @@ impl Engine {
         }
         if r.distinct_citizens.enabled {
             let d = &r.distinct_citizens;
-            let mut app_means: HashMap<String, f64> = HashMap::new();
             for (officer, app, hour) in hours.into_keys() {
                 let (n, ids) = rt
                     .distinct_people(&officer, &app, hour, hour + time::Duration::HOUR)
@@ -501,16 +534,8 @@ impl Engine {
                 if n < d.min_citizens {
                     continue;
                 }
-                let since = hour - std_to_time(d.baseline);
-                let own = rt.hourly_mean(Some(&officer), &app, since, hour).await?;
-                let app_mean = match app_means.get(&app) {
-                    Some(m) => *m,
-                    None => {
-                        let m = rt.hourly_mean(None, &app, since, hour).await?;
-                        app_means.insert(app.clone(), m);
-                        m
-                    }
-                };
+                let own = self.baseline(rt, Some(&officer), &app, hour).await?;
+                let app_mean = self.baseline(rt, None, &app, hour).await?;
                 let usual = own.max(app_mean);
                 if (n as f64) <= d.factor * usual {
                     continue;
