@@ -305,8 +305,11 @@ pub struct Engine {
     /// whole app), app and hour: each reads a week of events, and the week
     /// before an hour does not change while that hour lasts, so each is
     /// read once an hour rather than on every tick.
-    baselines: Mutex<HashMap<(Option<String>, String, OffsetDateTime), f64>>,
+    baselines: Mutex<HashMap<BaselineKey, f64>>,
 }
+
+/// Officer (`None`: the whole app), app and hour.
+type BaselineKey = (Option<String>, String, OffsetDateTime);
 
 /// Events read per instance and tick.
 const BATCH: i64 = 2000;
