@@ -631,7 +631,13 @@ impl Engine {
         let mut failing = false;
         loop {
             tokio::select! {
-                _ = tick.tick() => match self.tick().await {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            // A tick gives way to shutdown: its transaction is rolled back
+            // and the next start judges the same events again.
+            tokio::select! {
+                ticked = self.tick() => match ticked {
                     Ok(_) => {
                         if failing {
                             tracing::info!("alert rules run again");
