@@ -679,3 +679,68 @@ async fn a_citizen_report_pages_through_2000_accesses_and_prints_a_vietnamese_le
     let env = Arc::try_unwrap(env).ok().expect("one owner");
     env.stop().await;
 }
+
+/// The distinct-citizens rule counts each tick's new events on top of what
+/// it counted before, and when another instance's engine judged in between
+/// it reads the hour again instead of trusting its own count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_distinct_citizens_count_carries_over_ticks_and_instances() {
+    let env = TestEnv::start_with(|c| {
+        c.alerts.enabled = false;
+        c.rate_limits.scale = 100.0;
+    })
+    .await;
+    let people = citizens(&env, true, 15);
+    let (a, b) = (engine(&env, TEST_RULES), engine(&env, TEST_RULES));
+    let mut asked = 0;
+    let mut ask = |n: usize| {
+        let ids = people[asked..asked + n].to_vec();
+        asked += n;
+        let env = &env;
+        async move {
+            for id in ids {
+                assert_eq!(
+                    as_officer(env, "officer-steady", &id, "HS-2026-000500").await,
+                    200
+                );
+            }
+            env.settle().await;
+        }
+    };
+    // 8 people: below the rule's 12; this engine now counts the hour.
+    ask(8).await;
+    a.tick().await.expect("tick");
+    assert_eq!(distinct_alert_size(&env).await, None);
+    // 3 more, judged by another instance's engine: 11, still below.
+    ask(3).await;
+    b.tick().await.expect("tick");
+    assert_eq!(distinct_alert_size(&env).await, None);
+    // 2 more: 13 in all. The first engine must not count 8 + 2.
+    ask(2).await;
+    a.tick().await.expect("tick");
+    assert_eq!(
+        distinct_alert_size(&env).await,
+        Some(13),
+        "the other engine's 3 were missed"
+    );
+    // 2 more, counted on top of its 13 (the alert of the hour grows).
+    ask(2).await;
+    a.tick().await.expect("tick");
+    assert_eq!(distinct_alert_size(&env).await, Some(15));
+    env.stop().await;
+}
+
+/// The number of requests the distinct-citizens alert names, if there is one.
+async fn distinct_alert_size(env: &TestEnv) -> Option<usize> {
+    let list = auditor(
+        env,
+        "inspector-1",
+        "/audit/v1/alerts?rule=distinct-citizens",
+        None,
+    )
+    .await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    alerts_of(&list.body, "distinct-citizens")
+        .first()
+        .map(|a| a["audit_ids"].as_array().map_or(0, Vec::len))
+}

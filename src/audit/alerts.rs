@@ -32,7 +32,7 @@ use time::{OffsetDateTime, Weekday};
 
 use crate::clock::VIETNAM;
 use crate::metrics::Metrics;
-use crate::warehouse::alerts::{Alert, NewAlert, RuleEvent, RuleTx};
+use crate::warehouse::alerts::{Alert, NewAlert, RuleEvent, RuleTx, MAX_EVIDENCE};
 use crate::warehouse::{Result, Warehouse};
 
 pub const DISTINCT_CITIZENS: &str = "distinct-citizens";
@@ -306,6 +306,40 @@ pub struct Engine {
     /// before an hour does not change while that hour lasts, so each is
     /// read once an hour rather than on every tick.
     baselines: Mutex<HashMap<BaselineKey, f64>>,
+    /// The distinct people of each officer, app and hour, kept up to date
+    /// from the events the rules read, so that a tick counts only its new
+    /// events rather than the whole hour again (see [`Seen`]).
+    seen: Mutex<Seen>,
+}
+
+/// What this engine has counted, valid while it alone judges: the rules'
+/// watermarks as its last tick left them, and per officer, app and hour
+/// the people and (up to [`MAX_EVIDENCE`]) the requests. When another
+/// instance's engine has judged since (the watermarks moved), it is
+/// dropped and read again from the warehouse.
+#[derive(Default)]
+struct Seen {
+    marks: Vec<(String, u64)>,
+    hours: HashMap<(String, String, OffsetDateTime), People>,
+}
+
+#[derive(Default)]
+struct People {
+    keys: std::collections::HashSet<String>,
+    ids: Vec<uuid::Uuid>,
+}
+
+impl People {
+    fn add(&mut self, e: &RuleEvent) {
+        if e.subject_keys.is_empty() {
+            self.keys.extend(e.citizen_key.iter().cloned());
+        } else {
+            self.keys.extend(e.subject_keys.iter().cloned());
+        }
+        if self.ids.len() < MAX_EVIDENCE as usize && !self.ids.contains(&e.audit_id) {
+            self.ids.push(e.audit_id);
+        }
+    }
 }
 
 /// Officer (`None`: the whole app), app and hour.
@@ -343,6 +377,7 @@ impl Engine {
             metrics,
             webhook: None,
             baselines: Mutex::default(),
+            seen: Mutex::default(),
         })
     }
 
@@ -372,6 +407,42 @@ impl Engine {
         cache.retain(|(_, _, h), _| *h + time::Duration::HOUR * 2 > hour);
         cache.insert(key, mean);
         Ok(mean)
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The distinct people of `officer` through `app` in `hour` and the
+    /// requests that carried them: counted in memory once read from the
+    /// warehouse (the first time, or after another engine judged).
+    async fn people(
+        &self,
+        rt: &RuleTx<'_>,
+        officer: &str,
+        app: &str,
+        hour: OffsetDateTime,
+    ) -> Result<(i64, Vec<uuid::Uuid>)> {
+        let key = (officer.to_owned(), app.to_owned(), hour);
+        if let Some(p) = self.seen().hours.get(&key) {
+            return Ok((p.keys.len() as i64, p.ids.clone()));
+        }
+        let (keys, ids) = rt
+            .distinct_people(officer, app, hour, hour + time::Duration::HOUR)
+            .await?;
+        let n = keys.len() as i64;
+        let mut seen = self.seen();
+        // Hours that ended more than an hour ago are not judged again.
+        seen.hours
+            .retain(|(_, _, h), _| *h + time::Duration::HOUR * 2 > hour);
+        seen.hours.insert(
+            key,
+            People {
+                keys: keys.into_iter().collect(),
+                ids: ids.clone(),
+            },
+        );
+        Ok((n, ids))
     }
 
     /// Stores an alert raised outside a tick (a refused policy signature, a
@@ -429,7 +500,15 @@ impl Engine {
         } else {
             Default::default()
         };
-        for (instance, mark) in rt.watermarks().await? {
+        let marks = rt.watermarks().await?;
+        {
+            let mut seen = self.seen();
+            if seen.marks != marks {
+                seen.hours.clear();
+            }
+        }
+        let mut left = Vec::with_capacity(marks.len());
+        for (instance, mark) in marks {
             let mut after = mark;
             loop {
                 let events = rt.events_after(&instance, after, BATCH).await?;
@@ -449,8 +528,18 @@ impl Engine {
             if after != mark {
                 rt.set_watermark(&instance, after).await?;
             }
+            left.push((instance, after));
         }
-        rt.commit().await?;
+        let committed = rt.commit().await;
+        {
+            let mut seen = self.seen();
+            match committed {
+                Ok(()) => seen.marks = left,
+                // Counted, but not judged: read again next time.
+                Err(_) => *seen = Seen::default(),
+            }
+        }
+        committed?;
         for (rule, alert) in &raised {
             self.announce(rule, alert);
         }
@@ -501,7 +590,11 @@ impl Engine {
             if !granted(e) {
                 continue;
             }
-            hours.insert((officer.clone(), app.clone(), hour_of(e.ts)), ());
+            let key = (officer.clone(), app.clone(), hour_of(e.ts));
+            if let Some(people) = self.seen().hours.get_mut(&key) {
+                people.add(e);
+            }
+            hours.insert(key, ());
             if r.off_hours.enabled && !self.hours.contains(e.ts) {
                 late.entry((officer.clone(), app.clone(), e.ts.to_offset(VIETNAM).date()))
                     .or_default()
@@ -531,9 +624,7 @@ impl Engine {
         if r.distinct_citizens.enabled {
             let d = &r.distinct_citizens;
             for (officer, app, hour) in hours.into_keys() {
-                let (n, ids) = rt
-                    .distinct_people(&officer, &app, hour, hour + time::Duration::HOUR)
-                    .await?;
+                let (n, ids) = self.people(rt, &officer, &app, hour).await?;
                 if n < d.min_citizens {
                     continue;
                 }

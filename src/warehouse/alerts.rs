@@ -268,6 +268,15 @@ pub struct RuleTx<'a> {
 /// need not be read out of its body, which would parse every row's JSON.
 const GRANTED: &str = "decision = 'granted' AND operation IN ('lookup', 'verify', 'household')";
 
+/// An event's kind, read out of its body only where its columns do not
+/// tell: an app request's intent is the one whose decision is `pending`.
+const KIND: &str = "CASE WHEN operation IN ('lookup', 'verify', 'household')
+    THEN CASE WHEN decision = 'pending' THEN 'intent' ELSE 'outcome' END
+    ELSE body->>'kind' END";
+
+/// The HTTP status of a refusal (the rules read no other).
+const DENIED_STATUS: &str = "CASE WHEN decision = 'denied' THEN (body->>'http_status')::bigint END";
+
 /// The people an event's answer carried (older events: the citizen).
 const PEOPLE: &str =
     "unnest(CASE WHEN cardinality(subject_keys) > 0 THEN subject_keys ELSE ARRAY[citizen_key] END)";
@@ -324,9 +333,11 @@ impl<'a> RuleTx<'a> {
         let rows = self
             .tx
             .query(
-                "SELECT seq, audit_id, ts, body->>'kind', decision, (body->>'http_status')::bigint, app_id, officer_id,
-                        operation, case_ref, citizen_key, subject_keys
-                 FROM popgate.audit_events WHERE instance_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &format!(
+                    "SELECT seq, audit_id, ts, {KIND}, decision, {DENIED_STATUS}, app_id, officer_id,
+                            operation, case_ref, citizen_key, subject_keys
+                     FROM popgate.audit_events WHERE instance_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                ),
                 &[&instance, &after, &limit],
             )
             .await?;
@@ -349,20 +360,21 @@ impl<'a> RuleTx<'a> {
             .collect())
     }
 
-    /// The distinct people an officer's granted requests through an app
-    /// carried in `[from, to)`, and those requests' audit ids.
+    /// The distinct people (pseudonyms) an officer's granted requests
+    /// through an app carried in `[from, to)`, and those requests' audit ids
+    /// (at most [`MAX_EVIDENCE`]).
     pub async fn distinct_people(
         &self,
         officer: &str,
         app: &str,
         from: OffsetDateTime,
         to: OffsetDateTime,
-    ) -> Result<(i64, Vec<uuid::Uuid>)> {
+    ) -> Result<(Vec<String>, Vec<uuid::Uuid>)> {
         let row = self
             .tx
             .query_one(
                 &format!(
-                    "SELECT count(DISTINCT k), (array_agg(DISTINCT audit_id))[1:500]
+                    "SELECT array_agg(DISTINCT k), (array_agg(DISTINCT audit_id))[1:{MAX_EVIDENCE}]
                      FROM popgate.audit_events, {PEOPLE} AS k
                      WHERE officer_id = $1 AND app_id = $2 AND ts >= $3 AND ts < $4 AND {GRANTED}"
                 ),
@@ -370,7 +382,7 @@ impl<'a> RuleTx<'a> {
             )
             .await?;
         Ok((
-            row.get(0),
+            row.get::<_, Option<Vec<String>>>(0).unwrap_or_default(),
             row.get::<_, Option<Vec<uuid::Uuid>>>(1).unwrap_or_default(),
         ))
     }
