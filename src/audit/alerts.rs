@@ -301,26 +301,35 @@ pub struct Engine {
     pub warehouse: Warehouse,
     pub metrics: Arc<Metrics>,
     pub webhook: Option<Webhook>,
-    /// The usual levels of the distinct-citizens rule, by officer (or the
-    /// whole app), app and hour: each reads a week of events, and the week
-    /// before an hour does not change while that hour lasts, so each is
-    /// read once an hour rather than on every tick.
-    baselines: Mutex<HashMap<BaselineKey, f64>>,
-    /// The distinct people of each officer, app and hour, kept up to date
-    /// from the events the rules read, so that a tick counts only its new
-    /// events rather than the whole hour again (see [`Seen`]).
+    /// What the distinct-citizens rule keeps between ticks (see [`Seen`]).
     seen: Mutex<Seen>,
 }
 
-/// What this engine has counted, valid while it alone judges: the rules'
-/// watermarks as its last tick left them, and per officer, app and hour
-/// the people and (up to [`MAX_EVIDENCE`]) the requests. When another
-/// instance's engine has judged since (the watermarks moved), it is
-/// dropped and read again from the warehouse.
+/// What the distinct-citizens rule keeps between ticks, so that a tick
+/// reads only its new events rather than the whole hour and week again.
 #[derive(Default)]
 struct Seen {
+    /// The rules' watermarks as this engine's last tick left them.
     marks: Vec<(String, u64)>,
+    /// Per officer, app and hour: the people and (up to [`MAX_EVIDENCE`])
+    /// the requests, kept up to date from the events the rules read. Valid
+    /// while this engine alone judges: when another instance's engine has
+    /// judged since (the watermarks moved), it is read again from the
+    /// warehouse.
     hours: HashMap<(String, String, OffsetDateTime), People>,
+    /// The usual levels, by officer (or the whole app), app and hour: the
+    /// week before an hour does not change while that hour lasts, so each
+    /// is read once an hour.
+    baselines: HashMap<BaselineKey, f64>,
+}
+
+impl Seen {
+    /// Hours that ended more than an hour before `hour` are not judged again.
+    fn forget_before(&mut self, hour: OffsetDateTime) {
+        let recent = |h: &OffsetDateTime| *h + time::Duration::HOUR * 2 > hour;
+        self.hours.retain(|(_, _, h), _| recent(h));
+        self.baselines.retain(|(_, _, h), _| recent(h));
+    }
 }
 
 #[derive(Default)]
@@ -376,13 +385,12 @@ impl Engine {
             warehouse,
             metrics,
             webhook: None,
-            baselines: Mutex::default(),
             seen: Mutex::default(),
         })
     }
 
     /// The usual level before `hour` of `officer` (`None`: of every officer
-    /// of `app`), read once per hour (see [`Engine::baselines`]).
+    /// of `app`), read once per hour (see [`Seen::baselines`]).
     async fn baseline(
         &self,
         rt: &RuleTx<'_>,
@@ -391,21 +399,15 @@ impl Engine {
         hour: OffsetDateTime,
     ) -> Result<f64> {
         let key = (officer.map(str::to_owned), app.to_owned(), hour);
-        let cached = self
-            .baselines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .copied();
+        let cached = self.seen().baselines.get(&key).copied();
         if let Some(mean) = cached {
             return Ok(mean);
         }
         let since = hour - std_to_time(self.rules.distinct_citizens.baseline);
         let mean = rt.hourly_mean(officer, app, since, hour).await?;
-        let mut cache = self.baselines.lock().unwrap_or_else(|p| p.into_inner());
-        // Hours that ended more than an hour ago are not judged again.
-        cache.retain(|(_, _, h), _| *h + time::Duration::HOUR * 2 > hour);
-        cache.insert(key, mean);
+        let mut seen = self.seen();
+        seen.forget_before(hour);
+        seen.baselines.insert(key, mean);
         Ok(mean)
     }
 
@@ -432,9 +434,7 @@ impl Engine {
             .await?;
         let n = keys.len() as i64;
         let mut seen = self.seen();
-        // Hours that ended more than an hour ago are not judged again.
-        seen.hours
-            .retain(|(_, _, h), _| *h + time::Duration::HOUR * 2 > hour);
+        seen.forget_before(hour);
         seen.hours.insert(
             key,
             People {
@@ -579,46 +579,51 @@ impl Engine {
         let mut denials: BTreeMap<(String, String), OffsetDateTime> = BTreeMap::new();
         let mut late: BTreeMap<(String, String, time::Date), Vec<uuid::Uuid>> = BTreeMap::new();
         let mut cases: BTreeMap<(String, String), OffsetDateTime> = BTreeMap::new();
-        for e in events {
-            let (Some(officer), Some(app)) = (e.officer_id.clone(), e.app_id.clone()) else {
-                continue;
-            };
-            if is_app_request(e) && e.decision == "denied" && e.http_status == Some(403) {
-                let newest = denials.entry((officer.clone(), app.clone())).or_insert(e.ts);
-                *newest = (*newest).max(e.ts);
-            }
-            if !granted(e) {
-                continue;
-            }
-            let key = (officer.clone(), app.clone(), hour_of(e.ts));
-            if let Some(people) = self.seen().hours.get_mut(&key) {
-                people.add(e);
-            }
-            hours.insert(key, ());
-            if r.off_hours.enabled && !self.hours.contains(e.ts) {
-                late.entry((officer.clone(), app.clone(), e.ts.to_offset(VIETNAM).date()))
-                    .or_default()
-                    .push(e.audit_id);
-            }
-            if let Some(case) = &e.case_ref {
-                let newest = cases.entry((app.clone(), case.clone())).or_insert(e.ts);
-                *newest = (*newest).max(e.ts);
-            }
-            if r.watch_list.enabled
-                && e.subject_keys
-                    .iter()
-                    .chain(e.citizen_key.iter())
-                    .any(|k| watched.contains(k))
-            {
-                out.push(NewAlert {
-                    rule: WATCH_LIST,
-                    dedup_key: format!("{WATCH_LIST}:{}", e.audit_id),
-                    officer_id: Some(officer.clone()),
-                    app_id: Some(app.clone()),
-                    instance_id: Some(instance.to_owned()),
-                    summary: format!("officer {officer} of {app} accessed a citizen on the watch list"),
-                    audit_ids: vec![e.audit_id],
-                });
+        // The counts kept in memory are updated under one lock, released
+        // before the warehouse is asked anything.
+        {
+            let mut seen = self.seen();
+            for e in events {
+                let (Some(officer), Some(app)) = (e.officer_id.clone(), e.app_id.clone()) else {
+                    continue;
+                };
+                if is_app_request(e) && e.decision == "denied" && e.http_status == Some(403) {
+                    let newest = denials.entry((officer.clone(), app.clone())).or_insert(e.ts);
+                    *newest = (*newest).max(e.ts);
+                }
+                if !granted(e) {
+                    continue;
+                }
+                let key = (officer.clone(), app.clone(), hour_of(e.ts));
+                if let Some(people) = seen.hours.get_mut(&key) {
+                    people.add(e);
+                }
+                hours.insert(key, ());
+                if r.off_hours.enabled && !self.hours.contains(e.ts) {
+                    late.entry((officer.clone(), app.clone(), e.ts.to_offset(VIETNAM).date()))
+                        .or_default()
+                        .push(e.audit_id);
+                }
+                if let Some(case) = &e.case_ref {
+                    let newest = cases.entry((app.clone(), case.clone())).or_insert(e.ts);
+                    *newest = (*newest).max(e.ts);
+                }
+                if r.watch_list.enabled
+                    && e.subject_keys
+                        .iter()
+                        .chain(e.citizen_key.iter())
+                        .any(|k| watched.contains(k))
+                {
+                    out.push(NewAlert {
+                        rule: WATCH_LIST,
+                        dedup_key: format!("{WATCH_LIST}:{}", e.audit_id),
+                        officer_id: Some(officer.clone()),
+                        app_id: Some(app.clone()),
+                        instance_id: Some(instance.to_owned()),
+                        summary: format!("officer {officer} of {app} accessed a citizen on the watch list"),
+                        audit_ids: vec![e.audit_id],
+                    });
+                }
             }
         }
         if r.distinct_citizens.enabled {
