@@ -680,9 +680,10 @@ async fn a_citizen_report_pages_through_2000_accesses_and_prints_a_vietnamese_le
     env.stop().await;
 }
 
-/// The distinct-citizens rule counts each tick's new events on top of what
-/// it counted before, and when another instance's engine judged in between
-/// it reads the hour again instead of trusting its own count.
+/// The distinct-citizens and case-spread rules count each tick's new events
+/// on top of what they counted before, and when another instance's engine
+/// judged in between they read the hour (the case's window) again instead
+/// of trusting their own count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_distinct_citizens_count_carries_over_ticks_and_instances() {
     let env = TestEnv::start_with(|c| {
@@ -691,7 +692,9 @@ async fn the_distinct_citizens_count_carries_over_ticks_and_instances() {
     })
     .await;
     let people = citizens(&env, true, 15);
-    let (a, b) = (engine(&env, TEST_RULES), engine(&env, TEST_RULES));
+    // The case-spread rule at the distinct-citizens rule's 12.
+    let rules = TEST_RULES.replace("citizens = 5", "citizens = 12");
+    let (a, b) = (engine(&env, &rules), engine(&env, &rules));
     let mut asked = 0;
     let mut ask = |n: usize| {
         let ids = people[asked..asked + n].to_vec();
@@ -711,10 +714,12 @@ async fn the_distinct_citizens_count_carries_over_ticks_and_instances() {
     ask(8).await;
     a.tick().await.expect("tick");
     assert_eq!(distinct_alert_size(&env).await, None);
+    assert_eq!(case_alert_count(&env).await, None);
     // 3 more, judged by another instance's engine: 11, still below.
     ask(3).await;
     b.tick().await.expect("tick");
     assert_eq!(distinct_alert_size(&env).await, None);
+    assert_eq!(case_alert_count(&env).await, None);
     // 2 more: 13 in all. The first engine must not count 8 + 2.
     ask(2).await;
     a.tick().await.expect("tick");
@@ -723,11 +728,29 @@ async fn the_distinct_citizens_count_carries_over_ticks_and_instances() {
         Some(13),
         "the other engine's 3 were missed"
     );
+    assert_eq!(
+        case_alert_count(&env).await,
+        Some(13),
+        "the case's citizens the other engine judged were missed"
+    );
     // 2 more, counted on top of its 13 (the alert of the hour grows).
     ask(2).await;
     a.tick().await.expect("tick");
     assert_eq!(distinct_alert_size(&env).await, Some(15));
+    assert_eq!(case_alert_count(&env).await, Some(15));
     env.stop().await;
+}
+
+/// How many distinct citizens the case-spread alert's summary names, if
+/// there is one.
+async fn case_alert_count(env: &TestEnv) -> Option<usize> {
+    let list = auditor(env, "inspector-1", "/audit/v1/alerts?rule=case-spread", None).await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    let summary = alerts_of(&list.body, "case-spread").first()?["summary"]
+        .as_str()?
+        .to_owned();
+    let n = summary.split(" about ").nth(1)?.split(' ').next()?;
+    Some(n.parse().expect("a count in the summary"))
 }
 
 /// The number of requests the distinct-citizens alert names, if there is one.

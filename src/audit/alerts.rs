@@ -305,22 +305,27 @@ pub struct Engine {
     seen: Mutex<Seen>,
 }
 
-/// What the distinct-citizens rule keeps between ticks, so that a tick
-/// reads only its new events rather than the whole hour and week again.
+/// What the distinct-citizens and case-spread rules keep between ticks, so
+/// that a tick reads only its new events rather than the whole hour, week
+/// or day again. Counting an event twice changes nothing (people and
+/// requests are sets), so what is read from the warehouse may overlap what
+/// is counted from the events judged.
 #[derive(Default)]
 struct Seen {
     /// The rules' watermarks as this engine's last tick left them.
     marks: Vec<(String, u64)>,
-    /// Per officer, app and hour: the people and (up to [`MAX_EVIDENCE`])
-    /// the requests, kept up to date from the events the rules read. Valid
-    /// while this engine alone judges: when another instance's engine has
-    /// judged since (the watermarks moved), it is read again from the
-    /// warehouse.
+    /// Per officer, app and hour of the hours in `loaded`: the people and
+    /// (up to [`MAX_EVIDENCE`]) the requests. An hour is read from the
+    /// warehouse once, for every officer at once, and then kept up to date
+    /// from the events the rules read.
     hours: HashMap<(String, String, OffsetDateTime), People>,
-    /// The usual levels, by officer (or the whole app), app and hour: the
-    /// week before an hour does not change while that hour lasts, so each
-    /// is read once an hour.
-    baselines: HashMap<BaselineKey, f64>,
+    loaded: std::collections::BTreeSet<OffsetDateTime>,
+    /// The usual levels, by app and hour: the week before an hour does not
+    /// change while that hour lasts, so each is read once an hour.
+    baselines: HashMap<(String, OffsetDateTime), Baseline>,
+    /// Per app and case reference: the citizens asked about within the
+    /// case-spread window, kept up to date like `hours`.
+    cases: HashMap<(String, String), Spread>,
 }
 
 impl Seen {
@@ -328,7 +333,97 @@ impl Seen {
     fn forget_before(&mut self, hour: OffsetDateTime) {
         let recent = |h: &OffsetDateTime| *h + time::Duration::HOUR * 2 > hour;
         self.hours.retain(|(_, _, h), _| recent(h));
-        self.baselines.retain(|(_, _, h), _| recent(h));
+        self.loaded.retain(recent);
+        self.baselines.retain(|(_, h), _| recent(h));
+    }
+
+    /// Counts a granted request of `officer` through `app` into what is
+    /// kept of its hour and of its case.
+    fn count(&mut self, officer: &str, app: &str, e: &RuleEvent) {
+        let hour = hour_of(e.ts);
+        if self.loaded.contains(&hour) {
+            self.hours
+                .entry((officer.to_owned(), app.to_owned(), hour))
+                .or_default()
+                .add(e);
+        }
+        if let (Some(case), Some(citizen)) = (&e.case_ref, &e.citizen_key) {
+            if let Some(spread) = self.cases.get_mut(&(app.to_owned(), case.clone())) {
+                spread.add(citizen, e.ts, e.audit_id);
+            }
+        }
+    }
+
+    /// Forgets every count: they are read from the warehouse again.
+    fn clear_counts(&mut self) {
+        self.hours.clear();
+        self.loaded.clear();
+        self.cases.clear();
+    }
+}
+
+/// An app's usual levels before an hour: each officer's and the app's.
+struct Baseline {
+    officers: HashMap<String, f64>,
+    app: f64,
+}
+
+/// The citizens asked about under one case reference, each with its
+/// latest request, so that the window's start can pass them by.
+#[derive(Default)]
+struct Spread {
+    latest: HashMap<String, OffsetDateTime>,
+    /// `latest`, in time order.
+    order: std::collections::BTreeSet<(OffsetDateTime, String)>,
+    /// The first requests within the window (at most [`MAX_EVIDENCE`]).
+    requests: std::collections::VecDeque<(OffsetDateTime, uuid::Uuid)>,
+}
+
+impl Spread {
+    fn add(&mut self, citizen: &str, ts: OffsetDateTime, id: uuid::Uuid) {
+        match self.latest.get_mut(citizen) {
+            Some(t) if *t >= ts => {}
+            Some(t) => {
+                self.order.remove(&(*t, citizen.to_owned()));
+                *t = ts;
+                self.order.insert((ts, citizen.to_owned()));
+            }
+            None => {
+                self.latest.insert(citizen.to_owned(), ts);
+                self.order.insert((ts, citizen.to_owned()));
+            }
+        }
+        self.add_request(ts, id);
+    }
+
+    fn add_request(&mut self, ts: OffsetDateTime, id: uuid::Uuid) {
+        if self.requests.len() < MAX_EVIDENCE as usize && !self.requests.iter().any(|r| r.1 == id) {
+            self.requests.push_back((ts, id));
+        }
+    }
+
+    /// Lets the window start at `start`: how many citizens are within it,
+    /// and the requests that name them.
+    fn since(&mut self, start: OffsetDateTime) -> (i64, Vec<uuid::Uuid>) {
+        while let Some((t, _)) = self.order.first() {
+            if *t >= start {
+                break;
+            }
+            if let Some((_, citizen)) = self.order.pop_first() {
+                self.latest.remove(&citizen);
+            }
+        }
+        while self.requests.front().is_some_and(|r| r.0 < start) {
+            self.requests.pop_front();
+        }
+        (
+            self.latest.len() as i64,
+            self.requests.iter().map(|r| r.1).collect(),
+        )
+    }
+
+    fn newest(&self) -> Option<OffsetDateTime> {
+        self.order.last().map(|(t, _)| *t)
     }
 }
 
@@ -345,14 +440,19 @@ impl People {
         } else {
             self.keys.extend(e.subject_keys.iter().cloned());
         }
-        if self.ids.len() < MAX_EVIDENCE as usize && !self.ids.contains(&e.audit_id) {
-            self.ids.push(e.audit_id);
+        self.add_request(e.audit_id);
+    }
+
+    fn add_request(&mut self, id: uuid::Uuid) {
+        if self.ids.len() < MAX_EVIDENCE as usize && !self.ids.contains(&id) {
+            self.ids.push(id);
         }
     }
 }
 
-/// Officer (`None`: the whole app), app and hour.
-type BaselineKey = (Option<String>, String, OffsetDateTime);
+/// Events another instance's engine judged that this one counts itself
+/// rather than read its hours and cases again.
+const CATCH_UP: u64 = 10 * BATCH as u64;
 
 /// Events read per instance and tick.
 const BATCH: i64 = 2000;
@@ -389,26 +489,31 @@ impl Engine {
         })
     }
 
-    /// The usual level before `hour` of `officer` (`None`: of every officer
-    /// of `app`), read once per hour (see [`Seen::baselines`]).
+    /// The usual levels before `hour` of `officer` and of every officer of
+    /// `app`, read once per app and hour (see [`Seen::baselines`]).
     async fn baseline(
         &self,
         rt: &RuleTx<'_>,
-        officer: Option<&str>,
+        officer: &str,
         app: &str,
         hour: OffsetDateTime,
-    ) -> Result<f64> {
-        let key = (officer.map(str::to_owned), app.to_owned(), hour);
-        let cached = self.seen().baselines.get(&key).copied();
-        if let Some(mean) = cached {
-            return Ok(mean);
+    ) -> Result<(f64, f64)> {
+        let key = (app.to_owned(), hour);
+        let of = |b: &Baseline| (b.officers.get(officer).copied().unwrap_or(0.0), b.app);
+        if let Some(b) = self.seen().baselines.get(&key) {
+            return Ok(of(b));
         }
         let since = hour - std_to_time(self.rules.distinct_citizens.baseline);
-        let mean = rt.hourly_mean(officer, app, since, hour).await?;
+        let (officers, app_mean) = rt.hourly_means(app, since, hour).await?;
+        let baseline = Baseline {
+            officers,
+            app: app_mean,
+        };
+        let levels = of(&baseline);
         let mut seen = self.seen();
         seen.forget_before(hour);
-        seen.baselines.insert(key, mean);
-        Ok(mean)
+        seen.baselines.insert(key, baseline);
+        Ok(levels)
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
@@ -416,8 +521,9 @@ impl Engine {
     }
 
     /// The distinct people of `officer` through `app` in `hour` and the
-    /// requests that carried them: counted in memory once read from the
-    /// warehouse (the first time, or after another engine judged).
+    /// requests that carried them: the hour is read from the warehouse for
+    /// every officer once (the first time, or after another engine judged
+    /// too much to count here), then counted in memory.
     async fn people(
         &self,
         rt: &RuleTx<'_>,
@@ -425,24 +531,88 @@ impl Engine {
         app: &str,
         hour: OffsetDateTime,
     ) -> Result<(i64, Vec<uuid::Uuid>)> {
-        let key = (officer.to_owned(), app.to_owned(), hour);
-        if let Some(p) = self.seen().hours.get(&key) {
-            return Ok((p.keys.len() as i64, p.ids.clone()));
+        let loaded = self.seen().loaded.contains(&hour);
+        if !loaded {
+            let rows = rt.people_between(hour, hour + time::Duration::HOUR).await?;
+            let mut seen = self.seen();
+            seen.forget_before(hour);
+            seen.loaded.insert(hour);
+            for (officer, app, key, id) in rows {
+                let people = seen.hours.entry((officer, app, hour)).or_default();
+                people.keys.insert(key);
+                people.add_request(id);
+            }
         }
-        let (keys, ids) = rt
-            .distinct_people(officer, app, hour, hour + time::Duration::HOUR)
-            .await?;
-        let n = keys.len() as i64;
-        let mut seen = self.seen();
-        seen.forget_before(hour);
-        seen.hours.insert(
-            key,
-            People {
-                keys: keys.into_iter().collect(),
-                ids: ids.clone(),
-            },
-        );
-        Ok((n, ids))
+        let key = (officer.to_owned(), app.to_owned(), hour);
+        Ok(self
+            .seen()
+            .hours
+            .get(&key)
+            .map_or((0, Vec::new()), |p| (p.keys.len() as i64, p.ids.clone())))
+    }
+
+    /// Counts the events another instance's engine judged since this
+    /// engine's last tick (from `mine` to `marks`), as if it had judged
+    /// them; when they are more than [`CATCH_UP`], or an instance is new to
+    /// this engine, the counts are read from the warehouse again instead.
+    async fn catch_up(&self, rt: &RuleTx<'_>, mine: &[(String, u64)], marks: &[(String, u64)]) -> Result<()> {
+        let mut gaps = Vec::new();
+        for (instance, theirs) in marks {
+            match mine.iter().find(|(i, _)| i == instance) {
+                Some((_, ours)) if ours <= theirs => gaps.push((instance, *ours, *theirs)),
+                _ => {
+                    self.seen().clear_counts();
+                    return Ok(());
+                }
+            }
+        }
+        if gaps.iter().map(|(_, ours, theirs)| theirs - ours).sum::<u64>() > CATCH_UP {
+            self.seen().clear_counts();
+            return Ok(());
+        }
+        for (instance, mut after, until) in gaps {
+            while after < until {
+                let events = rt.events_after(instance, after, BATCH).await?;
+                let Some(last) = events.last() else { break };
+                after = last.seq;
+                let mut seen = self.seen();
+                for e in events.iter().filter(|e| e.seq <= until && granted(e)) {
+                    if let (Some(officer), Some(app)) = (&e.officer_id, &e.app_id) {
+                        seen.count(officer, app, e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The distinct citizens asked about under `case` of `app` from `start`
+    /// to `newest` and the first requests about them: counted in memory once
+    /// read from the warehouse, as [`Engine::people`] does.
+    async fn spread(
+        &self,
+        rt: &RuleTx<'_>,
+        app: &str,
+        case: &str,
+        start: OffsetDateTime,
+        newest: OffsetDateTime,
+    ) -> Result<(i64, Vec<uuid::Uuid>)> {
+        let key = (app.to_owned(), case.to_owned());
+        if let Some(spread) = self.seen().cases.get_mut(&key) {
+            return Ok(spread.since(start));
+        }
+        let (citizens, requests) = rt.case_citizens(app, case, start, newest).await?;
+        let mut spread = Spread::default();
+        for (citizen, ts) in citizens {
+            spread.order.insert((ts, citizen.clone()));
+            spread.latest.insert(citizen, ts);
+        }
+        for (ts, id) in requests {
+            spread.add_request(ts, id);
+        }
+        let counted = spread.since(start);
+        self.seen().cases.insert(key, spread);
+        Ok(counted)
     }
 
     /// Stores an alert raised outside a tick (a refused policy signature, a
@@ -501,11 +671,12 @@ impl Engine {
             Default::default()
         };
         let marks = rt.watermarks().await?;
-        {
-            let mut seen = self.seen();
-            if seen.marks != marks {
-                seen.hours.clear();
-            }
+        let behind = {
+            let seen = self.seen();
+            (seen.marks != marks).then(|| seen.marks.clone())
+        };
+        if let Some(mine) = behind {
+            self.catch_up(&rt, &mine, &marks).await?;
         }
         let mut left = Vec::with_capacity(marks.len());
         for (instance, mark) in marks {
@@ -594,11 +765,8 @@ impl Engine {
                 if !granted(e) {
                     continue;
                 }
-                let key = (officer.clone(), app.clone(), hour_of(e.ts));
-                if let Some(people) = seen.hours.get_mut(&key) {
-                    people.add(e);
-                }
-                hours.insert(key, ());
+                seen.count(&officer, &app, e);
+                hours.insert((officer.clone(), app.clone(), hour_of(e.ts)), ());
                 if r.off_hours.enabled && !self.hours.contains(e.ts) {
                     late.entry((officer.clone(), app.clone(), e.ts.to_offset(VIETNAM).date()))
                         .or_default()
@@ -633,8 +801,7 @@ impl Engine {
                 if n < d.min_citizens {
                     continue;
                 }
-                let own = self.baseline(rt, Some(&officer), &app, hour).await?;
-                let app_mean = self.baseline(rt, None, &app, hour).await?;
+                let (own, app_mean) = self.baseline(rt, &officer, &app, hour).await?;
                 let usual = own.max(app_mean);
                 if (n as f64) <= d.factor * usual {
                     continue;
@@ -697,8 +864,13 @@ impl Engine {
         if r.case_spread.enabled {
             let c = &r.case_spread;
             let within = std_to_time(c.within);
+            if let Some(latest) = cases.values().max() {
+                self.seen()
+                    .cases
+                    .retain(|_, s| s.newest().is_some_and(|t| t + within >= *latest));
+            }
             for ((app, case), newest) in cases {
-                let (n, ids) = rt.case_citizens(&app, &case, newest - within, newest).await?;
+                let (n, ids) = self.spread(rt, &app, &case, newest - within, newest).await?;
                 if n < c.citizens {
                     continue;
                 }

@@ -4,6 +4,8 @@
 //! `audit::alerts`. No citizen data leaves here in an alert: an alert names
 //! an officer, an app, an instance and audit ids.
 
+use std::collections::HashMap;
+
 use deadpool_postgres::Transaction;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -360,58 +362,67 @@ impl<'a> RuleTx<'a> {
             .collect())
     }
 
-    /// The distinct people (pseudonyms) an officer's granted requests
-    /// through an app carried in `[from, to)`, and those requests' audit ids
-    /// (at most [`MAX_EVIDENCE`]).
-    pub async fn distinct_people(
+    /// The people (pseudonyms) every officer's granted requests through
+    /// each app carried in `[from, to)`: one row per request and person,
+    /// `(officer, app, person, audit id)`. One range scan of the hour by
+    /// time, whatever the number of officers.
+    pub async fn people_between(
         &self,
-        officer: &str,
-        app: &str,
         from: OffsetDateTime,
         to: OffsetDateTime,
-    ) -> Result<(Vec<String>, Vec<uuid::Uuid>)> {
-        let row = self
+    ) -> Result<Vec<(String, String, String, uuid::Uuid)>> {
+        Ok(self
             .tx
-            .query_one(
+            .query(
                 &format!(
-                    "SELECT array_agg(DISTINCT k), (array_agg(DISTINCT audit_id))[1:{MAX_EVIDENCE}]
+                    "SELECT officer_id, app_id, k, audit_id
                      FROM popgate.audit_events, {PEOPLE} AS k
-                     WHERE officer_id = $1 AND app_id = $2 AND ts >= $3 AND ts < $4 AND {GRANTED}"
+                     WHERE ts >= $1 AND ts < $2 AND {GRANTED}
+                       AND officer_id IS NOT NULL AND app_id IS NOT NULL AND k IS NOT NULL"
                 ),
-                &[&officer, &app, &from, &to],
-            )
-            .await?;
-        Ok((
-            row.get::<_, Option<Vec<String>>>(0).unwrap_or_default(),
-            row.get::<_, Option<Vec<uuid::Uuid>>>(1).unwrap_or_default(),
-        ))
-    }
-
-    /// The usual level: the mean of the distinct people per officer and
-    /// active hour in `[from, to)`, of one officer (`Some`) or of every
-    /// officer of the app (`None`).
-    pub async fn hourly_mean(
-        &self,
-        officer: Option<&str>,
-        app: &str,
-        from: OffsetDateTime,
-        to: OffsetDateTime,
-    ) -> Result<f64> {
-        let mean: Option<f64> = self
-            .tx
-            .query_one(
-                &format!(
-                    "SELECT avg(n)::float8 FROM (
-                        SELECT officer_id, date_trunc('hour', ts), count(DISTINCT k) AS n
-                        FROM popgate.audit_events, {PEOPLE} AS k
-                        WHERE ($1::text IS NULL OR officer_id = $1) AND app_id = $2 AND ts >= $3 AND ts < $4 AND {GRANTED}
-                        GROUP BY 1, 2) AS hours"
-                ),
-                &[&officer, &app, &from, &to],
+                &[&from, &to],
             )
             .await?
-            .get(0);
-        Ok(mean.unwrap_or(0.0))
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
+    /// The usual levels of an app in `[from, to)`: the mean of the distinct
+    /// people per active hour of each officer, and of every officer of the
+    /// app together (the mean over all their active hours).
+    pub async fn hourly_means(
+        &self,
+        app: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<(HashMap<String, f64>, f64)> {
+        let rows = self
+            .tx
+            .query(
+                &format!(
+                    "SELECT officer_id, avg(n)::float8 FROM (
+                        SELECT officer_id, date_trunc('hour', ts), count(DISTINCT k) AS n
+                        FROM popgate.audit_events, {PEOPLE} AS k
+                        WHERE app_id = $1 AND ts >= $2 AND ts < $3 AND {GRANTED} AND officer_id IS NOT NULL
+                        GROUP BY 1, 2) AS hours
+                     GROUP BY ROLLUP (officer_id)"
+                ),
+                &[&app, &from, &to],
+            )
+            .await?;
+        let mut officers = HashMap::new();
+        let mut whole = 0.0;
+        for r in rows {
+            let mean: Option<f64> = r.get(1);
+            match r.get::<_, Option<String>>(0) {
+                Some(officer) => {
+                    officers.insert(officer, mean.unwrap_or(0.0));
+                }
+                None => whole = mean.unwrap_or(0.0),
+            }
+        }
+        Ok((officers, whole))
     }
 
     /// An officer's requests refused by policy (403) through an app in
@@ -438,30 +449,46 @@ impl<'a> RuleTx<'a> {
             .collect())
     }
 
-    /// The distinct citizens asked about under one case reference of an app
-    /// in `[from, to]`, and the audit ids of those requests.
+    /// The citizens asked about under one case reference of an app in
+    /// `[from, to]`, each with its latest request's time, and the first
+    /// (at most [`MAX_EVIDENCE`]) of those requests.
     pub async fn case_citizens(
         &self,
         app: &str,
         case_ref: &str,
         from: OffsetDateTime,
         to: OffsetDateTime,
-    ) -> Result<(i64, Vec<uuid::Uuid>)> {
-        let row = self
+    ) -> Result<(Vec<(String, OffsetDateTime)>, Vec<(OffsetDateTime, uuid::Uuid)>)> {
+        let citizens = self
             .tx
-            .query_one(
+            .query(
                 &format!(
-                    "SELECT count(DISTINCT citizen_key), (array_agg(audit_id ORDER BY ts))[1:500]
-                     FROM popgate.audit_events
-                     WHERE case_ref = $1 AND app_id = $2 AND ts >= $3 AND ts <= $4 AND {GRANTED}"
+                    "SELECT citizen_key, max(ts) FROM popgate.audit_events
+                     WHERE case_ref = $1 AND app_id = $2 AND ts >= $3 AND ts <= $4 AND {GRANTED}
+                       AND citizen_key IS NOT NULL
+                     GROUP BY citizen_key"
                 ),
                 &[&case_ref, &app, &from, &to],
             )
-            .await?;
-        Ok((
-            row.get(0),
-            row.get::<_, Option<Vec<uuid::Uuid>>>(1).unwrap_or_default(),
-        ))
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let requests = self
+            .tx
+            .query(
+                &format!(
+                    "SELECT ts, audit_id FROM popgate.audit_events
+                     WHERE case_ref = $1 AND app_id = $2 AND ts >= $3 AND ts <= $4 AND {GRANTED}
+                     ORDER BY ts LIMIT {MAX_EVIDENCE}"
+                ),
+                &[&case_ref, &app, &from, &to],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok((citizens, requests))
     }
 
     /// The pseudonyms on the watch list.
