@@ -1,5 +1,6 @@
 //! The embedded PostgreSQL cluster starts (as an unprivileged user when we
-//! are root), accepts the gateway's restricted login, and stops.
+//! are root) on the warehouse's settings, accepts the gateway's restricted
+//! login, and stops.
 
 use std::time::Duration;
 
@@ -44,6 +45,32 @@ async fn starts_migrates_restricts_and_stops() {
         err.to_string().contains("append-only") || format!("{err:?}").contains("append-only"),
         "{err:?}"
     );
+    // Bodies compress with lz4 (migration 9), and the cluster runs on the
+    // settings chosen for the warehouse's workload.
+    let lz4: Vec<String> = admin
+        .query(
+            "SELECT attname::text FROM pg_attribute WHERE attcompression = 'l'
+             AND attrelid IN ('popgate.audit_events'::regclass, 'popgate.citizen_records'::regclass) ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("columns")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(lz4, ["body", "fields", "subjects"]);
+    for (setting, value) in [
+        ("jit", "off"),
+        ("checkpoint_timeout", "15min"),
+        ("max_connections", "200"),
+    ] {
+        let shown: String = admin
+            .query_one(&format!("SHOW {setting}"), &[])
+            .await
+            .expect("show")
+            .get(0);
+        assert_eq!(shown, value, "{setting}");
+    }
     drop((gw, admin));
 
     let port = pg.port();

@@ -146,6 +146,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0007_enriched_records.sql"),
     ),
     (8, "instances", include_str!("migrations/0008_instances.sql")),
+    (
+        9,
+        "lz4 for event bodies",
+        include_str!("migrations/0009_lz4_bodies.sql"),
+    ),
 ];
 
 const POOL_SIZE: usize = 16;
