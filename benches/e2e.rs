@@ -6,18 +6,20 @@
 //! simulator share the other core.
 //!
 //! `cargo bench --bench e2e` prints req/s and latency percentiles at
-//! saturation and at 25/50/75 % of it, the gateway's CPU time per request
-//! and its peak RSS, and, from the gateway's own metrics, where its
-//! requests' time went at saturation (the national database, the waits for
-//! the audit journal). For each proxy's saturation run it also prints the
-//! CPU per request of the proxy, of the load generator with the simulator
-//! and of the warehouse, and the rate that the busier core allows at those
-//! costs. When nginx is installed, the same load (same client
-//! certificate, connections and residents) runs against nginx configured as
-//! an mTLS reverse proxy to the same simulator, pinned the same way, and the
-//! ratio popgate / nginx is printed. The simulator is also called directly
-//! at 50 % of nginx's saturation, so that the latency each proxy adds can be
-//! read off.
+//! saturation over 64 and over 256 connections, then at fixed rates of 25,
+//! 50 and 75 % of the lower of the two proxies' saturations and at 1,000
+//! req/s (a province's peak several times over), each with the latency
+//! the proxy adds over calling the simulator directly at the same rate. For
+//! every run it prints the CPU per request of the proxy, of the load
+//! generator with the simulator and of the warehouse, each core's busy
+//! share and the rate that the busier core allows at those costs; after
+//! each saturation run, the proxy's connections to the national database;
+//! from the gateway's own metrics, where its requests' time went (the
+//! national database, the waits for the audit journal); and its peak RSS.
+//! When nginx is installed, the same load (same client certificate,
+//! connections and residents) runs against nginx configured as an mTLS
+//! reverse proxy to the same simulator, pinned the same way, and the ratios
+//! popgate / nginx are printed.
 //!
 //! `E2E_NO_NGINX=1` skips nginx. `E2E_PG_SHM=1` puts the warehouse's data
 //! directory on tmpfs (`/dev/shm`), as if the warehouse had storage of its
@@ -51,6 +53,12 @@ use popgate::warehouse::embedded::{free_port, EmbeddedPostgres};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CONCURRENCY: usize = 64;
+/// The second saturation run's connections: enough requests in flight that
+/// the proxy's CPU, not its waits, sets the rate.
+const WIDE: usize = 256;
+/// The rate of a province's busiest hour several times over, at which the
+/// latency a proxy adds is read (when both proxies carry it).
+const PROVINCE_PEAK: f64 = 1_000.0;
 const SATURATION_SECS: u64 = 10;
 const FIXED_SECS: u64 = 6;
 const OFFICERS: usize = 100;
@@ -250,6 +258,16 @@ impl CpuAccount {
     }
 }
 
+/// An account of no CPU at all (a run not made).
+fn cpu_of_nothing() -> CpuAccount {
+    CpuAccount {
+        busy: Vec::new(),
+        proxy: 0.0,
+        bench: 0.0,
+        warehouse: 0.0,
+    }
+}
+
 /// Linux's USER_HZ: the unit of the times in `/proc`.
 const CLK_TCK: f64 = 100.0;
 
@@ -294,12 +312,12 @@ impl Run {
     }
 }
 
-/// Closed loop: `CONCURRENCY` requests in flight for `secs`.
-async fn saturate(target: Arc<Target>, secs: u64) -> Run {
+/// Closed loop: `connections` requests in flight for `secs`.
+async fn saturate(target: Arc<Target>, secs: u64, connections: usize) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for w in 0..CONCURRENCY {
+    for w in 0..connections {
         let (target, stop) = (target.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut failed, mut i) = (Vec::new(), 0, w);
@@ -309,7 +327,7 @@ async fn saturate(target: Arc<Target>, secs: u64) -> Run {
                     Some(()) => lat.push(sent.elapsed()),
                     None => failed += 1,
                 }
-                i += CONCURRENCY;
+                i += connections;
             }
             (lat, failed)
         }));
@@ -395,25 +413,69 @@ fn mtls_client(ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Pa
         tls,
         &ClientOptions {
             versions: HttpVersions::Http1,
-            max_idle_per_host: CONCURRENCY,
+            max_idle_per_host: WIDE,
             ..ClientOptions::default()
         },
     )
 }
 
-/// A proxy's figures at saturation.
+/// A proxy's figures at saturation, over `CONCURRENCY` and `WIDE`
+/// connections.
 struct Measured {
     saturation: f64,
     cpu: CpuAccount,
+    wide: f64,
+    wide_cpu: CpuAccount,
+}
+
+/// The established TCP connections of process `pid` to `port` on
+/// loopback: the proxy's connections to the national database.
+fn upstream_connections(pid: u32, port: u16) -> usize {
+    let inodes: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = f
+                .get(2)
+                .and_then(|r| r.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            let inode = f.get(9).and_then(|i| i.parse::<u64>().ok());
+            f.get(3) == Some(&"01") && remote_port == Some(port) && inode.is_some_and(|i| inodes.contains(&i))
+        })
+        .count()
 }
 
 /// Saturation of one proxy. `metrics` is the gateway's ops port, from
 /// whose histograms its own account of a request's time is printed.
-async fn measure(name: &str, target: Arc<Target>, pid: u32, metrics: Option<u16>, pinned: bool) -> Measured {
+async fn measure(
+    name: &str,
+    target: Arc<Target>,
+    pid: u32,
+    metrics: Option<u16>,
+    pinned: bool,
+    upstream_port: u16,
+) -> Measured {
     // Warm-up: tokens cached, pools filled; valgrind runs the proxy some
     // thirty times slower, so it needs longer to see every officer once.
     let callgrind = callgrind_dir();
-    let _ = saturate(target.clone(), if callgrind.is_some() { 10 } else { 2 }).await;
+    let _ = saturate(
+        target.clone(),
+        if callgrind.is_some() { 10 } else { 2 },
+        CONCURRENCY,
+    )
+    .await;
     if callgrind.is_some() {
         callgrind_control(pid, &["--instr=on"]);
     }
@@ -421,8 +483,9 @@ async fn measure(name: &str, target: Arc<Target>, pid: u32, metrics: Option<u16>
     // gateway's metrics would be counted with them.
     let scraped = Scraped::now(metrics.filter(|_| callgrind.is_none())).await;
     let cpu_before = CpuSample::now(pid);
-    let mut sat = saturate(target.clone(), SATURATION_SECS).await;
+    let mut sat = saturate(target.clone(), SATURATION_SECS, CONCURRENCY).await;
     let cpu = CpuSample::now(pid).since(&cpu_before, sat.ok);
+    let upstream = upstream_connections(pid, upstream_port);
     let inside = scraped.since().await;
     if let Some(dir) = callgrind {
         callgrind_control(pid, &["--instr=off"]);
@@ -436,13 +499,32 @@ async fn measure(name: &str, target: Arc<Target>, pid: u32, metrics: Option<u16>
     } else {
         sat.report(&format!("{name}: saturation"), Some(cpu.proxy));
         cpu.report(name, pinned);
+        println!("{name}: {upstream} connections to the national database");
         if let Some(inside) = inside {
             inside.report(&format!("{name} at saturation"));
         }
     }
+    // Under callgrind the count above is the figure; a second run would
+    // only take another several minutes.
+    let (wide, wide_cpu) = if callgrind_dir().is_some() {
+        (sat.rate(), cpu_of_nothing())
+    } else {
+        let before = CpuSample::now(pid);
+        let mut wide = saturate(target.clone(), SATURATION_SECS, WIDE).await;
+        let wide_cpu = CpuSample::now(pid).since(&before, wide.ok);
+        wide.report(&format!("{name}: saturation, {WIDE} conn."), Some(wide_cpu.proxy));
+        wide_cpu.report(name, pinned);
+        println!(
+            "{name}: {} connections to the national database",
+            upstream_connections(pid, upstream_port)
+        );
+        (wide.rate(), wide_cpu)
+    };
     Measured {
         saturation: sat.rate(),
         cpu,
+        wide,
+        wide_cpu,
     }
 }
 
@@ -759,7 +841,7 @@ async fn bench(pinned: bool) {
                 bodies: c06_bodies.clone(),
                 audit_ids: None,
             });
-            let m = measure("nginx", target.clone(), child.id(), None, pinned).await;
+            let m = measure("nginx", target.clone(), child.id(), None, pinned, sim_addr.port()).await;
             Some((ChildGuard(child), target, m))
         }
     };
@@ -804,7 +886,7 @@ async fn bench(pinned: bool) {
         scale_checks(&l, port, pid, &target).await;
         return;
     }
-    let popgate = measure("popgate", target.clone(), pid, Some(ops), pinned).await;
+    let popgate = measure("popgate", target.clone(), pid, Some(ops), pinned, sim_addr.port()).await;
     if callgrind_dir().is_some() {
         return;
     }
@@ -841,9 +923,10 @@ async fn bench(pinned: bool) {
         flushed.elapsed().as_secs_f64()
     );
 
-    // The same offered loads for each: 25/50/75 % of nginx's saturation
-    // (popgate's when nginx is absent), and the simulator called directly
-    // at 50 %, for the latency each proxy adds.
+    // The same offered loads for each proxy and for the simulator called
+    // directly: 25/50/75 % of the lower saturation (so that no proxy runs
+    // overloaded), and a province's peak when both carry it. The latency a
+    // proxy adds is its percentile less the simulator's at the same rate.
     let direct = Arc::new(Target {
         client: mtls_client(
             &l.national_ca_cert(),
@@ -856,42 +939,59 @@ async fn bench(pinned: bool) {
         audit_ids: None,
     });
     let mut proxies = Vec::new();
-    if let Some((_, t, _)) = &nginx {
-        proxies.push(("nginx", t.clone(), None));
+    if let Some((guard, t, _)) = &nginx {
+        proxies.push(("nginx", t.clone(), None, guard.0.id()));
     }
-    proxies.push(("popgate", target.clone(), Some(ops)));
-    let base = nginx.as_ref().map_or(popgate.saturation, |n| n.2.saturation);
-    let _ = saturate(direct.clone(), 1).await;
-    let mut direct_half = offered(direct, base * 0.5, FIXED_SECS).await;
-    direct_half.report("simulator direct: 50 %", None);
-    let direct_p99 = direct_half.p(0.99);
-    for (name, t, metrics) in proxies {
-        for share in [0.25, 0.50, 0.75] {
+    proxies.push(("popgate", target.clone(), Some(ops), pid));
+    let base = nginx
+        .as_ref()
+        .map_or(popgate.saturation, |n| n.2.saturation.min(popgate.saturation));
+    let mut rates: Vec<(String, f64)> = [0.25, 0.50, 0.75]
+        .iter()
+        .map(|share| (format!("{:.0} %", share * 100.0), base * share))
+        .collect();
+    if PROVINCE_PEAK < base * 0.9 {
+        rates.push(("province peak".into(), PROVINCE_PEAK));
+    }
+    let _ = saturate(direct.clone(), 1, CONCURRENCY).await;
+    let mut direct_p = Vec::new();
+    for (label, rate) in &rates {
+        let mut run = offered(direct.clone(), *rate, FIXED_SECS).await;
+        run.report(&format!("simulator direct: {label}"), None);
+        direct_p.push((run.p(0.50), run.p(0.99)));
+    }
+    for (name, t, metrics, proxy_pid) in proxies {
+        for ((label, rate), (d50, d99)) in rates.iter().zip(&direct_p) {
             let scraped = Scraped::now(metrics).await;
-            let mut run = offered(t.clone(), base * share, FIXED_SECS).await;
-            run.report(
-                &format!("{name}: {:.0} % ({:.0} req/s)", share * 100.0, base * share),
-                None,
-            );
+            let before = CpuSample::now(proxy_pid);
+            let mut run = offered(t.clone(), *rate, FIXED_SECS).await;
+            let cpu = CpuSample::now(proxy_pid).since(&before, run.ok);
+            run.report(&format!("{name}: {label} ({rate:.0} req/s)"), Some(cpu.proxy));
+            cpu.report(name, pinned);
             if let Some(inside) = scraped.since().await {
-                inside.report(&format!("{name} at {:.0} %", share * 100.0));
+                inside.report(&format!("{name} at {label}"));
             }
-            if share == 0.50 {
-                let added = run.p(0.99).as_secs_f64() - direct_p99.as_secs_f64();
-                println!("{name}: added p99 at 50 % = {:.2} ms", added * 1e3);
-            }
+            let ms = |a: Duration, b: &Duration| (a.as_secs_f64() - b.as_secs_f64()) * 1e3;
+            println!(
+                "{name}: added at {label}: p50 {:.2} ms, p99 {:.2} ms",
+                ms(run.p(0.50), d50),
+                ms(run.p(0.99), d99)
+            );
         }
     }
 
     println!("popgate: peak RSS under load {} MiB", rss_busy / 1024);
     if let Some((_, _, n)) = &nginx {
         println!(
-            "popgate / nginx: {:.2}× throughput ({:.0} vs {:.0} req/s); CPU per request {:.0} vs {:.0} µs",
+            "popgate / nginx: {:.2}× throughput ({:.0} vs {:.0} req/s); CPU per request {:.0} vs {:.0} µs ({:.1}×); warehouse {:.0} µs ({:.2}× nginx's CPU)",
             popgate.saturation / n.saturation,
             popgate.saturation,
             n.saturation,
             popgate.cpu.proxy,
-            n.cpu.proxy
+            n.cpu.proxy,
+            popgate.cpu.proxy / n.cpu.proxy.max(1e-9),
+            popgate.cpu.warehouse,
+            popgate.cpu.warehouse / n.cpu.proxy.max(1e-9),
         );
         // How far this machine lets popgate go at the costs just measured,
         // whatever the order of its waits: the bound of its busiest core.
@@ -899,6 +999,17 @@ async fn bench(pinned: bool) {
         println!(
             "popgate: at its measured CPU costs, {by} caps it at {ceiling:.0} req/s, {:.2}× nginx's saturation",
             ceiling / n.saturation
+        );
+        println!(
+            "popgate / nginx over {WIDE} connections: {:.2}× throughput ({:.0} vs {:.0} req/s); CPU per request {:.0} vs {:.0} µs ({:.1}×); warehouse {:.0} µs ({:.2}× nginx's CPU)",
+            popgate.wide / n.wide,
+            popgate.wide,
+            n.wide,
+            popgate.wide_cpu.proxy,
+            n.wide_cpu.proxy,
+            popgate.wide_cpu.proxy / n.wide_cpu.proxy.max(1e-9),
+            popgate.wide_cpu.warehouse,
+            popgate.wide_cpu.warehouse / n.wide_cpu.proxy.max(1e-9),
         );
     }
     scale_checks(&l, port, pid, &target).await;
