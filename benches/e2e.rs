@@ -637,7 +637,7 @@ http {{
   fastcgi_temp_path {d}/fastcgi;
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
-  upstream national {{ server {sim}; keepalive 64; keepalive_requests 1000000; }}
+  upstream national {{ server {sim}; keepalive {WIDE}; keepalive_requests 1000000; }}
   server {{
     listen 127.0.0.1:{port} ssl;
     keepalive_requests 1000000;
