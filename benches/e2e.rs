@@ -982,17 +982,7 @@ async fn bench(pinned: bool) {
 
     println!("popgate: peak RSS under load {} MiB", rss_busy / 1024);
     if let Some((_, _, n)) = &nginx {
-        println!(
-            "popgate / nginx: {:.2}× throughput ({:.0} vs {:.0} req/s); CPU per request {:.0} vs {:.0} µs ({:.1}×); warehouse {:.0} µs ({:.2}× nginx's CPU)",
-            popgate.saturation / n.saturation,
-            popgate.saturation,
-            n.saturation,
-            popgate.cpu.proxy,
-            n.cpu.proxy,
-            popgate.cpu.proxy / n.cpu.proxy.max(1e-9),
-            popgate.cpu.warehouse,
-            popgate.cpu.warehouse / n.cpu.proxy.max(1e-9),
-        );
+        compare("", (popgate.saturation, &popgate.cpu), (n.saturation, &n.cpu));
         // How far this machine lets popgate go at the costs just measured,
         // whatever the order of its waits: the bound of its busiest core.
         let (ceiling, by) = popgate.cpu.ceiling(pinned);
@@ -1000,16 +990,10 @@ async fn bench(pinned: bool) {
             "popgate: at its measured CPU costs, {by} caps it at {ceiling:.0} req/s, {:.2}× nginx's saturation",
             ceiling / n.saturation
         );
-        println!(
-            "popgate / nginx over {WIDE} connections: {:.2}× throughput ({:.0} vs {:.0} req/s); CPU per request {:.0} vs {:.0} µs ({:.1}×); warehouse {:.0} µs ({:.2}× nginx's CPU)",
-            popgate.wide / n.wide,
-            popgate.wide,
-            n.wide,
-            popgate.wide_cpu.proxy,
-            n.wide_cpu.proxy,
-            popgate.wide_cpu.proxy / n.wide_cpu.proxy.max(1e-9),
-            popgate.wide_cpu.warehouse,
-            popgate.wide_cpu.warehouse / n.wide_cpu.proxy.max(1e-9),
+        compare(
+            &format!(" over {WIDE} connections"),
+            (popgate.wide, &popgate.wide_cpu),
+            (n.wide, &n.wide_cpu),
         );
     }
     scale_checks(&l, port, pid, &target).await;
@@ -1020,6 +1004,20 @@ async fn bench(pinned: bool) {
     drop(gateway);
     drop(nginx);
     drop(pg);
+}
+
+/// popgate's saturation rate and CPU against nginx's, as ratios.
+fn compare(runs: &str, (rate, cpu): (f64, &CpuAccount), (nginx_rate, nginx): (f64, &CpuAccount)) {
+    let per_nginx = nginx.proxy.max(1e-9);
+    println!(
+        "popgate / nginx{runs}: {:.2}× throughput ({rate:.0} vs {nginx_rate:.0} req/s); CPU per request {:.0} vs {:.0} µs ({:.1}×); warehouse {:.0} µs ({:.2}× nginx's CPU)",
+        rate / nginx_rate,
+        cpu.proxy,
+        nginx.proxy,
+        cpu.proxy / per_nginx,
+        cpu.warehouse,
+        cpu.warehouse / per_nginx,
+    );
 }
 
 /// `Authorization` headers carrying the tokens of `n` officers of the

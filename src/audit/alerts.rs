@@ -381,6 +381,12 @@ struct Spread {
 
 impl Spread {
     fn add(&mut self, citizen: &str, ts: OffsetDateTime, id: uuid::Uuid) {
+        self.see(citizen, ts);
+        self.add_request(ts, id);
+    }
+
+    /// Notes a request about `citizen` at `ts`.
+    fn see(&mut self, citizen: &str, ts: OffsetDateTime) {
         match self.latest.get_mut(citizen) {
             Some(t) if *t >= ts => {}
             Some(t) => {
@@ -393,7 +399,6 @@ impl Spread {
                 self.order.insert((ts, citizen.to_owned()));
             }
         }
-        self.add_request(ts, id);
     }
 
     fn add_request(&mut self, ts: OffsetDateTime, id: uuid::Uuid) {
@@ -604,8 +609,7 @@ impl Engine {
         let (citizens, requests) = rt.case_citizens(app, case, start, newest).await?;
         let mut spread = Spread::default();
         for (citizen, ts) in citizens {
-            spread.order.insert((ts, citizen.clone()));
-            spread.latest.insert(citizen, ts);
+            spread.see(&citizen, ts);
         }
         for (ts, id) in requests {
             spread.add_request(ts, id);
