@@ -12,6 +12,34 @@ use std::time::{Duration, Instant};
 use common::TestClient;
 use serde_json::{json, Value};
 
+/// Waits for the demo's ready.json; when it does not come, or the demo
+/// exits first, fails with the end of what the demo wrote to `stderr_path`.
+fn wait_for_ready(child: &mut std::process::Child, path: &Path, stderr_path: &Path) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        if let Some(ready) = wait_for(path, Duration::from_millis(200)) {
+            return ready;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "the demo exited with {status} before ready.json:\n{}",
+                tail(stderr_path)
+            );
+        }
+    }
+    let _ = child.kill();
+    panic!(
+        "no ready.json within 90 s; the demo wrote:\n{}",
+        tail(stderr_path)
+    );
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
 fn wait_for(path: &Path, timeout: Duration) -> Option<Value> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -29,6 +57,7 @@ fn wait_for(path: &Path, timeout: Duration) -> Option<Value> {
 async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let demo_dir = dir.path().join("demo");
+    let stderr_path = dir.path().join("demo.stderr");
     // From `/`, where there is no policies/ directory: as an installed
     // binary is run.
     let mut child = Command::new(env!("CARGO_BIN_EXE_popgate"))
@@ -36,11 +65,11 @@ async fn demo_writes_ready_json_serves_and_stops_cleanly_on_sigterm() {
         .arg(&demo_dir)
         .current_dir("/")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
         .spawn()
         .expect("spawn demo");
     let ready_path = demo_dir.join("ready.json");
-    let ready = wait_for(&ready_path, Duration::from_secs(90)).expect("ready.json appears");
+    let ready = wait_for_ready(&mut child, &ready_path, &stderr_path);
     assert_eq!(ready["pid"], json!(child.id()));
 
     // A second demo on the same directory refuses to start, and leaves the
@@ -374,15 +403,16 @@ fn readyz(addr: &str) -> String {
 async fn demo_with_two_instances_serves_through_both_on_one_warehouse() {
     let dir = tempfile::tempdir().expect("tempdir");
     let demo_dir = dir.path().join("demo");
+    let stderr_path = dir.path().join("demo.stderr");
     let mut child = Command::new(env!("CARGO_BIN_EXE_popgate"))
         .args(["demo", "--instances", "2", "--population", "20000", "--dir"])
         .arg(&demo_dir)
         .current_dir("/")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
         .spawn()
         .expect("spawn demo");
-    let ready = wait_for(&demo_dir.join("ready.json"), Duration::from_secs(90)).expect("ready.json appears");
+    let ready = wait_for_ready(&mut child, &demo_dir.join("ready.json"), &stderr_path);
     let urls: Vec<String> = serde_json::from_value(ready["gateway_urls"].clone()).expect("gateway_urls");
     assert_eq!(urls.len(), 2, "{ready}");
     assert_eq!(ready["gateway_url"], urls[0].as_str());

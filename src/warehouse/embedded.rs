@@ -320,7 +320,11 @@ impl EmbeddedPostgres {
                     log.lines().last().unwrap_or("")
                 );
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            // Ready when *our* postmaster says so in its pid file, as
+            // `pg_ctl -w` judges it: a connect alone could reach another
+            // cluster that took the port first (tests start them side by
+            // side), whose logins would then fail until the deadline.
+            if self.postmaster_ready() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -328,6 +332,19 @@ impl EmbeddedPostgres {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether `postmaster.pid` names our child and says "ready": its first
+    /// line is the pid, its eighth the status (PostgreSQL's
+    /// `LOCK_FILE_LINE_PM_STATUS`).
+    fn postmaster_ready(&self) -> bool {
+        let Some(pid) = self.pid() else { return false };
+        let Ok(text) = fs::read_to_string(self.base.join("data").join("postmaster.pid")) else {
+            return false;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        lines.first().is_some_and(|l| l.trim() == pid.to_string())
+            && lines.get(7).is_some_and(|l| l.trim() == "ready")
     }
 
     /// The server's (postmaster's) process id while it runs.
