@@ -219,7 +219,7 @@ async fn every_question_asked_is_audited_to_its_outcome_whatever_the_client_does
     let db = env.admin_db().await;
     let rows = db
         .query(
-            "SELECT audit_id::text, body->>'kind', decision, body->>'intent_id' FROM popgate.audit_events
+            "SELECT audit_id::text, kind, decision, intent_id::text FROM popgate.audit_events
              WHERE app_id = 'mot-cua'",
             &[],
         )
@@ -381,16 +381,16 @@ async fn a_household_answer_accounts_for_every_person_it_carries() {
     let db = env.admin_db().await;
     let row = db
         .query_one(
-            "SELECT body, legal_basis, subject_keys FROM popgate.audit_events WHERE audit_id = $1::text::uuid",
+            "SELECT subjects, legal_basis, subject_keys FROM popgate.audit_events WHERE audit_id = $1::text::uuid",
             &[&audit_id],
         )
         .await
         .expect("outcome");
-    let body: serde_json::Value = row.get(0);
+    let subjects: serde_json::Value = row.get(0);
     let legal_basis: Option<String> = row.get(1);
     let subject_keys: Vec<String> = row.get(2);
     assert!(legal_basis.is_some_and(|b| b.contains("Luật Bảo vệ dữ liệu cá nhân 2025")));
-    let subjects = body["subjects"].as_array().expect("subjects");
+    let subjects = subjects.as_array().expect("subjects");
     let roles: Vec<&str> = subjects.iter().filter_map(|s| s["role"].as_str()).collect();
     assert_eq!(roles.iter().filter(|r| **r == "head").count(), 1, "{roles:?}");
     assert_eq!(

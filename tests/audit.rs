@@ -68,7 +68,7 @@ async fn every_answer_is_in_the_warehouse_once_and_the_log_verifies() {
     // Upstream calls have their intent; refusals have none.
     let intents: i64 = db
         .query_one(
-            "SELECT count(*) FROM popgate.audit_events WHERE body->>'kind' = 'intent'",
+            "SELECT count(*) FROM popgate.audit_events WHERE kind = 'intent'",
             &[],
         )
         .await
@@ -104,10 +104,7 @@ async fn every_answer_is_in_the_warehouse_once_and_the_log_verifies() {
     // No raw personal ID anywhere in the audit log.
     let p = env.sim.population();
     let dump: String = db
-        .query_one(
-            "SELECT string_agg(body::text, ' ') FROM popgate.audit_events",
-            &[],
-        )
+        .query_one("SELECT string_agg(e::text, ' ') FROM popgate.audit_events e", &[])
         .await
         .expect("dump")
         .get(0);
@@ -189,8 +186,8 @@ async fn a_row_planted_ahead_of_the_shipper_is_a_fork_that_stops_shipping_and_is
     let db = env.admin_db().await;
     let next = env.gateway().journal.state.durable_seq.load(Ordering::Acquire) as i64 + 1;
     db.execute(
-        "INSERT INTO popgate.audit_events (instance_id, seq, audit_id, ts, request_id, operation, decision, body, prev_hash, hash)
-         VALUES ('test-1', $1, gen_random_uuid(), now(), 'planted', 'lookup', 'granted', '{}', 'x', 'y')",
+        "INSERT INTO popgate.audit_events (instance_id, seq, audit_id, ts, request_id, operation, decision, kind, prev_hash, hash)
+         VALUES ('test-1', $1, gen_random_uuid(), now(), 'planted', 'lookup', 'granted', 'outcome', 'x', 'y')",
         &[&next],
     )
     .await
@@ -274,6 +271,112 @@ async fn a_version_1_warehouse_upgrades_and_still_verifies() {
     assert!(findings(&db, &keys).await.is_empty());
 }
 
+/// A warehouse of schema version 9 kept every event twice, as columns and
+/// again as the hashed body. Upgraded, its events get their kind and the
+/// fields only the body held as columns, keep their bodies, and verify
+/// beside the events shipped after, which are their columns alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_9_warehouse_upgrades_to_one_column_per_field_and_still_verifies() {
+    let env = TestEnv::start().await;
+    let before = traffic(&env, 10).await;
+    env.settle().await;
+    let keys = trusted(&env);
+    let db = env.admin_db().await;
+    let lean: i64 = db
+        .query_one(
+            "SELECT count(*) FROM popgate.audit_events WHERE body IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(lean, 0, "events are stored once, as columns");
+    // Back to version 9: every row with its body, the newer columns gone.
+    db.batch_execute("SET session_replication_role = replica")
+        .await
+        .expect("bypass triggers");
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {} FROM popgate.audit_events",
+                popgate::warehouse::stored::EVENT_COLUMNS
+            ),
+            &[],
+        )
+        .await
+        .expect("events");
+    for row in &rows {
+        let body = popgate::warehouse::stored::rebuilt_body(row);
+        db.execute(
+            "UPDATE popgate.audit_events SET body = $1 WHERE instance_id = $2 AND seq = $3",
+            &[
+                &body,
+                &row.get::<_, String>("instance_id"),
+                &row.get::<_, i64>("seq"),
+            ],
+        )
+        .await
+        .expect("keep the body");
+    }
+    db.batch_execute(
+        "ALTER TABLE popgate.audit_events DROP COLUMN kind, DROP COLUMN http_status, DROP COLUMN intent_id,
+             DROP COLUMN trace_id, DROP COLUMN details, ALTER COLUMN body SET NOT NULL;
+         DROP INDEX popgate.audit_events_subjects;
+         CREATE INDEX audit_events_subjects ON popgate.audit_events USING gin (subject_keys);
+         DROP INDEX popgate.citizen_records_retain;
+         CREATE INDEX citizen_records_retain ON popgate.citizen_records (retain_until);
+         DELETE FROM popgate.schema_migrations WHERE version = 10;
+         RESET session_replication_role",
+    )
+    .await
+    .expect("downgrade");
+    popgate::warehouse::migrate(&env.gateway().warehouse_admin_url)
+        .await
+        .expect("migrate");
+    let count = |sql: &'static str| {
+        let db = &db;
+        let before = &before;
+        async move {
+            db.query_one(sql, &[before])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM popgate.audit_events WHERE kind = 'outcome' AND audit_id = ANY($1::text[]::uuid[])").await,
+        10,
+        "the outcomes' kind came out of their bodies"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM popgate.audit_events WHERE kind = 'outcome' AND http_status IS NULL AND audit_id = ANY($1::text[]::uuid[])").await,
+        0,
+        "and their HTTP status"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM popgate.audit_events e WHERE kind = 'intent' AND EXISTS (SELECT 1 FROM popgate.audit_events o WHERE o.intent_id = e.audit_id AND o.audit_id = ANY($1::text[]::uuid[]))").await,
+        8,
+        "each granted outcome still names its intent"
+    );
+    assert!(findings(&db, &keys).await.is_empty(), "upgraded events verify");
+    let more = traffic(&env, 5).await;
+    env.settle().await;
+    assert_eq!(shipped(&db, &more).await, 5);
+    let with_body: i64 = db
+        .query_one(
+            "SELECT count(*) FROM popgate.audit_events WHERE body IS NOT NULL AND audit_id = ANY($1::text[]::uuid[])",
+            &[&more],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        with_body, 0,
+        "events shipped after the upgrade are their columns alone"
+    );
+    assert!(findings(&db, &keys).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_tampering_is_named_by_the_verifier() {
     let env = TestEnv::start().await;
@@ -286,6 +389,33 @@ async fn every_kind_of_tampering_is_named_by_the_verifier() {
     db.batch_execute("SET session_replication_role = replica")
         .await
         .expect("bypass triggers");
+    // One outcome as a warehouse before schema version 10 kept it: with the
+    // hashed body beside its columns. It verifies as it is.
+    let outcome_before = |seq: &str| {
+        format!("(SELECT max(seq) FROM popgate.audit_events WHERE kind = 'outcome' AND seq < {seq})")
+    };
+    let legacy = outcome_before("(SELECT max(seq) FROM popgate.audit_events)");
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT {} FROM popgate.audit_events WHERE seq = {legacy}",
+                popgate::warehouse::stored::EVENT_COLUMNS
+            ),
+            &[],
+        )
+        .await
+        .expect("outcome");
+    let body = popgate::warehouse::stored::rebuilt_body(&row);
+    db.execute(
+        &format!("UPDATE popgate.audit_events SET body = $1 WHERE seq = {legacy}"),
+        &[&body],
+    )
+    .await
+    .expect("keep a body");
+    assert!(
+        findings(&db, &keys).await.is_empty(),
+        "a row with its body verifies"
+    );
     let snapshot = "CREATE TEMP TABLE saved AS SELECT * FROM popgate.audit_events;
                     CREATE TEMP TABLE saved_cp AS SELECT * FROM popgate.audit_checkpoints";
     db.batch_execute(snapshot).await.expect("snapshot");
@@ -293,18 +423,20 @@ async fn every_kind_of_tampering_is_named_by_the_verifier() {
                    DELETE FROM popgate.audit_checkpoints; INSERT INTO popgate.audit_checkpoints SELECT * FROM saved_cp";
 
     let cases: Vec<(&str, &str)> = vec![
-        ("UPDATE popgate.audit_events SET decision = 'denied' WHERE seq = 5", "seq 5: altered: column decision"),
         (
-            "UPDATE popgate.audit_events SET body = jsonb_set(body::jsonb, '{decision}', '\"denied\"')::json WHERE seq = 6",
+            "UPDATE popgate.audit_events SET decision = 'denied' WHERE seq = 5",
+            "seq 5: altered: the event's content does not match its hash",
+        ),
+        (
+            "UPDATE popgate.audit_events SET body = json_build_object('decision', 'denied') WHERE seq = 6",
             "seq 6: altered: the event's content does not match its hash",
         ),
         ("DELETE FROM popgate.audit_events WHERE seq = 7", "seq 7: missing: event 7 is absent"),
         (
-            "INSERT INTO popgate.audit_events SELECT instance_id, seq + 1000, gen_random_uuid(), ts, request_id, app_id,
-                officer_id, officer_unit, operation, purpose, case_ref, decision, reason, citizen_key, fields,
-                policy_version, upstream_status, upstream_ms, upstream_digest, released_digest,
-                jsonb_set(body::jsonb, '{seq}', to_jsonb(seq + 1000))::json, prev_hash, hash
-             FROM popgate.audit_events WHERE seq = 3",
+            "CREATE TEMP TABLE copied AS SELECT * FROM popgate.audit_events WHERE seq = 3;
+             UPDATE copied SET seq = seq + 1000, audit_id = gen_random_uuid();
+             INSERT INTO popgate.audit_events SELECT * FROM copied;
+             DROP TABLE copied",
             "seq 1003: altered: the event's content does not match its hash",
         ),
         (
@@ -318,9 +450,10 @@ async fn every_kind_of_tampering_is_named_by_the_verifier() {
             "forged checkpoint: the signature does not match its content",
         ),
     ];
-    // Every stored column, changed on its own, is named: the row is checked
-    // against its hashed body.
-    let columns: [(&str, &str); 21] = [
+    // Every stored column, changed on its own, is caught: a row without a
+    // body of its own no longer matches its hash, and one that kept its
+    // body names the column that differs from it.
+    let columns: [(&str, &str); 26] = [
         ("ts", "ts + interval '1 hour'"),
         ("request_id", "'r'"),
         ("app_id", "'y-te'"),
@@ -342,14 +475,31 @@ async fn every_kind_of_tampering_is_named_by_the_verifier() {
         ("subjects", "'[]'"),
         ("subject_keys", "'{k}'"),
         ("audit_id", "gen_random_uuid()"),
+        ("kind", "'admin'"),
+        ("http_status", "599"),
+        ("intent_id", "gen_random_uuid()"),
+        ("trace_id", "'0af7651916cd43dd8448eb211c80319c'"),
+        ("details", "'{\"emergency\": true}'"),
     ];
+    let lean = outcome_before(&legacy);
     let changes: Vec<(String, String)> = columns
         .iter()
-        .map(|(column, value)| {
-            (
-                format!("UPDATE popgate.audit_events SET {column} = {value} WHERE seq = (SELECT max(seq) - 1 FROM popgate.audit_events WHERE body->>'kind' = 'outcome')"),
-                format!("altered: column {column} differs"),
-            )
+        .flat_map(|(column, value)| {
+            let unhashed = if *column == "subject_keys" {
+                "altered: column subject_keys differs".to_owned()
+            } else {
+                "altered: the event's content does not match its hash".to_owned()
+            };
+            [
+                (
+                    format!("UPDATE popgate.audit_events SET {column} = {value} WHERE seq = {lean}"),
+                    unhashed,
+                ),
+                (
+                    format!("UPDATE popgate.audit_events SET {column} = {value} WHERE seq = {legacy}"),
+                    format!("altered: column {column} differs"),
+                ),
+            ]
         })
         .collect();
     let cases: Vec<(&str, &str)> = cases
@@ -580,7 +730,7 @@ async fn a_postgresql_outage_under_load_loses_and_duplicates_nothing() {
     assert_eq!(unique.len(), ids.len());
     let outcomes: i64 = db
         .query_one(
-            "SELECT count(*) FROM popgate.audit_events WHERE body->>'kind' = 'outcome'",
+            "SELECT count(*) FROM popgate.audit_events WHERE kind = 'outcome'",
             &[],
         )
         .await
@@ -634,7 +784,10 @@ async fn expired_warehouse_records_are_purged_and_the_purge_is_audited() {
     let row = loop {
         env.settle().await;
         let row = db
-            .query_opt("SELECT body->'details'->>'deleted_records' FROM popgate.audit_events WHERE body->>'kind' = 'purge'", &[])
+            .query_opt(
+                "SELECT details->>'deleted_records' FROM popgate.audit_events WHERE kind = 'purge'",
+                &[],
+            )
             .await
             .expect("purge event");
         if let Some(row) = row {

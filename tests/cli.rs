@@ -228,7 +228,7 @@ async fn policy_lifecycle_with_four_eyes_across_two_instances() {
     let db = a.admin_db().await;
     let rows = db
         .query(
-            "SELECT operation, decision, body->'details' FROM popgate.audit_events WHERE body->>'kind' = 'admin' AND operation LIKE 'admin.%' ORDER BY ts",
+            "SELECT operation, decision, details FROM popgate.audit_events WHERE kind = 'admin' AND operation LIKE 'admin.%' ORDER BY ts",
             &[],
         )
         .await
@@ -590,7 +590,7 @@ async fn role_matrix_separates_duties_and_audits_each_refusal() {
     let db = env.admin_db().await;
     let denied: i64 = db
         .query_one(
-            "SELECT count(*) FROM popgate.audit_events WHERE decision = 'denied' AND (body->>'http_status')::int = 403",
+            "SELECT count(*) FROM popgate.audit_events WHERE decision = 'denied' AND http_status = 403",
             &[],
         )
         .await

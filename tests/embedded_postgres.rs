@@ -23,8 +23,8 @@ async fn starts_migrates_restricts_and_stops() {
         .await
         .expect("gateway login");
     gw.execute(
-        "INSERT INTO popgate.audit_events (instance_id, seq, audit_id, ts, request_id, operation, decision, body, prev_hash, hash)
-         VALUES ('t', 1, gen_random_uuid(), now(), 'r', 'lookup', 'granted', '{}', '00', '11')",
+        "INSERT INTO popgate.audit_events (instance_id, seq, audit_id, ts, request_id, operation, decision, kind, prev_hash, hash)
+         VALUES ('t', 1, gen_random_uuid(), now(), 'r', 'lookup', 'granted', 'outcome', '00', '11')",
         &[],
     )
     .await
@@ -58,7 +58,7 @@ async fn starts_migrates_restricts_and_stops() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(lz4, ["body", "fields", "subjects"]);
+    assert_eq!(lz4, ["body", "details", "fields", "subjects"]);
     for (setting, value) in [
         ("jit", "off"),
         ("checkpoint_timeout", "15min"),

@@ -336,7 +336,7 @@ async fn an_emergency_freeze_by_one_admin_narrows_at_once_and_is_flagged() {
     let flagged: i64 = db
         .query_one(
             "SELECT count(*) FROM popgate.audit_events WHERE operation IN ('admin.freeze', 'admin.confirm-freeze')
-             AND decision = 'granted' AND body->'details'->>'emergency' = 'true'",
+             AND decision = 'granted' AND details->>'emergency' = 'true'",
             &[],
         )
         .await

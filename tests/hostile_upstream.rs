@@ -210,7 +210,7 @@ async fn a_misbehaving_upstream_gets_clean_audited_errors() {
     let db = env.admin_db().await;
     let failures: i64 = db
         .query_one(
-            "SELECT count(*) FROM popgate.audit_events WHERE body->>'kind' = 'outcome' AND decision = 'error'",
+            "SELECT count(*) FROM popgate.audit_events WHERE kind = 'outcome' AND decision = 'error'",
             &[],
         )
         .await

@@ -16,6 +16,11 @@ use sha2::{Digest, Sha256};
 pub const HASH_DOMAIN: &[u8] = b"popgate-audit-v1\0";
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
+/// How an event's `ts` is written: UTC, microseconds, `Z`. The warehouse
+/// keeps the instant and writes it back the same way to rebuild the body.
+pub const TS_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
 /// What an event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -28,6 +33,18 @@ pub enum EventKind {
     Admin,
     /// A retention purge of warehouse records.
     Purge,
+}
+
+impl EventKind {
+    /// The name the event and the warehouse's `kind` column carry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Intent => "intent",
+            EventKind::Outcome => "outcome",
+            EventKind::Admin => "admin",
+            EventKind::Purge => "purge",
+        }
+    }
 }
 
 /// One audit event. The fields are declared in the lexicographic order of

@@ -467,11 +467,7 @@ impl Writer {
         let mut replies = Vec::with_capacity(batch.len());
         let mut shippable = Vec::with_capacity(batch.len() + 1);
         let now = time::OffsetDateTime::now_utc();
-        let ts = now
-            .format(time::macros::format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-            ))
-            .unwrap_or_default();
+        let ts = now.format(crate::audit::event::TS_FORMAT).unwrap_or_default();
         for job in batch {
             seq += 1;
             let mut event = job.event;

@@ -265,19 +265,12 @@ pub struct RuleTx<'a> {
     pub tx: Transaction<'a>,
 }
 
-/// Granted outcome events of apps (no console actions). Only outcome
-/// events carry a decision (an intent's is `pending`), so the event's kind
-/// need not be read out of its body, which would parse every row's JSON.
-const GRANTED: &str = "decision = 'granted' AND operation IN ('lookup', 'verify', 'household')";
-
-/// An event's kind, read out of its body only where its columns do not
-/// tell: an app request's intent is the one whose decision is `pending`.
-const KIND: &str = "CASE WHEN operation IN ('lookup', 'verify', 'household')
-    THEN CASE WHEN decision = 'pending' THEN 'intent' ELSE 'outcome' END
-    ELSE body->>'kind' END";
+/// Granted outcome events of apps (no console actions).
+const GRANTED: &str =
+    "kind = 'outcome' AND decision = 'granted' AND operation IN ('lookup', 'verify', 'household')";
 
 /// The HTTP status of a refusal (the rules read no other).
-const DENIED_STATUS: &str = "CASE WHEN decision = 'denied' THEN (body->>'http_status')::bigint END";
+const DENIED_STATUS: &str = "CASE WHEN decision = 'denied' THEN http_status::bigint END";
 
 /// The people an event's answer carried (older events: the citizen).
 const PEOPLE: &str =
@@ -336,7 +329,7 @@ impl<'a> RuleTx<'a> {
             .tx
             .query(
                 &format!(
-                    "SELECT seq, audit_id, ts, {KIND}, decision, {DENIED_STATUS}, app_id, officer_id,
+                    "SELECT seq, audit_id, ts, kind, decision, {DENIED_STATUS}, app_id, officer_id,
                             operation, case_ref, citizen_key, subject_keys
                      FROM popgate.audit_events WHERE instance_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
                 ),
@@ -349,7 +342,7 @@ impl<'a> RuleTx<'a> {
                 seq: r.get::<_, i64>(0).max(0) as u64,
                 audit_id: r.get(1),
                 ts: r.get(2),
-                kind: r.get::<_, Option<String>>(3).unwrap_or_default(),
+                kind: r.get(3),
                 decision: r.get(4),
                 http_status: r.get(5),
                 app_id: r.get(6),
@@ -439,7 +432,7 @@ impl<'a> RuleTx<'a> {
             .query(
                 "SELECT audit_id FROM popgate.audit_events
                  WHERE officer_id = $1 AND app_id = $2 AND ts >= $3 AND ts <= $4 AND decision = 'denied'
-                   AND body->>'kind' = 'outcome' AND (body->>'http_status') = '403'
+                   AND kind = 'outcome' AND http_status = 403
                  ORDER BY ts LIMIT 500",
                 &[&officer, &app, &from, &to],
             )

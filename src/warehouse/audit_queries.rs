@@ -5,6 +5,7 @@
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use super::stored::{self, stored_columns};
 use super::{Result, Warehouse};
 
 /// Filters of a search; `None` matches everything.
@@ -48,32 +49,52 @@ pub struct StoredEvent {
     pub hash: String,
 }
 
-const SEARCH: &str = "
-SELECT ts, instance_id, seq, body, prev_hash, hash FROM popgate.audit_events
-WHERE ($1::text IS NULL OR citizen_key = $1 OR subject_keys @> ARRAY[$1::text])
+/// A person is found as an event's citizen, or among subjects that say more
+/// than the citizen (the predicate of the partial index on `subject_keys`).
+macro_rules! has_person {
+    ($e:literal, $key:literal) => {
+        concat!(
+            "(", $e, "citizen_key = ", $key, " OR (", $e, "subject_keys <> '{}' AND ", $e,
+            "subject_keys <> ARRAY[", $e, "citizen_key] AND ", $e, "subject_keys @> ARRAY[", $key, "::text]))"
+        )
+    };
+}
+
+const SEARCH: &str = concat!(
+    "SELECT ",
+    stored_columns!(),
+    " FROM popgate.audit_events
+WHERE ($1::text IS NULL OR ",
+    has_person!("", "$1"),
+    ")
   AND ($2::text IS NULL OR app_id = $2)
   AND ($3::text IS NULL OR officer_id = $3)
   AND ($4::text IS NULL OR purpose = $4)
   AND ($5::text IS NULL OR decision = $5)
-  AND ($6::text IS NULL OR body->>'kind' = $6)
+  AND ($6::text IS NULL OR kind = $6)
   AND ($7::timestamptz IS NULL OR ts >= $7)
   AND ($8::timestamptz IS NULL OR ts < $8)
   AND ($9::timestamptz IS NULL OR (ts, instance_id, seq) < ($9, $10, $11))
   AND ($13::text IS NULL OR case_ref = $13)
 ORDER BY ts DESC, instance_id DESC, seq DESC
-LIMIT $12";
+LIMIT $12"
+);
 
 /// A citizen's granted accesses (as any subject), newest first, with the
 /// accesses that a disclosure hold in force on `today` covers left out.
-const CITIZEN_ACCESSES: &str = "
-SELECT e.ts, e.instance_id, e.seq, e.body, e.prev_hash, e.hash,
+const CITIZEN_ACCESSES: &str = concat!(
+    "SELECT ",
+    stored_columns!(),
+    ",
        r.ward_name, r.province_name, r.residence_old_ward_name
 FROM popgate.audit_events e
 LEFT JOIN LATERAL (
     SELECT ward_name, province_name, residence_old_ward_name FROM popgate.citizen_records
     WHERE audit_id = e.audit_id AND citizen_key = $1 LIMIT 1) r ON true
-WHERE (e.citizen_key = $1 OR e.subject_keys @> ARRAY[$1::text])
-  AND e.decision = 'granted' AND e.body->>'kind' = 'outcome'
+WHERE ",
+    has_person!("e.", "$1"),
+    "
+  AND e.decision = 'granted' AND e.kind = 'outcome'
   AND ($2::timestamptz IS NULL OR e.ts >= $2)
   AND ($3::timestamptz IS NULL OR e.ts < $3)
   AND ($4::timestamptz IS NULL OR (e.ts, e.instance_id, e.seq) < ($4, $5, $6))
@@ -84,19 +105,20 @@ WHERE (e.citizen_key = $1 OR e.subject_keys @> ARRAY[$1::text])
         AND (h.app_id IS NULL OR h.app_id = e.app_id)
         AND (h.purpose IS NULL OR h.purpose = e.purpose))
 ORDER BY e.ts DESC, e.instance_id DESC, e.seq DESC
-LIMIT $8";
+LIMIT $8"
+);
 
-/// A row of `ts, instance_id, seq, body, prev_hash, hash`.
+/// A row of [`stored::EVENT_COLUMNS`].
 fn stored_event(r: &tokio_postgres::Row) -> StoredEvent {
     StoredEvent {
         key: EventKey {
-            ts: r.get(0),
-            instance_id: r.get(1),
-            seq: r.get(2),
+            ts: r.get("ts"),
+            instance_id: r.get("instance_id"),
+            seq: r.get("seq"),
         },
-        body: r.get(3),
-        prev_hash: r.get(4),
-        hash: r.get(5),
+        body: stored::hashed_body(r),
+        prev_hash: r.get("prev_hash"),
+        hash: r.get("hash"),
     }
 }
 
@@ -162,10 +184,10 @@ impl Warehouse {
         Ok(rows
             .iter()
             .map(|r| {
-                let residence = r.get::<_, Option<String>>(6).map(|ward| Residence {
+                let residence = r.get::<_, Option<String>>("ward_name").map(|ward| Residence {
                     ward,
-                    province: r.get::<_, Option<String>>(7).unwrap_or_default(),
-                    old_ward: r.get(8),
+                    province: r.get::<_, Option<String>>("province_name").unwrap_or_default(),
+                    old_ward: r.get("residence_old_ward_name"),
                 });
                 (stored_event(r), residence)
             })
@@ -177,7 +199,11 @@ impl Warehouse {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT ts, instance_id, seq, body, prev_hash, hash FROM popgate.audit_events WHERE audit_id = $1",
+                concat!(
+                    "SELECT ",
+                    stored_columns!(),
+                    " FROM popgate.audit_events WHERE audit_id = $1"
+                ),
                 &[audit_id],
             )
             .await?;
@@ -213,7 +239,7 @@ impl Warehouse {
         let rows = client
             .query(
                 "SELECT app_id, operation, purpose, policy_version, fields FROM popgate.audit_events
-                 WHERE ts >= $1 AND ts < $2 AND decision = 'granted' AND body->>'kind' = 'outcome'
+                 WHERE ts >= $1 AND ts < $2 AND decision = 'granted' AND kind = 'outcome'
                    AND app_id IS NOT NULL AND purpose IS NOT NULL AND policy_version IS NOT NULL
                  ORDER BY ts LIMIT $3",
                 &[&from, &to, &limit],
@@ -245,20 +271,20 @@ impl Warehouse {
 const ACCESSES_BY_DAY_AND_APP: &str = "
 SELECT to_char(((ts AT TIME ZONE 'UTC') + interval '7 hours')::date, 'YYYY-MM-DD') AS day, app_id, count(*)
 FROM popgate.audit_events
-WHERE ts >= $1 AND body->>'kind' = 'outcome' AND decision = 'granted' AND app_id IS NOT NULL
+WHERE ts >= $1 AND kind = 'outcome' AND decision = 'granted' AND app_id IS NOT NULL
 GROUP BY 1, 2 ORDER BY 1, 2";
 
 const DENIALS_BY_DAY_AND_REASON: &str = "
 SELECT to_char(((ts AT TIME ZONE 'UTC') + interval '7 hours')::date, 'YYYY-MM-DD') AS day,
-       coalesce(body->>'reason', ''), count(*)
+       coalesce(reason, ''), count(*)
 FROM popgate.audit_events
-WHERE ts >= $1 AND body->>'kind' = 'outcome' AND decision = 'denied'
+WHERE ts >= $1 AND kind = 'outcome' AND decision = 'denied'
 GROUP BY 1, 2 ORDER BY 1, 2";
 
 const OFFICERS_BY_DISTINCT_CITIZENS: &str = "
 SELECT app_id, officer_id, count(DISTINCT k)
 FROM popgate.audit_events, unnest(array_append(coalesce(subject_keys, '{}'), citizen_key)) AS k
-WHERE ts >= $1 AND body->>'kind' = 'outcome' AND decision = 'granted'
+WHERE ts >= $1 AND kind = 'outcome' AND decision = 'granted'
   AND officer_id IS NOT NULL AND k IS NOT NULL
 GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT $2";
 

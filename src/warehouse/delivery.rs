@@ -71,8 +71,9 @@ impl<B: AsRef<[u8]> + std::fmt::Debug> ToSql for RawJson<B> {
 
 const EVENT_COLUMNS: &str = "instance_id, seq, audit_id, ts, request_id, app_id, officer_id, officer_unit, \
     operation, purpose, case_ref, decision, reason, citizen_key, fields, policy_version, upstream_status, \
-    upstream_ms, upstream_digest, released_digest, body, prev_hash, hash, legal_basis, subjects, subject_keys";
-const EVENT_TYPES: [Type; 26] = [
+    upstream_ms, upstream_digest, released_digest, prev_hash, hash, legal_basis, subjects, subject_keys, \
+    kind, http_status, intent_id, trace_id, details";
+const EVENT_TYPES: [Type; 30] = [
     Type::TEXT,
     Type::INT8,
     Type::UUID,
@@ -93,12 +94,16 @@ const EVENT_TYPES: [Type; 26] = [
     Type::INT4,
     Type::TEXT,
     Type::TEXT,
-    Type::JSON,
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
     Type::JSON,
     Type::TEXT_ARRAY,
+    Type::TEXT,
+    Type::INT4,
+    Type::UUID,
+    Type::TEXT,
+    Type::JSON,
 ];
 
 const RECORD_COLUMNS: &str =
@@ -245,9 +250,12 @@ struct EventRow<'a> {
     seq: i64,
     policy_version: Option<i64>,
     upstream_ms: Option<i32>,
-    body: RawJson<&'a [u8]>,
     subjects: Option<RawJson<Vec<u8>>>,
     subject_keys: Vec<&'a str>,
+    kind: &'static str,
+    http_status: Option<i32>,
+    intent_id: Option<uuid::Uuid>,
+    details: Option<RawJson<Vec<u8>>>,
 }
 
 impl<'a> EventRow<'a> {
@@ -264,12 +272,25 @@ impl<'a> EventRow<'a> {
             seq: ev.seq as i64,
             policy_version: ev.policy_version.map(|v| v as i64),
             upstream_ms: ev.upstream_ms.map(|m| m.min(i32::MAX as u64) as i32),
-            body: RawJson(&e.canonical),
             subjects: (!ev.subjects.is_empty())
                 .then(|| serde_json::to_vec(&ev.subjects).map(RawJson))
                 .transpose()
                 .map_err(|e| WarehouseError::Malformed(e.to_string()))?,
             subject_keys: ev.subjects.iter().filter_map(|s| s.key.as_deref()).collect(),
+            kind: ev.kind.as_str(),
+            http_status: ev.http_status.map(i32::from),
+            intent_id: ev
+                .intent_id
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|_| malformed(&format!("journal event {} has an invalid intent_id", ev.seq)))?,
+            details: ev
+                .details
+                .as_ref()
+                .map(|d| serde_json::to_vec(d).map(RawJson))
+                .transpose()
+                .map_err(|e| WarehouseError::Malformed(e.to_string()))?,
         })
     }
 }
@@ -302,12 +323,16 @@ impl Row for EventRow<'_> {
             &self.upstream_ms,
             &ev.upstream_digest,
             &ev.released_digest,
-            &self.body,
             &self.e.prev_hash,
             &self.e.hash,
             &ev.legal_basis,
             &self.subjects,
             &self.subject_keys,
+            &self.kind,
+            &self.http_status,
+            &self.intent_id,
+            &ev.trace_id,
+            &self.details,
         ]
     }
 }

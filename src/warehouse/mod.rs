@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod embedded;
 pub mod holds;
 pub mod policies;
+pub mod stored;
 
 use std::time::Duration;
 
@@ -150,6 +151,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         9,
         "lz4 for event bodies",
         include_str!("migrations/0009_lz4_bodies.sql"),
+    ),
+    (
+        10,
+        "each event field once",
+        include_str!("migrations/0010_lean_events.sql"),
     ),
 ];
 
