@@ -110,6 +110,8 @@ pub struct Peer {
     pub client_cert: Option<CertificateDer<'static>>,
     /// The certificate's URI SANs, parsed once for the connection's life.
     pub client_uris: Vec<String>,
+    /// What a CRL would name the certificate by, read once too.
+    pub client_id: Option<crate::tls::revocation::CertId>,
 }
 
 impl Peer {
@@ -118,10 +120,12 @@ impl Peer {
             .as_ref()
             .map(crate::auth::certificate_uris)
             .unwrap_or_default();
+        let client_id = client_cert.as_ref().and_then(crate::tls::revocation::CertId::of);
         Peer {
             addr,
             client_cert,
             client_uris,
+            client_id,
         }
     }
 }

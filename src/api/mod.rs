@@ -465,13 +465,19 @@ impl Api {
     }
 
     /// Step: the certificate is not revoked by the current CRLs (checked on
-    /// every request, so a revocation reaches keep-alive connections too).
+    /// every request, so a revocation reaches keep-alive connections too,
+    /// by the identity read from the certificate when it connected).
     fn check_revocation(&self, peer: &Peer) -> Result<(), ApiError> {
-        let cert = peer.client_cert.as_ref().ok_or(ApiError::UnknownApp)?;
-        self.tls.load().revocations.check(cert).map_err(|e| match e {
-            RevocationError::Revoked => ApiError::Forbidden(e.to_string()),
-            RevocationError::Stale => ApiError::RevocationUnknown,
-        })
+        if peer.client_cert.is_none() {
+            return Err(ApiError::UnknownApp);
+        }
+        let revocations = &self.tls.load().revocations;
+        revocations
+            .check_id(peer.client_id.as_ref())
+            .map_err(|e| match e {
+                RevocationError::Revoked => ApiError::Forbidden(e.to_string()),
+                RevocationError::Stale => ApiError::RevocationUnknown,
+            })
     }
 
     /// Step: the officer, from a token bound to the app's certificate.

@@ -2,7 +2,8 @@
 //! stale) with the TLS configuration, enforced by rustls at the handshake,
 //! and checked again on every request, so that a certificate revoked by a
 //! reloaded CRL is refused at once even on a keep-alive connection that was
-//! opened before.
+//! opened before. The certificate is parsed once, when its connection is
+//! accepted ([`CertId`]); a request's check is a set lookup.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -29,10 +30,10 @@ pub enum RevocationError {
     Stale,
 }
 
-/// The revoked (issuer, serial) pairs of the loaded CRLs.
+/// The revoked certificates of the loaded CRLs.
 #[derive(Debug, Clone, Default)]
 pub struct Revocations {
-    revoked: HashSet<(Vec<u8>, Vec<u8>)>,
+    revoked: HashSet<CertId>,
     /// The earliest `nextUpdate` of the loaded CRLs.
     next_update: Option<OffsetDateTime>,
 }
@@ -72,9 +73,10 @@ pub fn load_crls(
             }
             let issuer = crl.issuer().as_raw().to_vec();
             for revoked in crl.iter_revoked_certificates() {
-                revocations
-                    .revoked
-                    .insert((issuer.clone(), revoked.raw_serial().to_vec()));
+                revocations.revoked.insert(CertId {
+                    issuer: issuer.clone(),
+                    serial: revoked.raw_serial().to_vec(),
+                });
             }
             ders.push(der);
         }
@@ -82,27 +84,44 @@ pub fn load_crls(
     Ok((ders, revocations))
 }
 
+/// What a CRL names a certificate by: its issuer (DER) and serial number.
+/// Read once per connection, so that a request costs a set lookup rather
+/// than parsing the certificate again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertId {
+    issuer: Vec<u8>,
+    serial: Vec<u8>,
+}
+
+impl CertId {
+    /// `None` when the certificate does not parse.
+    pub fn of(cert: &CertificateDer<'_>) -> Option<CertId> {
+        let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref()).ok()?;
+        Some(CertId {
+            issuer: parsed.issuer().as_raw().to_vec(),
+            serial: parsed.raw_serial().to_vec(),
+        })
+    }
+}
+
 impl Revocations {
-    /// Checks a (chain-verified) client certificate against the lists.
-    pub fn check(&self, cert: &CertificateDer<'_>) -> Result<(), RevocationError> {
-        self.check_at(cert, OffsetDateTime::now_utc())
+    /// Checks a (chain-verified) client certificate, by the identity read
+    /// from it when its connection was accepted; `None` (it did not parse)
+    /// is refused.
+    pub fn check_id(&self, id: Option<&CertId>) -> Result<(), RevocationError> {
+        self.check_id_at(id, OffsetDateTime::now_utc())
     }
 
-    pub fn check_at(&self, cert: &CertificateDer<'_>, now: OffsetDateTime) -> Result<(), RevocationError> {
+    fn check_id_at(&self, id: Option<&CertId>, now: OffsetDateTime) -> Result<(), RevocationError> {
         if self.next_update.is_some_and(|n| n <= now) {
             return Err(RevocationError::Stale);
         }
         if self.revoked.is_empty() {
             return Ok(());
         }
-        let Ok((_, parsed)) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref()) else {
-            return Err(RevocationError::Revoked);
-        };
-        let key = (parsed.issuer().as_raw().to_vec(), parsed.raw_serial().to_vec());
-        if self.revoked.contains(&key) {
-            Err(RevocationError::Revoked)
-        } else {
-            Ok(())
+        match id {
+            Some(id) if !self.revoked.contains(id) => Ok(()),
+            _ => Err(RevocationError::Revoked),
         }
     }
 
