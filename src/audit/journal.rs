@@ -35,8 +35,6 @@ use super::WarehouseRecord;
 
 const QUEUE_DEPTH: usize = 8192;
 const MAX_BATCH: usize = 1024;
-/// A batch below this size waits for the request workers once (see `run`).
-const SMALL_BATCH: usize = 32;
 /// Bytes of durable frames held in memory for the shipper; beyond this it
 /// reads them back from the segment files instead.
 const HANDOFF_BYTES: usize = 16 * 1024 * 1024;
@@ -416,24 +414,15 @@ impl Writer {
                     return;
                 }
             }
-            let mut take_queued = |batch: &mut Vec<Job>, waiting: &mut Vec<oneshot::Sender<()>>| {
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(Msg::Append(job)) => batch.push(*job),
-                        Ok(Msg::Checkpoint(done)) => waiting.push(done),
-                        Err(_) => break,
-                    }
+            // Whatever is queued joins the batch; the writer never waits
+            // for more (appends that arrive during the write go in the
+            // next one, at once).
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Msg::Append(job)) => batch.push(*job),
+                    Ok(Msg::Checkpoint(done)) => waiting.push(done),
+                    Err(_) => break,
                 }
-            };
-            take_queued(&mut batch, &mut waiting);
-            // A small batch lets the request workers go first, once: where
-            // the writer shares a core with them, they finish what they were
-            // doing and their appends join this batch instead of each
-            // waiting for an `fdatasync` of its own. Where a core is free,
-            // this returns at once.
-            if batch.len() < SMALL_BATCH {
-                std::thread::yield_now();
-                take_queued(&mut batch, &mut waiting);
             }
             let due = !waiting.is_empty()
                 || self.since_checkpoint + batch.len() as u64 >= self.settings.checkpoint_every
