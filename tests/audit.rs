@@ -162,6 +162,35 @@ async fn shipped(db: &tokio_postgres::Client, audit_ids: &[String]) -> i64 {
     .get(0)
 }
 
+/// Gives the events that match `which` (an SQL condition) their hashed
+/// body beside their columns, as warehouses kept them before schema
+/// version 10.
+async fn keep_bodies(db: &tokio_postgres::Client, which: &str) {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {} FROM popgate.audit_events WHERE {which}",
+                popgate::warehouse::stored::EVENT_COLUMNS
+            ),
+            &[],
+        )
+        .await
+        .expect("events");
+    for row in &rows {
+        let body = popgate::warehouse::stored::rebuilt_body(row);
+        db.execute(
+            "UPDATE popgate.audit_events SET body = $1 WHERE instance_id = $2 AND seq = $3",
+            &[
+                &body,
+                &row.get::<_, String>("instance_id"),
+                &row.get::<_, i64>("seq"),
+            ],
+        )
+        .await
+        .expect("keep the body");
+    }
+}
+
 async fn findings(db: &tokio_postgres::Client, keys: &TrustedKeys) -> Vec<String> {
     verify::verify(db, Some(keys))
         .await
@@ -295,29 +324,7 @@ async fn a_version_9_warehouse_upgrades_to_one_column_per_field_and_still_verifi
     db.batch_execute("SET session_replication_role = replica")
         .await
         .expect("bypass triggers");
-    let rows = db
-        .query(
-            &format!(
-                "SELECT {} FROM popgate.audit_events",
-                popgate::warehouse::stored::EVENT_COLUMNS
-            ),
-            &[],
-        )
-        .await
-        .expect("events");
-    for row in &rows {
-        let body = popgate::warehouse::stored::rebuilt_body(row);
-        db.execute(
-            "UPDATE popgate.audit_events SET body = $1 WHERE instance_id = $2 AND seq = $3",
-            &[
-                &body,
-                &row.get::<_, String>("instance_id"),
-                &row.get::<_, i64>("seq"),
-            ],
-        )
-        .await
-        .expect("keep the body");
-    }
+    keep_bodies(&db, "true").await;
     db.batch_execute(
         "ALTER TABLE popgate.audit_events DROP COLUMN kind, DROP COLUMN http_status, DROP COLUMN intent_id,
              DROP COLUMN trace_id, DROP COLUMN details, ALTER COLUMN body SET NOT NULL;
@@ -395,23 +402,7 @@ async fn every_kind_of_tampering_is_named_by_the_verifier() {
         format!("(SELECT max(seq) FROM popgate.audit_events WHERE kind = 'outcome' AND seq < {seq})")
     };
     let legacy = outcome_before("(SELECT max(seq) FROM popgate.audit_events)");
-    let row = db
-        .query_one(
-            &format!(
-                "SELECT {} FROM popgate.audit_events WHERE seq = {legacy}",
-                popgate::warehouse::stored::EVENT_COLUMNS
-            ),
-            &[],
-        )
-        .await
-        .expect("outcome");
-    let body = popgate::warehouse::stored::rebuilt_body(&row);
-    db.execute(
-        &format!("UPDATE popgate.audit_events SET body = $1 WHERE seq = {legacy}"),
-        &[&body],
-    )
-    .await
-    .expect("keep a body");
+    keep_bodies(&db, &format!("seq = {legacy}")).await;
     assert!(
         findings(&db, &keys).await.is_empty(),
         "a row with its body verifies"
