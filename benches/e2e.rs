@@ -859,6 +859,8 @@ async fn bench(pinned: bool) {
     config.limits.max_connections_per_certificate = IDLE_CONNECTIONS + 1_000;
     config.warehouse.url = Some(pg.gateway_url());
     config.warehouse.admin_url = Some(pg.admin_url());
+    // E2E_NO_ALERTS: without the alert rules, to see what they cost.
+    config.alerts.enabled = std::env::var_os("E2E_NO_ALERTS").is_none();
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config.to_toml()).expect("config");
     let gateway = spawn_pinned(pinned, std::path::Path::new(env!("CARGO_BIN_EXE_popgate")))

@@ -455,6 +455,42 @@ impl People {
     }
 }
 
+/// The alerts one tick found, one per dedup key, stored once at the end
+/// of the tick: an officer over the distinct-citizens level is found again
+/// by every batch of the tick, and storing each finding would rewrite the
+/// alert's evidence as often. A key found again keeps the later summary and
+/// the evidence of both, the first [`MAX_EVIDENCE`] audit ids, as storing
+/// them one after the other would.
+#[derive(Default)]
+struct TickAlerts {
+    alerts: Vec<NewAlert>,
+    at: HashMap<String, (usize, std::collections::HashSet<uuid::Uuid>)>,
+}
+
+impl TickAlerts {
+    fn add(&mut self, a: NewAlert) {
+        match self.at.get_mut(&a.dedup_key) {
+            Some((i, ids)) => {
+                let kept = &mut self.alerts[*i];
+                for id in a.audit_ids {
+                    if kept.audit_ids.len() >= MAX_EVIDENCE as usize {
+                        break;
+                    }
+                    if ids.insert(id) {
+                        kept.audit_ids.push(id);
+                    }
+                }
+                kept.summary = a.summary;
+            }
+            None => {
+                let ids = a.audit_ids.iter().copied().collect();
+                self.at.insert(a.dedup_key.clone(), (self.alerts.len(), ids));
+                self.alerts.push(a);
+            }
+        }
+    }
+}
+
 /// Events another instance's engine judged that this one counts itself
 /// rather than read its hours and cases again.
 const CATCH_UP: u64 = 10 * BATCH as u64;
@@ -683,6 +719,7 @@ impl Engine {
             self.catch_up(&rt, &mine, &marks).await?;
         }
         let mut left = Vec::with_capacity(marks.len());
+        let mut found = TickAlerts::default();
         for (instance, mark) in marks {
             let mut after = mark;
             loop {
@@ -691,10 +728,7 @@ impl Engine {
                 after = last.seq;
                 read += events.len();
                 for a in self.judge(&rt, &instance, &events, &watched).await? {
-                    let (alert, new) = rt.raise(&a).await?;
-                    if new {
-                        raised.push((a.rule, alert));
-                    }
+                    found.add(a);
                 }
                 if (events.len() as i64) < BATCH {
                     break;
@@ -704,6 +738,12 @@ impl Engine {
                 rt.set_watermark(&instance, after).await?;
             }
             left.push((instance, after));
+        }
+        for a in found.alerts {
+            let (alert, new) = rt.raise(&a).await?;
+            if new {
+                raised.push((a.rule, alert));
+            }
         }
         let committed = rt.commit().await;
         {
@@ -963,5 +1003,35 @@ mod tests {
         assert!(hours.contains(morning), "09:00 on a Wednesday");
         let saturday = time::macros::datetime!(2026-12-05 02:00 UTC);
         assert!(!hours.contains(saturday));
+    }
+
+    #[test]
+    fn a_tick_stores_each_alert_once_with_the_evidence_of_every_finding() {
+        let finding = |key: &str, summary: &str, ids: std::ops::Range<u128>| NewAlert {
+            rule: DISTINCT_CITIZENS,
+            dedup_key: key.to_owned(),
+            officer_id: Some("canbo-1".into()),
+            app_id: Some("mot-cua".into()),
+            instance_id: None,
+            summary: summary.to_owned(),
+            audit_ids: ids.map(uuid::Uuid::from_u128).collect(),
+        };
+        let mut found = TickAlerts::default();
+        found.add(finding("a", "41 people", 0..3));
+        found.add(finding("b", "other", 10..11));
+        found.add(finding("a", "45 people", 2..5));
+        assert_eq!(found.alerts.len(), 2, "one per key, in the order first found");
+        let a = &found.alerts[0];
+        assert_eq!(a.summary, "45 people", "the later summary");
+        assert_eq!(
+            a.audit_ids,
+            (0..5).map(uuid::Uuid::from_u128).collect::<Vec<_>>(),
+            "the evidence of both, once each"
+        );
+        assert_eq!(found.alerts[1].dedup_key, "b");
+        // Past the evidence bound, the first ids stay, as the store keeps them.
+        found.add(finding("a", "900 people", 5..900));
+        assert_eq!(found.alerts[0].audit_ids.len(), MAX_EVIDENCE as usize);
+        assert_eq!(found.alerts[0].audit_ids[0], uuid::Uuid::from_u128(0));
     }
 }
