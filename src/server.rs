@@ -21,9 +21,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::CertificateDer;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+
+use crate::auth::token::CertThumbprint;
 
 /// Response body type of every handler: a whole buffer or a stream.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -102,30 +105,27 @@ impl Default for ServerLimits {
     }
 }
 
-/// Who is at the other end of a connection.
+/// Who is at the other end of a connection: what the requests need of its
+/// certificate, read once when it connected. The certificate itself is not
+/// kept (rustls holds it for the connection already).
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
-    /// The leaf client certificate, already verified by rustls.
-    pub client_cert: Option<CertificateDer<'static>>,
-    /// The certificate's URI SANs, parsed once for the connection's life.
+    /// SHA-256 of the leaf client certificate, already verified by rustls.
+    pub client_thumbprint: Option<CertThumbprint>,
+    /// The certificate's URI SANs.
     pub client_uris: Vec<String>,
-    /// What a CRL would name the certificate by, read once too.
+    /// What a CRL would name the certificate by.
     pub client_id: Option<crate::tls::revocation::CertId>,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr, client_cert: Option<CertificateDer<'static>>) -> Peer {
-        let client_uris = client_cert
-            .as_ref()
-            .map(crate::auth::certificate_uris)
-            .unwrap_or_default();
-        let client_id = client_cert.as_ref().and_then(crate::tls::revocation::CertId::of);
+    pub fn new(addr: SocketAddr, client_cert: Option<&CertificateDer<'_>>) -> Peer {
         Peer {
             addr,
-            client_cert,
-            client_uris,
-            client_id,
+            client_thumbprint: client_cert.map(CertThumbprint::of),
+            client_uris: client_cert.map(crate::auth::certificate_uris).unwrap_or_default(),
+            client_id: client_cert.and_then(crate::tls::revocation::CertId::of),
         }
     }
 }
@@ -171,6 +171,7 @@ pub async fn serve<H, F>(
         let limits = limits.clone();
         let per_certificate = per_certificate.clone();
         let watcher = graceful.watcher();
+        let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
             // The set-up happens in the arms of this match, so that what it
@@ -192,14 +193,16 @@ pub async fn serve<H, F>(
                             return;
                         }
                     };
-                    let client_cert = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .map(|c| c.clone().into_owned());
+                    let peer = Peer::new(
+                        addr,
+                        stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first()),
+                    );
                     // One compromised app must not take every connection.
-                    let slot = match client_cert.as_ref() {
+                    let slot = match peer.client_thumbprint {
                         Some(cert) => {
                             match per_certificate.take(cert, limits.max_connections_per_certificate) {
                                 Some(slot) => Some(slot),
@@ -211,14 +214,24 @@ pub async fn serve<H, F>(
                         }
                         None => None,
                     };
-                    let peer = Arc::new(Peer::new(addr, client_cert));
+                    let peer = Arc::new(peer);
                     // Boxed as well: an async fn keeps its argument's slot
                     // beside the connection it was moved into.
-                    let io = TokioIo::new(Box::new(stream));
-                    (
-                        Box::pin(serve_connection(io, peer, handler, limits, watcher)),
-                        slot,
-                    )
+                    let mut stream = Box::new(stream);
+                    let conn: ConnectionFuture = Box::pin(async move {
+                        // Until its first request, a connection holds its
+                        // TLS session and this future, not the HTTP state
+                        // machine (about 2 KiB), which is allocated when
+                        // bytes arrive; one that sends none within the
+                        // header deadline is closed, as nginx's
+                        // `client_header_timeout` does.
+                        if !first_bytes(&mut stream, limits.header_read_timeout, &mut shutdown).await {
+                            return Ok(());
+                        }
+                        let io = TokioIo::new(stream);
+                        Box::pin(serve_connection(io, peer, handler, limits, watcher)).await
+                    });
+                    (conn, slot)
                 }
                 None => {
                     let peer = Arc::new(Peer::new(addr, None));
@@ -246,19 +259,17 @@ pub async fn serve<H, F>(
 /// Open connections per client certificate (by SHA-256 of its DER).
 #[derive(Default)]
 struct CertificateSlots {
-    open: std::sync::Mutex<std::collections::HashMap<[u8; 32], usize>>,
+    open: std::sync::Mutex<std::collections::HashMap<CertThumbprint, usize>>,
 }
 
 /// Holds one of a certificate's connection slots until dropped.
 struct CertificateSlot {
     slots: Arc<CertificateSlots>,
-    key: [u8; 32],
+    key: CertThumbprint,
 }
 
 impl CertificateSlots {
-    fn take(self: &Arc<Self>, cert: &CertificateDer<'_>, cap: usize) -> Option<CertificateSlot> {
-        use sha2::Digest;
-        let key: [u8; 32] = sha2::Sha256::digest(cert.as_ref()).into();
+    fn take(self: &Arc<Self>, key: CertThumbprint, cap: usize) -> Option<CertificateSlot> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(key).or_default();
         if *n >= cap {
@@ -281,6 +292,31 @@ impl Drop for CertificateSlot {
                 open.remove(&self.key);
             }
         }
+    }
+}
+
+/// Waits until a TLS connection has something to read: records on the
+/// socket, or a request that came with the handshake and is decrypted
+/// already. False when it stays silent for `deadline` or shutdown begins
+/// (the connection is then closed), or when what it sent is not TLS.
+async fn first_bytes(
+    stream: &mut TlsStream<TcpStream>,
+    deadline: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    match stream.get_mut().1.process_new_packets() {
+        Ok(state) if state.plaintext_bytes_to_read() > 0 => return true,
+        Ok(_) => {}
+        Err(_) => return false,
+    }
+    if *shutdown.borrow() {
+        return false;
+    }
+    tokio::select! {
+        readable = tokio::time::timeout(deadline, stream.get_ref().0.readable()) => {
+            matches!(readable, Ok(Ok(())))
+        }
+        _ = shutdown.changed() => false,
     }
 }
 

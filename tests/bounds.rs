@@ -1,7 +1,7 @@
 //! The remaining bounds on clients, each shown: the TLS handshake deadline,
-//! the total connection cap, the header limit (431), the whole-request
-//! timeout, no version banner, and certificate reload under load without a
-//! failed request.
+//! the deadline for a first request after it, the total connection cap, the
+//! header limit (431), the whole-request timeout, no version banner, and
+//! certificate reload under load without a failed request.
 
 mod common;
 
@@ -30,6 +30,37 @@ async fn a_silent_tcp_client_is_dropped_at_the_handshake_deadline() {
         waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
+    env.stop().await;
+}
+
+/// A client that completes the TLS handshake and then says nothing must
+/// not hold its connection (and its share of the certificate's cap) for
+/// ever: it has the header deadline to start a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_sends_no_request_is_dropped_at_the_header_deadline() {
+    let env = TestEnv::start_with(|c| c.limits.header_read_timeout = Duration::from_millis(800)).await;
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut s = env.raw_tls("mot-cua", alpn).await;
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(600) && waited < Duration::from_secs(3),
+            "closed after {waited:?}"
+        );
+    }
+    // One that speaks at once is served as before.
+    let id = env.citizen(true).personal_id().as_str().to_owned();
+    let r = env
+        .call(
+            "y-te",
+            LOOKUP,
+            &json!({"personal_id": id, "purpose": "health-insurance"}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
     env.stop().await;
 }
 

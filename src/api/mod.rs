@@ -468,7 +468,7 @@ impl Api {
     /// every request, so a revocation reaches keep-alive connections too,
     /// by the identity read from the certificate when it connected).
     fn check_revocation(&self, peer: &Peer) -> Result<(), ApiError> {
-        if peer.client_cert.is_none() {
+        if peer.client_thumbprint.is_none() {
             return Err(ApiError::UnknownApp);
         }
         let revocations = &self.tls.load().revocations;
@@ -488,7 +488,7 @@ impl Api {
         app: &'a App,
     ) -> Result<Caller<'a>, ApiError> {
         let token = bearer_token(req).map_err(ApiError::Unauthorized)?;
-        let cert = peer.client_cert.as_ref().ok_or(ApiError::UnknownApp)?;
+        let cert = peer.client_thumbprint.as_ref().ok_or(ApiError::UnknownApp)?;
         let officer = self.tokens.verify(token, cert, &app.id).await.map_err(|e| {
             tracing::info!(app = %app.id, reason = %e, "officer token refused");
             ApiError::Unauthorized(e)

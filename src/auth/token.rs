@@ -137,10 +137,10 @@ struct TokenCache {
 }
 
 impl TokenCache {
-    fn key(token: &str, cert: &CertificateDer<'_>, app: &str) -> [u8; 32] {
+    fn key(token: &str, cert: &CertThumbprint, app: &str) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(Sha256::digest(token.as_bytes()));
-        h.update(Sha256::digest(cert.as_ref()));
+        h.update(cert.0);
         h.update(app.as_bytes());
         h.finalize().into()
     }
@@ -204,7 +204,24 @@ pub struct Confirmation {
 
 /// base64url(SHA-256(DER)) of a certificate: the RFC 8705 thumbprint.
 pub fn certificate_thumbprint(cert: &CertificateDer<'_>) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(cert.as_ref()))
+    CertThumbprint::of(cert).encoded()
+}
+
+/// SHA-256 of a certificate's DER, taken once when a connection is
+/// accepted: tokens are bound to it (RFC 8705) and connections are counted
+/// by it, so the certificate itself need not be kept for the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CertThumbprint(pub [u8; 32]);
+
+impl CertThumbprint {
+    pub fn of(cert: &CertificateDer<'_>) -> CertThumbprint {
+        CertThumbprint(Sha256::digest(cert.as_ref()).into())
+    }
+
+    /// As `cnf.x5t#S256` carries it: base64url without padding.
+    pub fn encoded(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
 }
 
 impl TokenVerifier {
@@ -229,15 +246,11 @@ impl TokenVerifier {
         self.cache.lock().map(|c| c.entries.len()).unwrap_or(0)
     }
 
-    /// Verifies `token` as presented by `app` with certificate `cert`; a
+    /// Verifies `token` as presented by `app` with the certificate whose
+    /// thumbprint is `cert`; a
     /// token verified before for the same certificate and app is taken from
     /// the cache until its expiry.
-    pub async fn verify(
-        &self,
-        token: &str,
-        cert: &CertificateDer<'_>,
-        app: &str,
-    ) -> Result<Officer, TokenError> {
+    pub async fn verify(&self, token: &str, cert: &CertThumbprint, app: &str) -> Result<Officer, TokenError> {
         if token.len() > self.settings.max_token_bytes {
             return Err(TokenError::TooLarge(self.settings.max_token_bytes));
         }
@@ -258,7 +271,7 @@ impl TokenVerifier {
     pub async fn verify_uncached(
         &self,
         token: &str,
-        cert: &CertificateDer<'_>,
+        cert: &CertThumbprint,
         app: &str,
     ) -> Result<(Officer, u64), TokenError> {
         let (claims, leeway) = self.decode::<Claims>(token).await?;
@@ -279,7 +292,7 @@ impl TokenVerifier {
             .cnf
             .and_then(|c| c.x5t_s256)
             .ok_or(TokenError::MissingClaim("cnf"))?;
-        if !constant_time_eq(bound.as_bytes(), certificate_thumbprint(cert).as_bytes()) {
+        if !constant_time_eq(bound.as_bytes(), cert.encoded().as_bytes()) {
             return Err(TokenError::NotBound);
         }
         if azp != app {
