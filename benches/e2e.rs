@@ -25,7 +25,9 @@
 //! directory on tmpfs (`/dev/shm`), as if the warehouse had storage of its
 //! own, as it does in production: its writes then no longer queue on the
 //! disk where the gateway's journal waits for `fdatasync`. The journal
-//! stays on the disk either way. `E2E_SCALE_ONLY=1` runs the scale checks
+//! stays on the disk either way. `E2E_UPSTREAM_HTTP1=N` has the gateway
+//! reach the national database over HTTP/1.1 with N keep-alive connections
+//! instead of one HTTP/2 connection. `E2E_SCALE_ONLY=1` runs the scale checks
 //! alone (idle connections and many officers), on a gateway that has not
 //! been loaded before. `E2E_CALLGRIND=1` runs each proxy under valgrind's
 //! callgrind, counting instructions only during its saturation run, and
@@ -861,6 +863,10 @@ async fn bench(pinned: bool) {
     config.warehouse.admin_url = Some(pg.admin_url());
     // E2E_NO_ALERTS: without the alert rules, to see what they cost.
     config.alerts.enabled = std::env::var_os("E2E_NO_ALERTS").is_none();
+    // E2E_UPSTREAM_HTTP1=N: HTTP/1.1 over N connections instead of one h2.
+    config.upstream.http1_connections = std::env::var("E2E_UPSTREAM_HTTP1")
+        .ok()
+        .and_then(|n| n.parse().ok());
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config.to_toml()).expect("config");
     let gateway = spawn_pinned(pinned, std::path::Path::new(env!("CARGO_BIN_EXE_popgate")))

@@ -282,6 +282,7 @@ async fn start_with(config: &Config, options: StartOptions) -> anyhow::Result<Ga
             max_response_bytes: u.max_response_bytes,
             service_code: u.service_code.clone(),
             integration_code: u.integration_code.clone(),
+            http1_connections: u.http1_connections,
         },
     )?);
 

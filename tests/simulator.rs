@@ -35,6 +35,16 @@ fn client(
     timeout: Duration,
     cert: (&std::path::Path, &std::path::Path),
 ) -> HttpNationalDb {
+    pooled_client(l, url, timeout, cert, None)
+}
+
+fn pooled_client(
+    l: &PkiLayout,
+    url: &str,
+    timeout: Duration,
+    cert: (&std::path::Path, &std::path::Path),
+    http1_connections: Option<usize>,
+) -> HttpNationalDb {
     let tls = tls::mutual_client_config(&l.national_ca_cert(), cert.0, cert.1, &[]).expect("tls");
     HttpNationalDb::new(
         tls,
@@ -45,6 +55,7 @@ fn client(
             max_response_bytes: 1 << 20,
             service_code: "T".into(),
             integration_code: "T".into(),
+            http1_connections: http1_connections.and_then(std::num::NonZeroUsize::new),
         },
     )
     .expect("client")
@@ -182,4 +193,41 @@ async fn fault_flags_inject_errors_and_latency() {
     assert!(started.elapsed() < Duration::from_millis(390));
     let patient = client(l, &url, Duration::from_secs(2), (&cert.0, &cert.1));
     assert!(patient.query(query(&id, QueryKind::Lookup)).await.is_ok());
+}
+
+/// The upstream leg both ways: by default one HTTP/2 connection carries
+/// every query; with `http1_connections = 2`, HTTP/1.1 over two keep-alive
+/// connections, twenty-four concurrent queries waiting their turn for one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_leg_is_one_h2_connection_or_a_bounded_http1_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = pki::init(dir.path(), &[], false).expect("pki");
+    let l = &p.layout;
+    let (sim, url, _stop) = start(l, Faults::default()).await;
+    let id = sim.population().citizen(42).personal_id().clone();
+    let cert = (l.upstream_client_cert(), l.upstream_client_key());
+    let concurrently = |db: HttpNationalDb| {
+        let id = id.clone();
+        async move {
+            let answers =
+                futures_util::future::join_all((0..24).map(|_| db.query(query(&id, QueryKind::Lookup))))
+                    .await;
+            answers.iter().filter(|a| a.is_ok()).count()
+        }
+    };
+
+    let h2 = client(l, &url, Duration::from_secs(5), (&cert.0, &cert.1));
+    assert_eq!(concurrently(h2).await, 24);
+    let seen = sim.connections();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].1, http::Version::HTTP_2);
+
+    let pool = pooled_client(l, &url, Duration::from_secs(5), (&cert.0, &cert.1), Some(2));
+    assert_eq!(concurrently(pool).await, 24);
+    let http1: Vec<_> = sim
+        .connections()
+        .into_iter()
+        .filter(|(_, v)| *v == http::Version::HTTP_11)
+        .collect();
+    assert!((1..=2).contains(&http1.len()), "HTTP/1.1 connections: {http1:?}");
 }

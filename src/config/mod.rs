@@ -303,6 +303,11 @@ pub struct UpstreamSection {
         with = "de::secs"
     )]
     pub circuit_open: Duration,
+    /// Unset: one HTTP/2 connection when the national database offers h2
+    /// (keep-alive HTTP/1.1 otherwise). A number: HTTP/1.1 over at most
+    /// that many keep-alive connections, a query waiting for a free one.
+    #[serde(default)]
+    pub http1_connections: Option<std::num::NonZeroUsize>,
 }
 
 fn default_circuit_failures() -> u32 {
@@ -750,6 +755,7 @@ impl Config {
                 integration_code: default_integration_code(),
                 circuit_failures: DEFAULT_CIRCUIT_FAILURES,
                 circuit_open: DEFAULT_CIRCUIT_OPEN,
+                http1_connections: None,
             },
             tokens: TokensSection {
                 jwks: Some(layout.jwks()),
@@ -1053,6 +1059,11 @@ pseudonym_key = "certs/pseudonym.key"
             "positive",
         );
         refused_at(&with("audit", "ship_batch = 0"), "ship_batch", "positive");
+        refused_at(
+            &with("upstream", "http1_connections = 0"),
+            "http1_connections",
+            "nonzero",
+        );
     }
 
     #[test]

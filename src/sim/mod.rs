@@ -80,6 +80,8 @@ pub struct Simulator {
     population: Population,
     faults: Faults,
     served: AtomicU64,
+    /// Each connection a request came over, with its HTTP version.
+    connections: std::sync::Mutex<std::collections::HashMap<std::net::SocketAddr, http::Version>>,
 }
 
 impl Simulator {
@@ -89,6 +91,7 @@ impl Simulator {
                 .with_legacy_share(settings.legacy_address_share),
             faults: settings.faults.clone(),
             served: AtomicU64::new(0),
+            connections: Default::default(),
         }
     }
 
@@ -101,6 +104,13 @@ impl Simulator {
         self.served.load(Ordering::Relaxed)
     }
 
+    /// The connections requests have come over so far, and their HTTP
+    /// versions (how a client's pool is seen from the server).
+    pub fn connections(&self) -> Vec<(std::net::SocketAddr, http::Version)> {
+        let seen = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        seen.iter().map(|(a, v)| (*a, *v)).collect()
+    }
+
     /// Serves on `listener` with `tls` (which must require client certs).
     pub async fn run(
         self: Arc<Self>,
@@ -108,8 +118,12 @@ impl Simulator {
         tls: Arc<rustls::ServerConfig>,
         shutdown: watch::Receiver<bool>,
     ) {
-        let handler = move |req: Request<Incoming>, _peer: Arc<Peer>| {
+        let handler = move |req: Request<Incoming>, peer: Arc<Peer>| {
             let sim = self.clone();
+            {
+                let mut seen = sim.connections.lock().unwrap_or_else(|p| p.into_inner());
+                seen.entry(peer.addr).or_insert(req.version());
+            }
             async move { sim.handle(req).await }
         };
         let tls = Arc::new(arc_swap::ArcSwap::from_pointee(crate::tls::ServerTls {

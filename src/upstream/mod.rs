@@ -1,12 +1,15 @@
 //! The national population database, behind an adapter trait so that the
 //! real protocol can be plugged in beside the simulator's. [`HttpNationalDb`]
 //! speaks the C06 JSON operations over mTLS with the province's client
-//! certificate, through one pooled hyper client (HTTP/2 when the server
-//! offers it, keep-alive HTTP/1.1 otherwise).
+//! certificate, through one pooled hyper client: one HTTP/2 connection when
+//! the server offers it (keep-alive HTTP/1.1 otherwise), or, when
+//! `upstream.http1_connections` is set, HTTP/1.1 over at most that many
+//! keep-alive connections.
 //!
 //! Answers are size-capped before they are parsed and never logged.
 
 pub mod breaker;
+mod pool;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -125,15 +128,25 @@ pub struct HttpSettings {
     pub service_code: String,
     /// `MaTichHop`: the integration code issued to the province.
     pub integration_code: String,
+    /// HTTP/1.1 over at most this many connections instead of HTTP/2.
+    pub http1_connections: Option<std::num::NonZeroUsize>,
 }
 
 /// The C06 JSON-over-HTTPS client.
 pub struct HttpNationalDb {
-    client: HttpsClient,
+    transport: Transport,
     settings: HttpSettings,
     budget: RetryBudget,
     /// The three operations' addresses, built once.
     uris: OperationUris,
+}
+
+/// How queries reach the national database.
+enum Transport {
+    /// hyper's pooled client: one HTTP/2 connection when offered.
+    Shared(HttpsClient),
+    /// HTTP/1.1 over a bounded number of connections.
+    Http1(pool::Http1Pool),
 }
 
 struct OperationUris {
@@ -195,15 +208,21 @@ impl HttpNationalDb {
     pub fn new(tls: rustls::ClientConfig, settings: HttpSettings) -> anyhow::Result<HttpNationalDb> {
         let uris = OperationUris::new(&settings.base_url)
             .map_err(|e| anyhow::anyhow!("national database address {}: {e}", settings.base_url))?;
-        let client = https_client(
-            tls,
-            &ClientOptions {
-                connect_timeout: Some(settings.connect_timeout),
-                ..ClientOptions::default()
-            },
-        );
+        let transport = match settings.http1_connections {
+            Some(n) => Transport::Http1(
+                pool::Http1Pool::new(tls, &settings.base_url, n, settings.connect_timeout)
+                    .map_err(|e| anyhow::anyhow!("national database address {}: {e}", settings.base_url))?,
+            ),
+            None => Transport::Shared(https_client(
+                tls,
+                &ClientOptions {
+                    connect_timeout: Some(settings.connect_timeout),
+                    ..ClientOptions::default()
+                },
+            )),
+        };
         Ok(HttpNationalDb {
-            client,
+            transport,
             settings,
             budget: RetryBudget::default(),
             uris,
@@ -215,18 +234,18 @@ impl HttpNationalDb {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| UpstreamError::Failed(format!("bad request: {e}")))?;
+        let limit = self.settings.max_response_bytes;
         let exchange = async {
-            let resp = self
-                .client
+            let client = match &self.transport {
+                Transport::Shared(client) => client,
+                Transport::Http1(pool) => return pool.exchange(req, limit).await,
+            };
+            let resp = client
                 .request(req)
                 .await
                 .map_err(|e| UpstreamError::Failed(connect_error_text(&e)))?;
             let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), self.settings.max_response_bytes)
-                .collect()
-                .await
-                .map_err(|_| UpstreamError::Failed("answer too large or cut off".into()))?
-                .to_bytes();
+            let bytes = read_limited(resp.into_body(), limit).await?;
             Ok::<_, UpstreamError>((status, bytes))
         };
         tokio::time::timeout(self.settings.timeout, exchange)
@@ -281,6 +300,19 @@ pub fn read_answer(kind: &QueryKind, bytes: &[u8]) -> Result<UpstreamAnswer, Ups
             })
         }
     }
+}
+
+/// An answer's body, refused beyond `limit` bytes.
+async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, UpstreamError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Ok(Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|_| UpstreamError::Failed("answer too large or cut off".into()))?
+        .to_bytes())
 }
 
 fn connect_error_text(e: &hyper_util::client::legacy::Error) -> String {
