@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -238,14 +238,21 @@ impl HttpNationalDb {
         let exchange = async {
             let client = match &self.transport {
                 Transport::Shared(client) => client,
-                Transport::Http1(pool) => return pool.exchange(req, limit).await,
+                Transport::Http1(pool) => {
+                    return pool
+                        .exchange(req, limit)
+                        .await
+                        .map_err(|e| UpstreamError::Failed(e.into()))
+                }
             };
             let resp = client
                 .request(req)
                 .await
                 .map_err(|e| UpstreamError::Failed(connect_error_text(&e)))?;
             let status = resp.status();
-            let bytes = read_limited(resp.into_body(), limit).await?;
+            let bytes = pool::read_limited(resp.into_body(), limit)
+                .await
+                .map_err(|e| UpstreamError::Failed(e.into()))?;
             Ok::<_, UpstreamError>((status, bytes))
         };
         tokio::time::timeout(self.settings.timeout, exchange)
@@ -300,19 +307,6 @@ pub fn read_answer(kind: &QueryKind, bytes: &[u8]) -> Result<UpstreamAnswer, Ups
             })
         }
     }
-}
-
-/// An answer's body, refused beyond `limit` bytes.
-async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, UpstreamError>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    Ok(Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|_| UpstreamError::Failed("answer too large or cut off".into()))?
-        .to_bytes())
 }
 
 fn connect_error_text(e: &hyper_util::client::legacy::Error) -> String {

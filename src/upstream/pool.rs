@@ -4,6 +4,8 @@
 //! connection whose exchange did not finish (a timeout, an error) is closed,
 //! never reused. Bounded by construction: a connection is either idle in
 //! the pool or held by the query that holds one of the N permits.
+//!
+//! Failures are told by a fixed text (no peer's words reach a log).
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -18,8 +20,6 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
-
-use super::{read_limited, UpstreamError};
 
 pub struct Http1Pool {
     tls: TlsConnector,
@@ -69,12 +69,12 @@ impl Http1Pool {
         &self,
         req: Request<Full<Bytes>>,
         limit: usize,
-    ) -> Result<(StatusCode, Bytes), UpstreamError> {
+    ) -> Result<(StatusCode, Bytes), &'static str> {
         let _permit = self
             .permits
             .acquire()
             .await
-            .map_err(|_| UpstreamError::Failed("connection pool closed".into()))?;
+            .map_err(|_| "connection pool closed")?;
         let (mut parts, body) = req.into_parts();
         parts.uri = parts
             .uri
@@ -86,7 +86,7 @@ impl Http1Pool {
         let resp = sender
             .send_request(Request::from_parts(parts, body))
             .await
-            .map_err(|_| UpstreamError::Failed("connection failed".into()))?;
+            .map_err(|_| "connection failed")?;
         let status = resp.status();
         let bytes = read_limited(resp.into_body(), limit).await?;
         // The answer was read to its end: the connection may carry the next.
@@ -97,7 +97,7 @@ impl Http1Pool {
     }
 
     /// An idle connection that is still open, or a new one.
-    async fn ready_connection(&self) -> Result<SendRequest<Full<Bytes>>, UpstreamError> {
+    async fn ready_connection(&self) -> Result<SendRequest<Full<Bytes>>, &'static str> {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let Some(mut sender) = idle else { break };
@@ -106,21 +106,18 @@ impl Http1Pool {
             }
         }
         let mut sender = self.connect().await?;
-        sender
-            .ready()
-            .await
-            .map_err(|_| UpstreamError::Failed("connection failed".into()))?;
+        sender.ready().await.map_err(|_| "connection failed")?;
         Ok(sender)
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, UpstreamError> {
-        let cannot = |_| UpstreamError::Failed("cannot connect".into());
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, &'static str> {
+        let cannot = |_| "cannot connect";
         let tcp = tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect((self.host.as_str(), self.port)),
         )
         .await
-        .map_err(|_| UpstreamError::Failed("cannot connect".into()))?
+        .map_err(|_| "cannot connect")?
         .map_err(cannot)?;
         let _ = tcp.set_nodelay(true);
         let tls = self
@@ -130,7 +127,7 @@ impl Http1Pool {
             .map_err(cannot)?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|_| UpstreamError::Failed("cannot connect".into()))?;
+            .map_err(|_| "cannot connect")?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "national database connection ended");
@@ -138,4 +135,18 @@ impl Http1Pool {
         });
         Ok(sender)
     }
+}
+
+/// An answer's body, refused beyond `limit` bytes.
+pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, &'static str>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    Ok(http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|_| "answer too large or cut off")?
+        .to_bytes())
 }
