@@ -25,7 +25,9 @@
 //! directory on tmpfs (`/dev/shm`), as if the warehouse had storage of its
 //! own, as it does in production: its writes then no longer queue on the
 //! disk where the gateway's journal waits for `fdatasync`. The journal
-//! stays on the disk either way. `E2E_UPSTREAM_HTTP1=N` has the gateway
+//! stays on the disk either way, unless `E2E_JOURNAL_SHM=1` puts it on
+//! tmpfs too (its `fdatasync` then costs nothing: what the disk's syncs
+//! cost the gateway, not a setting to run with). `E2E_UPSTREAM_HTTP1=N` has the gateway
 //! reach the national database over HTTP/1.1 with N keep-alive connections
 //! instead of one HTTP/2 connection. `E2E_SCALE_ONLY=1` runs the scale checks
 //! alone (idle connections and many officers), on a gateway that has not
@@ -856,6 +858,11 @@ async fn bench(pinned: bool) {
     config.gateway.ops_listen = ([127, 0, 0, 1], ops).into();
     config.gateway.instance_id = "bench-1".into();
     config.rate_limits.scale = 1_000_000.0;
+    let journal_shm =
+        std::env::var_os("E2E_JOURNAL_SHM").map(|_| tempfile::tempdir_in("/dev/shm").expect("shm"));
+    if let Some(d) = &journal_shm {
+        config.audit.journal_dir = Some(d.path().to_path_buf());
+    }
     // Room for the scale check's 10,000 idle connections of one app.
     config.limits.max_connections = IDLE_CONNECTIONS + 1_000;
     config.limits.max_connections_per_certificate = IDLE_CONNECTIONS + 1_000;
