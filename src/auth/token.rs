@@ -247,9 +247,8 @@ impl TokenVerifier {
     }
 
     /// Verifies `token` as presented by `app` with the certificate whose
-    /// thumbprint is `cert`; a
-    /// token verified before for the same certificate and app is taken from
-    /// the cache until its expiry.
+    /// thumbprint is `cert`; a token verified before for the same
+    /// certificate and app is taken from the cache until its expiry.
     pub async fn verify(&self, token: &str, cert: &CertThumbprint, app: &str) -> Result<Officer, TokenError> {
         if token.len() > self.settings.max_token_bytes {
             return Err(TokenError::TooLarge(self.settings.max_token_bytes));

@@ -75,12 +75,16 @@ pub fn server_tls(layout: &crate::tls::pki::PkiLayout) -> Result<rustls::ServerC
     })
 }
 
+/// How many connections [`Simulator::connections`] reports at most.
+const REMEMBERED_CONNECTIONS: usize = 4096;
+
 /// The simulator's state, shared by its connections.
 pub struct Simulator {
     population: Population,
     faults: Faults,
     served: AtomicU64,
-    /// Each connection a request came over, with its HTTP version.
+    /// Each connection a request came over, with its HTTP version (the
+    /// first [`REMEMBERED_CONNECTIONS`]).
     connections: std::sync::Mutex<std::collections::HashMap<std::net::SocketAddr, http::Version>>,
 }
 
@@ -122,7 +126,9 @@ impl Simulator {
             let sim = self.clone();
             {
                 let mut seen = sim.connections.lock().unwrap_or_else(|p| p.into_inner());
-                seen.entry(peer.addr).or_insert(req.version());
+                if seen.len() < REMEMBERED_CONNECTIONS {
+                    seen.entry(peer.addr).or_insert(req.version());
+                }
             }
             async move { sim.handle(req).await }
         };

@@ -1,10 +1,10 @@
 //! The national population database, behind an adapter trait so that the
 //! real protocol can be plugged in beside the simulator's. [`HttpNationalDb`]
 //! speaks the C06 JSON operations over mTLS with the province's client
-//! certificate, through one pooled hyper client: one HTTP/2 connection when
-//! the server offers it (keep-alive HTTP/1.1 otherwise), or, when
-//! `upstream.http1_connections` is set, HTTP/1.1 over at most that many
-//! keep-alive connections.
+//! certificate: through hyper's pooled client, one HTTP/2 connection when
+//! the server offers h2 (keep-alive HTTP/1.1 otherwise); or, when
+//! `upstream.http1_connections` is set, HTTP/1.1 over a pool of at most that
+//! many keep-alive connections (`pool.rs`).
 //!
 //! Answers are size-capped before they are parsed and never logged.
 
