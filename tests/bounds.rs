@@ -15,6 +15,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOOKUP: &str = "/v1/citizens/lookup";
 
+/// The health app looks up a resident: a request that must be served.
+async fn health_lookup(env: &TestEnv) -> common::TestResponse {
+    let id = env.citizen(true).personal_id().as_str().to_owned();
+    env.call(
+        "y-te",
+        LOOKUP,
+        &json!({"personal_id": id, "purpose": "health-insurance"}).to_string(),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_tcp_client_is_dropped_at_the_handshake_deadline() {
     let env = TestEnv::start_with(|c| c.limits.handshake_timeout = Duration::from_millis(500)).await;
@@ -52,14 +63,7 @@ async fn a_tls_client_that_sends_no_request_is_dropped_at_the_header_deadline() 
         );
     }
     // One that speaks at once is served as before.
-    let id = env.citizen(true).personal_id().as_str().to_owned();
-    let r = env
-        .call(
-            "y-te",
-            LOOKUP,
-            &json!({"personal_id": id, "purpose": "health-insurance"}).to_string(),
-        )
-        .await;
+    let r = health_lookup(&env).await;
     assert_eq!(r.status, 200);
     env.stop().await;
 }
@@ -87,14 +91,7 @@ async fn connections_beyond_the_cap_are_refused() {
     );
     drop(held);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let id = env.citizen(true).personal_id().as_str().to_owned();
-    let r = env
-        .call(
-            "y-te",
-            LOOKUP,
-            &json!({"personal_id": id, "purpose": "health-insurance"}).to_string(),
-        )
-        .await;
+    let r = health_lookup(&env).await;
     assert_eq!(r.status, 200, "served again once connections are free");
     env.stop().await;
 }
@@ -112,14 +109,7 @@ async fn oversized_headers_get_431_and_no_banner_is_sent() {
     let answer = String::from_utf8_lossy(&out);
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 
-    let id = env.citizen(true).personal_id().as_str().to_owned();
-    let r = env
-        .call(
-            "y-te",
-            LOOKUP,
-            &json!({"personal_id": id, "purpose": "health-insurance"}).to_string(),
-        )
-        .await;
+    let r = health_lookup(&env).await;
     assert_eq!(r.status, 200);
     assert!(
         !r.headers.contains_key("server"),
