@@ -15,6 +15,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOOKUP: &str = "/v1/citizens/lookup";
 
+/// Waits (at most 5 s) for the server to close a connection the client
+/// keeps silent on; how long that took.
+async fn closed_by_the_server(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    started.elapsed()
+}
+
 /// The health app looks up a resident: a request that must be served.
 async fn health_lookup(env: &TestEnv) -> common::TestResponse {
     let id = env.citizen(true).personal_id().as_str().to_owned();
@@ -32,11 +42,7 @@ async fn a_silent_tcp_client_is_dropped_at_the_handshake_deadline() {
     let mut tcp = tokio::net::TcpStream::connect(env.gateway().gateway_addr)
         .await
         .expect("tcp");
-    let started = Instant::now();
-    let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
-    let waited = started.elapsed();
+    let waited = closed_by_the_server(&mut tcp).await;
     assert!(
         waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
         "{waited:?}"
@@ -52,11 +58,7 @@ async fn a_tls_client_that_sends_no_request_is_dropped_at_the_header_deadline() 
     let env = TestEnv::start_with(|c| c.limits.header_read_timeout = Duration::from_millis(800)).await;
     for alpn in [&b"http/1.1"[..], b"h2"] {
         let mut s = env.raw_tls("mot-cua", alpn).await;
-        let started = Instant::now();
-        let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
-        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
-        let waited = started.elapsed();
+        let waited = closed_by_the_server(&mut s).await;
         assert!(
             waited >= Duration::from_millis(600) && waited < Duration::from_secs(3),
             "closed after {waited:?}"

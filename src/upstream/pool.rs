@@ -130,14 +130,14 @@ impl Http1Pool {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, &'static str> {
-        let cannot = |_| "cannot connect";
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| "cannot connect")?
-        .map_err(cannot)?;
+        fn cannot<E>(_: E) -> &'static str {
+            "cannot connect"
+        }
+        let connecting = TcpStream::connect((self.host.as_str(), self.port));
+        let tcp = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(cannot)?
+            .map_err(cannot)?;
         let _ = tcp.set_nodelay(true);
         let tls = self
             .tls
@@ -146,7 +146,7 @@ impl Http1Pool {
             .map_err(cannot)?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|_| "cannot connect")?;
+            .map_err(cannot)?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "national database connection ended");
