@@ -234,30 +234,35 @@ impl HttpNationalDb {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| UpstreamError::Failed(format!("bad request: {e}")))?;
-        let limit = self.settings.max_response_bytes;
-        let exchange = async {
-            let client = match &self.transport {
-                Transport::Shared(client) => client,
-                Transport::Http1(pool) => {
-                    return pool
-                        .exchange(req, limit)
-                        .await
-                        .map_err(|e| UpstreamError::Failed(e.into()))
-                }
-            };
-            let resp = client
-                .request(req)
-                .await
-                .map_err(|e| UpstreamError::Failed(connect_error_text(&e)))?;
-            let status = resp.status();
-            let bytes = pool::read_limited(resp.into_body(), limit)
-                .await
-                .map_err(|e| UpstreamError::Failed(e.into()))?;
-            Ok::<_, UpstreamError>((status, bytes))
-        };
+        let exchange = self.transport.exchange(req, self.settings.max_response_bytes);
         tokio::time::timeout(self.settings.timeout, exchange)
             .await
             .map_err(|_| UpstreamError::Timeout)?
+    }
+}
+
+impl Transport {
+    /// Sends `req` and reads at most `limit` bytes of the answer.
+    async fn exchange(
+        &self,
+        req: Request<Full<Bytes>>,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), UpstreamError> {
+        let failed = |why: &'static str| UpstreamError::Failed(why.into());
+        match self {
+            Transport::Shared(client) => {
+                let resp = client
+                    .request(req)
+                    .await
+                    .map_err(|e| UpstreamError::Failed(connect_error_text(&e)))?;
+                let status = resp.status();
+                let bytes = pool::read_limited(resp.into_body(), limit)
+                    .await
+                    .map_err(failed)?;
+                Ok((status, bytes))
+            }
+            Transport::Http1(pool) => pool.exchange(req, limit).await.map_err(failed),
+        }
     }
 }
 
