@@ -290,24 +290,32 @@ impl Api {
 
     /// Runs `work` (a request's pipeline) in a task of its own, counted
     /// among the pipelines a stopping gateway waits for.
-    async fn detached(
+    ///
+    /// The pipeline's state is some kilobytes: it is boxed once, where it
+    /// is made, so that neither the task nor the future hyper holds for
+    /// the request carries it by value (each move of a task's future, its
+    /// stages and its output copied all of it).
+    fn detached(
         &self,
         work: impl std::future::Future<Output = Response<Body>> + Send + 'static,
-    ) -> Response<Body> {
+    ) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
         let in_flight = self.in_flight.enter();
+        let work = Box::pin(work);
         let task = tokio::spawn(async move {
             let _in_flight = in_flight;
             work.await
         });
-        match task.await {
-            Ok(resp) => resp,
-            Err(error) => {
-                tracing::error!(%error, "request pipeline failed");
-                let request_id = uuid::Uuid::now_v7().to_string();
-                finish(
-                    problem_response(&ApiError::AuditUnavailable, &request_id, None),
-                    &request_id,
-                )
+        async move {
+            match task.await {
+                Ok(resp) => resp,
+                Err(error) => {
+                    tracing::error!(%error, "request pipeline failed");
+                    let request_id = uuid::Uuid::now_v7().to_string();
+                    finish(
+                        problem_response(&ApiError::AuditUnavailable, &request_id, None),
+                        &request_id,
+                    )
+                }
             }
         }
     }
