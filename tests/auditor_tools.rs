@@ -767,3 +767,41 @@ async fn distinct_alert_size(env: &TestEnv) -> Option<usize> {
         .first()
         .map(|a| a["audit_ids"].as_array().map_or(0, Vec::len))
 }
+
+/// The rules read an instance's chain in bounded windows of its places; a
+/// place the warehouse lacks (here 5,000 of them, more than a window) is
+/// stepped over, never where the rules stop for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_read_past_places_the_warehouse_lacks() {
+    let env = TestEnv::start_with(|c| c.alerts.enabled = false).await;
+    for id in citizens(&env, true, 3) {
+        assert_eq!(as_officer(&env, "officer-gap", &id, "HS-2026-000501").await, 200);
+    }
+    env.settle().await;
+    let db = env.admin_db().await;
+    // Every event again, 5,000 places further along the chain.
+    db.batch_execute(
+        "CREATE TEMP TABLE later AS SELECT * FROM popgate.audit_events;
+         UPDATE later SET seq = seq + 5000, audit_id = gen_random_uuid();
+         INSERT INTO popgate.audit_events SELECT * FROM later",
+    )
+    .await
+    .expect("events beyond a gap");
+    let (events, last): (i64, i64) = {
+        let r = db
+            .query_one("SELECT count(*), max(seq) FROM popgate.audit_events", &[])
+            .await
+            .expect("count");
+        (r.get(0), r.get(1))
+    };
+    assert!(last > 5000, "{last}");
+    let read = engine(&env, TEST_RULES).tick().await.expect("tick");
+    assert!(read as i64 >= events, "read {read} of {events} events");
+    let judged: i64 = db
+        .query_one("SELECT max(seq) FROM popgate.alert_watermarks", &[])
+        .await
+        .expect("watermark")
+        .get(0);
+    assert!(judged >= last, "the rules stopped at seq {judged}, before {last}");
+    env.stop().await;
+}

@@ -730,9 +730,8 @@ impl Engine {
                 for a in self.judge(&rt, &instance, &events, &watched).await? {
                     found.add(a);
                 }
-                if (events.len() as i64) < BATCH {
-                    break;
-                }
+                // A batch short of BATCH may end at a gap rather than at
+                // the head: only an empty one ends the instance's pass.
             }
             if after != mark {
                 rt.set_watermark(&instance, after).await?;
