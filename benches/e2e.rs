@@ -36,6 +36,9 @@
 //! prints the instructions per request (user space, every thread) instead
 //! of the timed figures; the counts repeat from run to run where timings
 //! do not. The profiles are left in `target/e2e-callgrind/`.
+//! `E2E_PG_STATEMENTS=1` loads `pg_stat_statements` into the warehouse and
+//! prints, after popgate's saturation runs, the statements that took most
+//! of its time.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -733,6 +736,57 @@ fn callgrind_total(dir: &std::path::Path, pid: u32) -> u64 {
         .expect("totals in the profile")
 }
 
+fn statements_wanted() -> bool {
+    std::env::var_os("E2E_PG_STATEMENTS").is_some()
+}
+
+/// Restarts the warehouse with `pg_stat_statements` loaded, counting from
+/// an empty table.
+async fn load_statement_statistics(pg: &mut EmbeddedPostgres) {
+    async fn sql(url: String, statement: &str) {
+        popgate::warehouse::connect(&url)
+            .await
+            .expect("warehouse")
+            .batch_execute(statement)
+            .await
+            .expect(statement);
+    }
+    sql(
+        pg.admin_url(),
+        "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
+    )
+    .await;
+    pg.stop();
+    pg.restart().expect("warehouse restarted");
+    sql(
+        pg.admin_url(),
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()",
+    )
+    .await;
+}
+
+/// The statements that took most of the warehouse's time so far, with
+/// their calls and rows (statement texts only: parameters are not shown).
+async fn print_statement_statistics(admin_url: &str) {
+    let db = popgate::warehouse::connect(admin_url).await.expect("warehouse");
+    let rows = db
+        .query(
+            "SELECT calls, total_exec_time::float8, rows,
+                    100 * total_exec_time / sum(total_exec_time) OVER (),
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
+             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 8",
+            &[],
+        )
+        .await
+        .expect("pg_stat_statements");
+    println!("warehouse: statements by time so far (pg_stat_statements):");
+    for r in rows {
+        let (calls, ms, n, share, text): (i64, f64, i64, f64, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        println!("  {share:5.1} %  {ms:9.0} ms  {calls:7} calls  {n:9} rows  {text}");
+    }
+}
+
 /// Waits for the shipper to bring every acknowledged answer's audit event
 /// into the warehouse, then counts the missing ones.
 async fn audit_completeness(admin_url: &str, ids: Vec<uuid::Uuid>) -> (usize, usize) {
@@ -762,7 +816,10 @@ async fn bench(pinned: bool) {
     // The warehouse on tmpfs when asked (see the top of this file).
     let shm = std::env::var_os("E2E_PG_SHM").map(|_| tempfile::tempdir_in("/dev/shm").expect("shm"));
     let pg_home = shm.as_ref().map_or(dir.path(), |d| d.path()).join("pg-home");
-    let pg = EmbeddedPostgres::start_provisioned(&pg_home).await.expect("pg");
+    let mut pg = EmbeddedPostgres::start_provisioned(&pg_home).await.expect("pg");
+    if statements_wanted() {
+        load_statement_statistics(&mut pg).await;
+    }
 
     let simulator = Simulator::spawn(
         &SimSettings {
@@ -904,6 +961,9 @@ async fn bench(pinned: bool) {
     let popgate = measure("popgate", target.clone(), pid, Some(ops), pinned, sim_addr.port()).await;
     if callgrind_dir().is_some() {
         return;
+    }
+    if statements_wanted() {
+        print_statement_statistics(&pg.admin_url()).await;
     }
     let rss_busy = rss_kib(pid, "VmHWM:");
     // Let the shipper catch up before the latency runs, and count what
