@@ -743,26 +743,28 @@ fn statements_wanted() -> bool {
 /// Restarts the warehouse with `pg_stat_statements` loaded, counting from
 /// an empty table.
 async fn load_statement_statistics(pg: &mut EmbeddedPostgres) {
-    async fn sql(url: String, statement: &str) {
-        popgate::warehouse::connect(&url)
-            .await
-            .expect("warehouse")
-            .batch_execute(statement)
-            .await
-            .expect(statement);
-    }
-    sql(
-        pg.admin_url(),
+    admin_sql(
+        &pg.admin_url(),
         "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
     )
     .await;
     pg.stop();
     pg.restart().expect("warehouse restarted");
-    sql(
-        pg.admin_url(),
+    admin_sql(
+        &pg.admin_url(),
         "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()",
     )
     .await;
+}
+
+/// Runs `statements` in the warehouse as its superuser.
+async fn admin_sql(admin_url: &str, statements: &str) {
+    popgate::warehouse::connect(admin_url)
+        .await
+        .expect("warehouse")
+        .batch_execute(statements)
+        .await
+        .expect(statements);
 }
 
 /// The statements that took most of the warehouse's time so far, with
@@ -987,12 +989,7 @@ async fn bench(pinned: bool) {
     // warehouse's catching up rather than the gateway. A checkpoint gets
     // them written before the latency runs.
     let flushed = Instant::now();
-    popgate::warehouse::connect(&pg.admin_url())
-        .await
-        .expect("warehouse")
-        .batch_execute("CHECKPOINT")
-        .await
-        .expect("checkpoint");
+    admin_sql(&pg.admin_url(), "CHECKPOINT").await;
     println!(
         "warehouse: checkpoint after saturation took {:.1} s",
         flushed.elapsed().as_secs_f64()

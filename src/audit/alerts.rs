@@ -495,7 +495,7 @@ impl TickAlerts {
 /// rather than read its hours and cases again.
 const CATCH_UP: u64 = 10 * BATCH as u64;
 
-/// Events read per instance and tick.
+/// Places of an instance's chain read per query (the events among them).
 const BATCH: i64 = 2000;
 
 fn hour_of(t: OffsetDateTime) -> OffsetDateTime {
