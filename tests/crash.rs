@@ -94,6 +94,9 @@ async fn sigkill_under_load_loses_no_audit_event() {
     config.gateway.ops_listen = ([127, 0, 0, 1], ops_port).into();
     config.gateway.instance_id = "crash-1".into();
     config.audit.checkpoint_every = 50;
+    // Small segments, so that each round rotates into segments prepared
+    // ahead (written full of zeros) and is killed inside one.
+    config.audit.segment_bytes = 64 * 1024;
     config.rate_limits.scale = 1000.0;
     config.warehouse.url = Some(pg.gateway_url());
     config.warehouse.admin_url = Some(pg.admin_url());

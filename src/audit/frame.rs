@@ -4,7 +4,10 @@
 //! Frame: `len: u32 LE ‖ crc32c(payload): u32 LE ‖ payload` where the
 //! payload is a JSON [`Frame`]. Segment files are named
 //! `seg-<first seq, 20 digits>.log`; a segment's frames all have sequence
-//! numbers below the next segment's first.
+//! numbers below the next segment's first. A segment may have been written
+//! full of zeros before its frames (see [`super::journal`]): eight zero
+//! bytes where a header would be end its frames, since no frame has a
+//! zero length.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
@@ -17,7 +20,7 @@ use super::event::AuditEvent;
 use super::WarehouseRecord;
 
 /// Largest frame accepted when reading (a bound against corrupt lengths).
-const MAX_FRAME_BYTES: u32 = 4 * 1024 * 1024;
+pub(super) const MAX_FRAME_BYTES: u32 = 4 * 1024 * 1024;
 
 /// One journal frame. (Frames live only while being encoded or read, so
 /// the size difference between variants costs nothing worth a box.)
@@ -202,6 +205,12 @@ impl FrameReader {
         let mut head = [0u8; 8];
         match read_full(&mut self.reader, &mut head)? {
             0 => return Ok(ReadFrame::End),
+            8 if head == [0; 8] => {
+                // The zeros of a prepared segment: nothing more yet. Reading
+                // on starts here again.
+                self.reader.seek(SeekFrom::Start(self.offset))?;
+                return Ok(ReadFrame::End);
+            }
             8 => {}
             _ => return Ok(ReadFrame::Torn),
         }
@@ -229,7 +238,8 @@ impl FrameReader {
 #[allow(clippy::large_enum_variant)] // short-lived, as `Frame`
 pub enum ReadFrame {
     Frame(Frame, u64),
-    /// A clean end of the file.
+    /// A clean end of the file, or the zero-filled space after the last
+    /// frame of a prepared segment.
     End,
     /// The file ends inside a frame: an interrupted write.
     Torn,

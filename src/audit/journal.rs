@@ -11,11 +11,19 @@
 //! After a failed write the writer never retries `fsync` on the same file:
 //! it abandons the segment (cutting it back to its last durable frame) and
 //! the next batch starts a new one.
+//!
+//! Segments are prepared ahead: once the current one is half full, a
+//! helper thread writes the next one full of zeros and makes it durable.
+//! Frames are then written over those zeros, so a batch's `fdatasync`
+//! writes only its data, not the file's grown size and new blocks as well
+//! (on the bench's disk 0.13 against 0.19 ms). A prepared segment's unused
+//! space reads as the end of its frames; what a write cut short leaves in
+//! it is told from damage by its unwritten sectors ([`super::segments`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -283,9 +291,97 @@ pub struct Journal {
 /// appended (JSON Lines): an anchor kept outside the database.
 pub const CHECKPOINT_LOG: &str = "checkpoints.jsonl";
 
+/// The next segment, prepared: written full of zeros and durable. It is
+/// named [`PREPARING`] until then.
+const PREPARED: &str = "next-segment";
+const PREPARING: &str = "next-segment.tmp";
+/// The preparer writes and syncs its zeros this much at a time, so that
+/// the writer's syncs never wait behind a whole segment of them.
+const ZEROS_AT_ONCE: usize = 1024 * 1024;
+
 struct Segment {
     file: File,
     len: u64,
+    /// The next segment has been asked for.
+    next_asked: bool,
+}
+
+/// The helper thread that prepares the next segment when asked. Dropping
+/// it stops the thread and waits for it, so that no zeros are written
+/// once the writer (and its lock on the directory) is gone.
+struct Preparer {
+    ask: Option<std::sync::mpsc::SyncSender<()>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Preparer {
+    fn start(dir: PathBuf, bytes: u64) -> io::Result<Preparer> {
+        let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("journal-prepare".into())
+            .spawn(move || {
+                while asked.recv().is_ok() {
+                    if let Err(error) = prepare_segment(&dir, bytes, &stopped) {
+                        tracing::warn!(%error, "cannot prepare the next journal segment: it will grow as it is written");
+                        let _ = fs::remove_file(dir.join(PREPARING));
+                    }
+                }
+            })?;
+        Ok(Preparer {
+            ask: Some(ask),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn ask(&self) {
+        // Already asked and not yet done: once is enough.
+        if let Some(ask) = &self.ask {
+            let _ = ask.try_send(());
+        }
+    }
+}
+
+impl Drop for Preparer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.ask = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Writes the segment to come, `bytes` of zeros, unless it is there.
+fn prepare_segment(dir: &Path, bytes: u64, stop: &AtomicBool) -> io::Result<()> {
+    if dir.join(PREPARED).exists() {
+        return Ok(());
+    }
+    let path = dir.join(PREPARING);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(FILE_MODE)
+        .open(&path)?;
+    let zeros = vec![0u8; ZEROS_AT_ONCE];
+    let mut left = bytes;
+    while left > 0 {
+        if stop.load(Ordering::Acquire) {
+            // The journal is closing: the next start prepares it again.
+            return fs::remove_file(&path);
+        }
+        let n = left.min(ZEROS_AT_ONCE as u64) as usize;
+        file.write_all(&zeros[..n])?;
+        file.sync_data()?;
+        left -= n as u64;
+    }
+    file.sync_all()?;
+    fs::rename(&path, dir.join(PREPARED))?;
+    File::open(dir)?.sync_all()
 }
 
 struct Writer {
@@ -295,6 +391,9 @@ struct Writer {
     head_seq: u64,
     head_hash: [u8; 32],
     segment: Option<Segment>,
+    /// Dropped before the lock: its thread is done before another process
+    /// may open the directory.
+    preparer: Preparer,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     checkpoint_log: Mutex<Option<File>>,
@@ -337,12 +436,14 @@ impl Journal {
             .open(settings.dir.join(CHECKPOINT_LOG))
             .ok();
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let preparer = Preparer::start(settings.dir.clone(), settings.segment_bytes)?;
         let writer = Writer {
             state: state.clone(),
             signer,
             head_seq: scan.head_seq,
             head_hash: scan.head_hash,
             segment: None,
+            preparer,
             since_checkpoint: scan.head_seq - scan.last_checkpoint_seq.min(scan.head_seq),
             last_checkpoint: Instant::now(),
             checkpoint_log: Mutex::new(checkpoint_log),
@@ -554,23 +655,37 @@ impl Writer {
             self.segment = None;
         }
         if self.segment.is_none() {
-            let path = self.settings.dir.join(segment_name(first_seq));
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(FILE_MODE)
-                .open(&path)?;
-            File::open(&self.settings.dir)?.sync_all()?;
-            self.segment = Some(Segment { file, len: 0 });
+            let dir = &self.settings.dir;
+            let path = dir.join(segment_name(first_seq));
+            let file = match fs::rename(dir.join(PREPARED), &path) {
+                Ok(()) => OpenOptions::new().write(true).open(&path)?,
+                // None prepared (the first segment after a start, or the
+                // preparer fell behind): one that grows as it is written.
+                Err(_) => OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .mode(FILE_MODE)
+                    .open(&path)?,
+            };
+            File::open(dir)?.sync_all()?;
+            self.segment = Some(Segment {
+                file,
+                len: 0,
+                next_asked: false,
+            });
         }
         let seg = self
             .segment
             .as_mut()
             .ok_or_else(|| io::Error::other("no segment"))?;
-        seg.file.write_all(bytes)?;
+        seg.file.write_all_at(bytes, seg.len)?;
         seg.file.sync_data()?;
         seg.len += bytes.len() as u64;
+        if !seg.next_asked && seg.len >= self.settings.segment_bytes / 2 {
+            self.preparer.ask();
+            seg.next_asked = true;
+        }
         Ok(())
     }
 
@@ -721,6 +836,72 @@ mod tests {
         let mut bad = Vec::new();
         push_frame(&mut bad, b"{\"t\":\"event\",\"hash\":\"bb\"}");
         assert_eq!(decode_frame(&bad).err(), Some(FrameError::Corrupt));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_after_the_first_are_prepared_ahead_and_read_back_whole() {
+        const SEGMENT: u64 = 64 * 1024;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = JournalSettings {
+            dir: dir.path().to_owned(),
+            instance_id: "gw".into(),
+            segment_bytes: SEGMENT,
+            checkpoint_every: 1_000_000,
+            checkpoint_interval: Duration::from_secs(3600),
+            max_backlog_events: u64::MAX,
+            max_backlog_age: Duration::from_secs(3600),
+            fail_writes: None,
+        };
+        let signer = Arc::new(Signer::generate().expect("key"));
+        let (journal, _) = Journal::open(settings.clone(), signer.clone()).expect("open");
+        journal.state.mark_delivered(u64::MAX / 2);
+        let event = || AuditEvent {
+            fields: (0..40).map(|i| format!("field-{i}")).collect(),
+            ..AuditEvent::new(EventKind::Intent, "lookup", "pending")
+        };
+        let mut appended = 0;
+        let prepared = dir.path().join(PREPARED);
+        while !prepared.exists() {
+            assert!(appended < 1000, "no segment was prepared");
+            journal.append(event(), Vec::new()).await.expect("append");
+            appended += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(fs::metadata(&prepared).expect("prepared").len(), SEGMENT);
+        // Into the prepared segment: it is renamed, and written over its zeros ...
+        let segments = |n: usize| list_segments(dir.path()).expect("segments").len() == n;
+        while !segments(2) {
+            journal.append(event(), Vec::new()).await.expect("append");
+            appended += 1;
+        }
+        let second = list_segments(dir.path()).expect("segments")[1].1.clone();
+        assert_eq!(fs::metadata(&second).expect("second").len(), SEGMENT);
+        assert!(!prepared.exists());
+        // ... and on into a third.
+        while !segments(3) {
+            journal.append(event(), Vec::new()).await.expect("append");
+            appended += 1;
+        }
+        drop(journal);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let found = examine(dir.path()).expect("examine");
+        assert_eq!(
+            (found.head_seq, found.events, found.damage),
+            (appended, appended, None)
+        );
+        let (_, scan) = Journal::open(settings, signer).expect("reopen");
+        assert_eq!((scan.head_seq, scan.truncated_bytes), (appended, 0));
+        let mut seqs = Vec::new();
+        for (_, path) in list_segments(dir.path()).expect("segments") {
+            let mut reader = FrameReader::open(&path).expect("segment");
+            while let Some((frame, _)) = reader.next_frame().expect("read") {
+                if let Frame::Event { event, .. } = frame {
+                    seqs.push(event.seq);
+                }
+            }
+        }
+        assert_eq!(seqs, (1..=appended).collect::<Vec<_>>());
     }
 
     #[test]
