@@ -12,8 +12,9 @@
 //! it abandons the segment (cutting it back to its last durable frame) and
 //! the next batch starts a new one.
 //!
-//! Segments are prepared ahead: once the current one is half full, a
-//! helper thread writes the next one full of zeros and makes it durable.
+//! Segments are prepared ahead: while the current one fills, a helper
+//! thread writes the next one full of zeros, at twice the writer's pace,
+//! and makes it durable.
 //! Frames are then written over those zeros, so a batch's `fdatasync`
 //! writes only its data, not the file's grown size and new blocks as well
 //! (on the bench's disk 0.13 against 0.19 ms). A prepared segment's unused
@@ -295,68 +296,103 @@ pub const CHECKPOINT_LOG: &str = "checkpoints.jsonl";
 /// named [`PREPARING`] until then.
 const PREPARED: &str = "next-segment";
 const PREPARING: &str = "next-segment.tmp";
-/// The preparer writes and syncs its zeros this much at a time, so that
-/// the writer's syncs never wait behind a whole segment of them.
-const ZEROS_AT_ONCE: usize = 1024 * 1024;
+/// The preparer writes and syncs its zeros this much at a time ...
+const ZEROS_AT_ONCE: usize = 256 * 1024;
+/// ... and keeps to this many bytes of zeros for each byte the writer
+/// writes, so that the next segment is ready when the current one is half
+/// full and the writer's syncs never queue behind a burst of zeros (one
+/// segment's zeros at once made the p99 at a quarter of saturation twice
+/// as long).
+const ZEROS_PER_BYTE: u64 = 2;
 
 struct Segment {
     file: File,
     len: u64,
-    /// The next segment has been asked for.
-    next_asked: bool,
 }
 
-/// The helper thread that prepares the next segment when asked. Dropping
-/// it stops the thread and waits for it, so that no zeros are written
-/// once the writer (and its lock on the directory) is gone.
+/// What the writer tells its preparer.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Bytes the writer has written since the journal opened.
+    written: u64,
+    /// The next segment is wanted.
+    asked: bool,
+    /// The preparer waits for `written` to grow.
+    waiting: bool,
+    stop: bool,
+}
+
+type Shared = Arc<(Mutex<Progress>, std::sync::Condvar)>;
+
+fn progress(shared: &Shared) -> std::sync::MutexGuard<'_, Progress> {
+    shared.0.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The helper thread that prepares the next segment when asked, at the
+/// pace of the writer. Dropping it stops the thread and waits for it, so
+/// that no zeros are written once the writer (and its lock on the
+/// directory) is gone.
 struct Preparer {
-    ask: Option<std::sync::mpsc::SyncSender<()>>,
-    stop: Arc<AtomicBool>,
+    shared: Shared,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Preparer {
     fn start(dir: PathBuf, bytes: u64) -> io::Result<Preparer> {
-        let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
+        let shared = Shared::default();
+        let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name("journal-prepare".into())
-            .spawn(move || {
-                while asked.recv().is_ok() {
-                    if let Err(error) = prepare_segment(&dir, bytes, &stopped) {
-                        tracing::warn!(%error, "cannot prepare the next journal segment: it will grow as it is written");
-                        let _ = fs::remove_file(dir.join(PREPARING));
+            .spawn(move || loop {
+                let from = {
+                    let mut p = progress(&theirs);
+                    while !p.asked && !p.stop {
+                        p = theirs.1.wait(p).unwrap_or_else(|e| e.into_inner());
                     }
+                    if p.stop {
+                        return;
+                    }
+                    p.asked = false;
+                    p.written
+                };
+                if let Err(error) = prepare_segment(&dir, bytes, from, &theirs) {
+                    tracing::warn!(%error, "cannot prepare the next journal segment: it will grow as it is written");
+                    let _ = fs::remove_file(dir.join(PREPARING));
                 }
             })?;
         Ok(Preparer {
-            ask: Some(ask),
-            stop,
+            shared,
             thread: Some(thread),
         })
     }
 
     fn ask(&self) {
-        // Already asked and not yet done: once is enough.
-        if let Some(ask) = &self.ask {
-            let _ = ask.try_send(());
+        progress(&self.shared).asked = true;
+        self.shared.1.notify_one();
+    }
+
+    fn wrote(&self, bytes: u64) {
+        let mut p = progress(&self.shared);
+        p.written += bytes;
+        if p.waiting {
+            self.shared.1.notify_one();
         }
     }
 }
 
 impl Drop for Preparer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.ask = None;
+        progress(&self.shared).stop = true;
+        self.shared.1.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-/// Writes the segment to come, `bytes` of zeros, unless it is there.
-fn prepare_segment(dir: &Path, bytes: u64, stop: &AtomicBool) -> io::Result<()> {
+/// Writes the segment to come, `bytes` of zeros, unless it is there:
+/// [`ZEROS_PER_BYTE`] for each byte the writer writes after `from`.
+fn prepare_segment(dir: &Path, bytes: u64, from: u64, shared: &Shared) -> io::Result<()> {
     if dir.join(PREPARED).exists() {
         return Ok(());
     }
@@ -368,16 +404,24 @@ fn prepare_segment(dir: &Path, bytes: u64, stop: &AtomicBool) -> io::Result<()> 
         .mode(FILE_MODE)
         .open(&path)?;
     let zeros = vec![0u8; ZEROS_AT_ONCE];
-    let mut left = bytes;
-    while left > 0 {
-        if stop.load(Ordering::Acquire) {
-            // The journal is closing: the next start prepares it again.
-            return fs::remove_file(&path);
+    let mut done = 0;
+    while done < bytes {
+        {
+            let mut p = progress(shared);
+            while !p.stop && (p.written - from) * ZEROS_PER_BYTE < done {
+                p.waiting = true;
+                p = shared.1.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            p.waiting = false;
+            if p.stop {
+                // The journal is closing: the next start prepares it again.
+                return fs::remove_file(&path);
+            }
         }
-        let n = left.min(ZEROS_AT_ONCE as u64) as usize;
+        let n = (bytes - done).min(ZEROS_AT_ONCE as u64) as usize;
         file.write_all(&zeros[..n])?;
         file.sync_data()?;
-        left -= n as u64;
+        done += n as u64;
     }
     file.sync_all()?;
     fs::rename(&path, dir.join(PREPARED))?;
@@ -669,11 +713,8 @@ impl Writer {
                     .open(&path)?,
             };
             File::open(dir)?.sync_all()?;
-            self.segment = Some(Segment {
-                file,
-                len: 0,
-                next_asked: false,
-            });
+            self.segment = Some(Segment { file, len: 0 });
+            self.preparer.ask();
         }
         let seg = self
             .segment
@@ -682,10 +723,7 @@ impl Writer {
         seg.file.write_all_at(bytes, seg.len)?;
         seg.file.sync_data()?;
         seg.len += bytes.len() as u64;
-        if !seg.next_asked && seg.len >= self.settings.segment_bytes / 2 {
-            self.preparer.ask();
-            seg.next_asked = true;
-        }
+        self.preparer.wrote(bytes.len() as u64);
         Ok(())
     }
 

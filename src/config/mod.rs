@@ -364,6 +364,8 @@ pub struct AuditSection {
         with = "de::secs"
     )]
     pub checkpoint_interval: Duration,
+    /// Journal segment size; the next segment is written full of zeros
+    /// ahead of use (docs/audit.md, "The journal").
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
     /// Undelivered events beyond which the gateway fails closed (503).
