@@ -9,7 +9,8 @@
 //! saturation over 64 and over 256 connections, then at fixed rates of 25,
 //! 50 and 75 % of the lower of the two proxies' saturations and at 1,000
 //! req/s (a province's peak several times over), each with the latency
-//! the proxy adds over calling the simulator directly at the same rate. For
+//! the proxy adds over calling the simulator directly at the same rate
+//! (measured just before each proxied run). For
 //! every run it prints the CPU per request of the proxy, of the load
 //! generator with the simulator and of the warehouse, each core's busy
 //! share and the rate that the busier core allows at those costs; after
@@ -998,7 +999,8 @@ async fn bench(pinned: bool) {
     // The same offered loads for each proxy and for the simulator called
     // directly: 25/50/75 % of the lower saturation (so that no proxy runs
     // overloaded), and a province's peak when both carry it. The latency a
-    // proxy adds is its percentile less the simulator's at the same rate.
+    // proxy adds is its percentile less the simulator's at the same rate,
+    // measured just before it.
     let direct = Arc::new(Target {
         client: mtls_client(
             &l.national_ca_cert(),
@@ -1026,14 +1028,13 @@ async fn bench(pinned: bool) {
         rates.push(("province peak".into(), PROVINCE_PEAK));
     }
     let _ = saturate(direct.clone(), 1, CONCURRENCY).await;
-    let mut direct_p = Vec::new();
-    for (label, rate) in &rates {
-        let mut run = offered(direct.clone(), *rate, FIXED_SECS).await;
-        run.report(&format!("simulator direct: {label}"), None);
-        direct_p.push((run.p(0.50), run.p(0.99)));
-    }
     for (name, t, metrics, proxy_pid) in proxies {
-        for ((label, rate), (d50, d99)) in rates.iter().zip(&direct_p) {
+        for (label, rate) in &rates {
+            // The simulator alone at the same rate, just before: what the
+            // disk and core 1 are doing drifts over the minutes of a run.
+            let mut alone = offered(direct.clone(), *rate, FIXED_SECS).await;
+            alone.report(&format!("simulator direct: {label}, before {name}"), None);
+            let (d50, d99) = (alone.p(0.50), alone.p(0.99));
             let scraped = Scraped::now(metrics).await;
             let before = CpuSample::now(proxy_pid);
             let mut run = offered(t.clone(), *rate, FIXED_SECS).await;
@@ -1046,8 +1047,8 @@ async fn bench(pinned: bool) {
             let ms = |a: Duration, b: &Duration| (a.as_secs_f64() - b.as_secs_f64()) * 1e3;
             println!(
                 "{name}: added at {label}: p50 {:.2} ms, p99 {:.2} ms",
-                ms(run.p(0.50), d50),
-                ms(run.p(0.99), d99)
+                ms(run.p(0.50), &d50),
+                ms(run.p(0.99), &d99)
             );
         }
     }
