@@ -109,6 +109,8 @@ async fn sigkill_under_load_loses_no_audit_event() {
     let received: Arc<Mutex<Vec<String>>> = Arc::default();
     let asked: Arc<Mutex<HashSet<u32>>> = Arc::default();
     let mut rng = rand::thread_rng();
+    let journal = dir.path().join("data/journal");
+    let mut killed_in_prepared = 0;
     for round in 0..=KILLS {
         let mut child = spawn_gateway(&config_path, &log_path);
         assert!(
@@ -164,12 +166,25 @@ async fn sigkill_under_load_loses_no_audit_event() {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(150..700))).await;
         signal(&child, "-KILL");
         let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        // Killed inside a segment prepared ahead: it still has its full
+        // length of zeros beyond the frames.
+        let newest = popgate::audit::journal::list_segments(&journal)
+            .expect("segments")
+            .pop()
+            .expect("a segment");
+        if std::fs::metadata(&newest.1).expect("segment").len() == config.audit.segment_bytes {
+            killed_in_prepared += 1;
+        }
         stop.store(true, Ordering::Relaxed);
         for w in workers {
             w.await.expect("worker");
         }
     }
 
+    assert!(
+        killed_in_prepared > 0,
+        "no round was killed inside a prepared segment"
+    );
     let received = received.lock().expect("lock").clone();
     assert!(received.len() > 100, "too little load: {}", received.len());
     let db = popgate::warehouse::connect(&pg.admin_url()).await.expect("db");
