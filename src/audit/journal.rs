@@ -317,8 +317,9 @@ struct Progress {
     written: u64,
     /// The next segment is wanted.
     asked: bool,
-    /// The preparer waits for `written` to grow.
-    waiting: bool,
+    /// The preparer waits for `written` to reach this (and is woken only
+    /// then, not by every batch).
+    wake_at: Option<u64>,
     stop: bool,
 }
 
@@ -374,7 +375,7 @@ impl Preparer {
     fn wrote(&self, bytes: u64) {
         let mut p = progress(&self.shared);
         p.written += bytes;
-        if p.waiting {
+        if p.wake_at.is_some_and(|at| p.written >= at) {
             self.shared.1.notify_one();
         }
     }
@@ -407,12 +408,13 @@ fn prepare_segment(dir: &Path, bytes: u64, from: u64, shared: &Shared) -> io::Re
     let mut done = 0;
     while done < bytes {
         {
+            let due = from + done.div_ceil(ZEROS_PER_BYTE);
             let mut p = progress(shared);
-            while !p.stop && (p.written - from) * ZEROS_PER_BYTE < done {
-                p.waiting = true;
+            while !p.stop && p.written < due {
+                p.wake_at = Some(due);
                 p = shared.1.wait(p).unwrap_or_else(|e| e.into_inner());
             }
-            p.waiting = false;
+            p.wake_at = None;
             if p.stop {
                 // The journal is closing: the next start prepares it again.
                 return fs::remove_file(&path);
