@@ -5,8 +5,9 @@
 
 use std::path::Path;
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use popgate::policy::{self, Operation};
+use criterion::{black_box, criterion_group, Criterion};
+use popgate::audit::record::{RecordOf, WarehouseRecord};
+use popgate::policy::{self, Grant, Operation, PolicySet};
 use popgate::sim::population::Population;
 use popgate::upstream::{read_answer, QueryKind, UpstreamAnswer};
 
@@ -15,18 +16,11 @@ use popgate::upstream::{read_answer, QueryKind, UpstreamAnswer};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn evaluation(c: &mut Criterion) {
+/// The shipped policies, and one synthetic citizen's record and the
+/// national database's answer that carries it.
+fn fixture() -> (PolicySet, serde_json::Value, Vec<u8>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let set = policy::load_dir(&dir, 79).expect("policies");
-    let app = &set.apps["mot-cua"];
-    let grant = set
-        .authorize(
-            app,
-            &["officer".to_owned()],
-            Operation::Lookup,
-            "administrative-procedure",
-        )
-        .expect("granted");
     let population = Population::new(1, 100_000, 79);
     let record = population.citizen(4242).to_c06().clone();
     let answer = serde_json::to_vec(&serde_json::json!({
@@ -35,6 +29,60 @@ fn evaluation(c: &mut Criterion) {
         "CongdanCollection": { "CongDan": [record] },
     }))
     .expect("json");
+    (set, record, answer)
+}
+
+/// The one-stop-shop's lookup grant.
+fn lookup_grant(set: &PolicySet) -> &Grant {
+    set.authorize(
+        &set.apps["mot-cua"],
+        &["officer".to_owned()],
+        Operation::Lookup,
+        "administrative-procedure",
+    )
+    .expect("granted")
+}
+
+/// A lookup's answer as the gateway handles it once the national database
+/// has answered: read and mapped, released person by person, each person's
+/// warehouse copy made, and the app's document written.
+#[inline(never)]
+fn lookup_answer(set: &PolicySet, grant: &Grant, answer: &[u8]) -> (Vec<u8>, Vec<WarehouseRecord>) {
+    let Ok(UpstreamAnswer::Citizen { record, as_of }) = read_answer(&QueryKind::Lookup, answer) else {
+        panic!("the answer holds a citizen")
+    };
+    let mapped = set.catalog.map_json(&record);
+    let released = set
+        .release_citizen(grant, mapped, None)
+        .expect("inside the jurisdiction");
+    let records = released
+        .people
+        .iter()
+        .map(|person| {
+            WarehouseRecord::enrich(
+                set,
+                grant,
+                RecordOf {
+                    citizen_key: "bench",
+                    app_id: "mot-cua",
+                    paths: &person.fields,
+                    mapped: &person.mapped,
+                    released: &person.released,
+                    as_of: as_of.clone(),
+                    legal_basis: None,
+                    household_size: None,
+                    household_role: None,
+                },
+            )
+        })
+        .collect();
+    (serde_json::to_vec(&released.into_doc()).expect("json"), records)
+}
+
+fn evaluation(c: &mut Criterion) {
+    let (set, record, answer) = fixture();
+    let app = &set.apps["mot-cua"];
+    let grant = lookup_grant(&set);
 
     c.bench_function("c06_to_catalog", |b| {
         b.iter(|| set.catalog.map_record(black_box(&record)))
@@ -79,7 +127,29 @@ fn evaluation(c: &mut Criterion) {
             serde_json::to_vec(&doc).expect("json")
         })
     });
+    c.bench_function("lookup_answer", |b| {
+        b.iter(|| lookup_answer(&set, grant, black_box(&answer)))
+    });
 }
 
 criterion_group!(benches, evaluation);
-criterion_main!(benches);
+
+fn main() {
+    // For callgrind (docs/PERFORMANCE.md, "Method"): with
+    // `POLICY_BENCH_ANSWERS=N`, handle N lookup answers and nothing else,
+    // so that instructions per answer can be counted, unaffected by
+    // whatever else the machine is doing.
+    if let Some(n) = std::env::var("POLICY_BENCH_ANSWERS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+    {
+        let (set, _, answer) = fixture();
+        let grant = lookup_grant(&set);
+        for _ in 0..n {
+            black_box(lookup_answer(&set, grant, black_box(&answer)));
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

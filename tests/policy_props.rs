@@ -264,7 +264,7 @@ proptest! {
             prop_assert!(ward(asked, "ThuongTru") != unit && ward(asked, "NoiOHienTai") != unit);
             return Ok(());
         };
-        let answer = released.doc.to_string();
+        let answer = released.clone().into_doc().to_string();
         let mut shown = 0;
         for person in &household {
             let inside = ward(person, "ThuongTru") == unit || ward(person, "NoiOHienTai") == unit;
@@ -308,6 +308,19 @@ proptest! {
             }
         }
         prop_assert_eq!(shown + released.withheld, household.len());
+        // The document is each record shown, as the grant releases it, in
+        // the household's order, and the count withheld.
+        let mut records = household.iter().filter(|c| {
+            let id = Some(c.personal_id().as_str().to_owned());
+            released.people.iter().any(|p| p.personal_id == id && !matches!(p.role, policy::release::Role::Relative(_)))
+        });
+        let as_released = |c: &popgate::sim::population::Citizen| serde_json::Value::Object(set.release(grant, &map(c)).0);
+        let expected = serde_json::json!({
+            "head": as_released(records.next().expect("the head was asked about")),
+            "members": records.map(as_released).collect::<Vec<_>>(),
+            "withheld": released.withheld,
+        });
+        prop_assert_eq!(released.clone().into_doc(), expected);
         // Every released field path belongs to somebody.
         for person in &released.people {
             for f in &person.fields {

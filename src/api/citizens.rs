@@ -286,7 +286,7 @@ impl CitizensApi {
         }
         trail.subjects = subjects;
         trail.warehouse = records;
-        Ok((key, released.doc))
+        Ok((key, released.into_doc()))
     }
 
     /// Appends `event` to the journal and times the wait.

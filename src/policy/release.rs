@@ -54,16 +54,46 @@ pub struct ReleasedPerson {
     pub released: Map<String, Value>,
 }
 
-/// A released answer: the document for the app and every person in it.
+/// A released answer: every person in it, from whom the document for the
+/// app is put together ([`Released::into_doc`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Released {
-    pub doc: Value,
     pub people: Vec<ReleasedPerson>,
     /// Persons of a household outside the grant's jurisdiction, left out.
     pub withheld: usize,
+    household: bool,
 }
 
 impl Released {
+    /// The document for the app, made of what each record's own person
+    /// released (a relative's part is inside their record's): a lookup's is
+    /// the citizen's; a household's is its head (`null` when withheld), the
+    /// members released and how many were withheld. Moves the records out
+    /// rather than copying them, so it comes after their warehouse copies.
+    pub fn into_doc(self) -> Value {
+        let mut own = self
+            .people
+            .into_iter()
+            .filter(|p| !matches!(p.role, Role::Relative(_)))
+            .map(|p| (p.role, Value::Object(p.released)));
+        if !self.household {
+            return own.next().map_or(Value::Null, |(_, doc)| doc);
+        }
+        let mut head = Value::Null;
+        let mut members = Vec::new();
+        for (role, doc) in own {
+            match role {
+                Role::Head => head = doc,
+                _ => members.push(doc),
+            }
+        }
+        Value::Object(Map::from_iter([
+            ("head".to_owned(), head),
+            ("members".to_owned(), Value::Array(members)),
+            ("withheld".to_owned(), Value::from(self.withheld)),
+        ]))
+    }
+
     /// Every released field path, each once, in order (the event's `fields`).
     pub fn fields(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
@@ -162,11 +192,10 @@ impl PolicySet {
     ) -> Result<Released, Denial> {
         self.residence_check(grant, &mapped, officer_unit)?;
         let (doc, paths) = self.release(grant, &mapped);
-        let people = self.people_of(Role::Citizen, mapped, doc.clone(), paths);
         Ok(Released {
-            doc: Value::Object(doc),
-            people,
+            people: self.people_of(Role::Citizen, mapped, doc, paths),
             withheld: 0,
+            household: false,
         })
     }
 
@@ -189,29 +218,20 @@ impl PolicySet {
         self.residence_check(grant, asked_record, officer_unit)?;
         let mut people = Vec::new();
         let mut withheld = 0;
-        let mut release = |role: Role, mapped: Map<String, Value>| -> Option<Value> {
+        let records =
+            std::iter::once((Role::Head, head)).chain(members.into_iter().map(|m| (Role::Member, m)));
+        for (role, mapped) in records {
             if !is_asked(&mapped) && !self.within_jurisdiction(grant, &mapped, officer_unit) {
                 withheld += 1;
-                return None;
+                continue;
             }
             let (doc, paths) = self.release(grant, &mapped);
-            people.extend(self.people_of(role, mapped, doc.clone(), paths));
-            Some(Value::Object(doc))
-        };
-        let head_doc = release(Role::Head, head).unwrap_or(Value::Null);
-        let member_docs: Vec<Value> = members
-            .into_iter()
-            .filter_map(|m| release(Role::Member, m))
-            .collect();
-        let doc = Map::from_iter([
-            ("head".to_owned(), head_doc),
-            ("members".to_owned(), Value::Array(member_docs)),
-            ("withheld".to_owned(), Value::from(withheld)),
-        ]);
+            people.extend(self.people_of(role, mapped, doc, paths));
+        }
         Ok(Released {
-            doc: Value::Object(doc),
             people,
             withheld,
+            household: true,
         })
     }
 }
