@@ -388,8 +388,15 @@ impl TestClient {
         (status, headers, String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// Sends `req`; a request still unanswered after a minute is an error,
+    /// so that a request the client never wakes again (seen once in
+    /// `tests/crash.rs`, after a gateway was killed) fails rather than
+    /// hanging the test.
     pub async fn send(&self, req: http::Request<Full<Bytes>>) -> Result<TestResponse, String> {
-        let resp = self.client.request(req).await.map_err(|e| format!("{e:?}"))?;
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(60), self.client.request(req))
+            .await
+            .map_err(|_| "no answer within 60 s".to_owned())?
+            .map_err(|e| format!("{e:?}"))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes = resp
